@@ -1,0 +1,549 @@
+//! The double-entry points ledger: accounts, postings, movements and lots.
+//!
+//! Every change of points is a [`Movement`]: postings between accounts that sum to zero, per
+//! currency. Points held by a member live in two accounts, pending (inside the return window) and
+//! available, and every credit to those accounts creates a [`Lot`] that later debits consume,
+//! soonest-expiring first. A member's balance in each account always equals the sum of `remaining`
+//! over the member's lots in that state; the store checks this after the fact (`verify`) and the
+//! functions below assert it as they go.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::{DomainError, IdAllocator, LotId, MemberId, MovementId, PointCurrency, PurchaseId};
+
+/// An account of the ledger. System accounts are per tenant and currency; they go negative as the
+/// program issues points, so the sum over all accounts stays zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "member_id", rename_all = "snake_case")]
+pub enum Account {
+    /// Points a member earned that are still inside the return window.
+    MemberPending(MemberId),
+    /// Points a member may spend.
+    MemberAvailable(MemberId),
+    /// The source of every point the program gives.
+    Issued,
+    /// Where points spent as payment go.
+    Redeemed,
+    /// Where points that outlived their lot go.
+    Expired,
+    /// The other side of manual adjustments.
+    Adjustments,
+}
+
+impl Account {
+    /// The stable name of the account's kind, as stored.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Account::MemberPending(_) => "member_pending",
+            Account::MemberAvailable(_) => "member_available",
+            Account::Issued => "issued",
+            Account::Redeemed => "redeemed",
+            Account::Expired => "expired",
+            Account::Adjustments => "adjustments",
+        }
+    }
+
+    pub fn member_id(&self) -> Option<MemberId> {
+        match self {
+            Account::MemberPending(member) | Account::MemberAvailable(member) => Some(*member),
+            _ => None,
+        }
+    }
+
+    /// The inverse of `kind()` and `member_id()`.
+    pub fn from_parts(kind: &str, member_id: Option<MemberId>) -> Option<Account> {
+        Some(match (kind, member_id) {
+            ("member_pending", Some(member)) => Account::MemberPending(member),
+            ("member_available", Some(member)) => Account::MemberAvailable(member),
+            ("issued", None) => Account::Issued,
+            ("redeemed", None) => Account::Redeemed,
+            ("expired", None) => Account::Expired,
+            ("adjustments", None) => Account::Adjustments,
+            _ => return None,
+        })
+    }
+}
+
+/// One side of a movement: `amount` points into `account` (negative: out of it). Postings on member
+/// accounts name the lot they change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Posting {
+    pub account: Account,
+    pub amount: i64,
+    pub lot_id: Option<LotId>,
+}
+
+/// What a movement records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MovementKind {
+    Earn,
+    Activate,
+    Redeem,
+    Reverse,
+    Restore,
+    Expire,
+    Adjust,
+    Merge,
+}
+
+impl MovementKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MovementKind::Earn => "earn",
+            MovementKind::Activate => "activate",
+            MovementKind::Redeem => "redeem",
+            MovementKind::Reverse => "reverse",
+            MovementKind::Restore => "restore",
+            MovementKind::Expire => "expire",
+            MovementKind::Adjust => "adjust",
+            MovementKind::Merge => "merge",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<MovementKind> {
+        Some(match text {
+            "earn" => MovementKind::Earn,
+            "activate" => MovementKind::Activate,
+            "redeem" => MovementKind::Redeem,
+            "reverse" => MovementKind::Reverse,
+            "restore" => MovementKind::Restore,
+            "expire" => MovementKind::Expire,
+            "adjust" => MovementKind::Adjust,
+            "merge" => MovementKind::Merge,
+            _ => return None,
+        })
+    }
+}
+
+/// A balanced set of postings in one point currency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Movement {
+    pub id: MovementId,
+    pub kind: MovementKind,
+    pub member_id: MemberId,
+    pub currency: PointCurrency,
+    pub occurred_at: Timestamp,
+    pub postings: Vec<Posting>,
+    pub purchase_id: Option<PurchaseId>,
+    pub reason: Option<String>,
+}
+
+impl Movement {
+    /// Panics unless the postings sum to zero and none is zero: a movement that is not balanced
+    /// must never be written.
+    pub fn assert_balanced(&self) {
+        let sum: i64 = self.postings.iter().map(|p| p.amount).sum();
+        assert_eq!(sum, 0, "movement {} ({:?}) is not balanced", self.id, self.kind);
+        assert!(self.postings.iter().all(|p| p.amount != 0), "zero posting in movement {}", self.id);
+        assert!(
+            self.postings.iter().all(|p| p.account.member_id().is_none() || p.lot_id.is_some()),
+            "a member posting without a lot in movement {}",
+            self.id
+        );
+    }
+
+    /// The net change of the member's own accounts (pending plus available).
+    pub fn member_delta(&self) -> i64 {
+        self.postings
+            .iter()
+            .filter(|p| p.account.member_id() == Some(self.member_id))
+            .map(|p| p.amount)
+            .sum()
+    }
+}
+
+/// Where a lot is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LotState {
+    /// Earned, inside the return window: counted but not spendable.
+    Pending,
+    /// Spendable until `expires_at`.
+    Available,
+    /// What remained at `expires_at` went to the expired account.
+    Expired,
+    /// Fully consumed, or moved to another member by a merge.
+    Closed,
+}
+
+impl LotState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LotState::Pending => "pending",
+            LotState::Available => "available",
+            LotState::Expired => "expired",
+            LotState::Closed => "closed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<LotState> {
+        Some(match text {
+            "pending" => LotState::Pending,
+            "available" => LotState::Available,
+            "expired" => LotState::Expired,
+            "closed" => LotState::Closed,
+            _ => return None,
+        })
+    }
+}
+
+/// One credit of points to a member, and what is left of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lot {
+    pub id: LotId,
+    pub member_id: MemberId,
+    pub currency: PointCurrency,
+    pub amount: i64,
+    pub remaining: i64,
+    pub available_from: Timestamp,
+    pub expires_at: Timestamp,
+    pub state: LotState,
+    pub movement_id: MovementId,
+    pub purchase_id: Option<PurchaseId>,
+}
+
+impl Lot {
+    /// The state the lot is in at `now`, whether or not the jobs have caught up with it yet.
+    pub fn state_at(&self, now: Timestamp) -> LotState {
+        match self.state {
+            LotState::Pending | LotState::Available if self.expires_at <= now => LotState::Expired,
+            LotState::Pending if self.available_from <= now => LotState::Available,
+            state => state,
+        }
+    }
+
+    fn account(&self) -> Account {
+        match self.state {
+            LotState::Pending => Account::MemberPending(self.member_id),
+            LotState::Available => Account::MemberAvailable(self.member_id),
+            LotState::Expired | LotState::Closed => {
+                panic!("lot {} in state {:?} holds no points", self.id, self.state)
+            }
+        }
+    }
+
+    fn assert_valid(&self) {
+        assert!(self.amount > 0, "lot {} has a non-positive amount", self.id);
+        assert!((0..=self.amount).contains(&self.remaining), "lot {} remaining out of range", self.id);
+        let open = matches!(self.state, LotState::Pending | LotState::Available);
+        assert_eq!(open, self.remaining > 0, "lot {} state {:?} with remaining {}", self.id, self.state, self.remaining);
+    }
+}
+
+/// A member's balance at a moment, in one point currency.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Balance {
+    pub available: i64,
+    pub pending: i64,
+}
+
+/// What the ledger knows of one member: the member's open lots (and, until the store flushes them,
+/// lots that this batch closed). Lots not open never change again, so they need not be loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberLedger {
+    pub member_id: MemberId,
+    pub lots: Vec<Lot>,
+    /// Lots created or changed since the store last saved this ledger.
+    pub dirty: Vec<LotId>,
+}
+
+/// Where a new credit lands.
+#[derive(Debug, Clone)]
+pub struct Credit {
+    pub currency: PointCurrency,
+    pub amount: i64,
+    pub available_from: Timestamp,
+    pub expires_at: Timestamp,
+    pub purchase_id: Option<PurchaseId>,
+}
+
+impl MemberLedger {
+    pub fn new(member_id: MemberId, lots: Vec<Lot>) -> MemberLedger {
+        for lot in &lots {
+            assert_eq!(lot.member_id, member_id);
+            lot.assert_valid();
+        }
+        MemberLedger { member_id, lots, dirty: Vec::new() }
+    }
+
+    /// The member's balance at `now`, counting lots by the state they are in at `now`.
+    pub fn balance(&self, currency: &PointCurrency, now: Timestamp) -> Balance {
+        let mut balance = Balance::default();
+        for lot in self.lots.iter().filter(|lot| &lot.currency == currency) {
+            match lot.state_at(now) {
+                LotState::Available => balance.available += lot.remaining,
+                LotState::Pending => balance.pending += lot.remaining,
+                LotState::Expired | LotState::Closed => {}
+            }
+        }
+        balance
+    }
+
+    fn touch(&mut self, lot_id: LotId) {
+        if !self.dirty.contains(&lot_id) {
+            self.dirty.push(lot_id);
+        }
+    }
+
+    /// Brings the lots up to `now`: activates those whose return window closed and expires those
+    /// whose time ran out. Returns at most one activation and one expiry movement per currency.
+    pub fn catch_up(&mut self, now: Timestamp, ids: &mut IdAllocator) -> Vec<Movement> {
+        let mut activations: Vec<(PointCurrency, Vec<Posting>)> = Vec::new();
+        let mut expiries: Vec<(PointCurrency, Vec<Posting>)> = Vec::new();
+        let mut touched = Vec::new();
+        for lot in &mut self.lots {
+            let due = lot.state_at(now);
+            if due == lot.state {
+                continue;
+            }
+            touched.push(lot.id);
+            let from = lot.account();
+            match due {
+                LotState::Available => {
+                    lot.state = LotState::Available;
+                    let to = lot.account();
+                    push_pair(&mut activations, &lot.currency, [(from, -lot.remaining, Some(lot.id)), (to, lot.remaining, Some(lot.id))]);
+                }
+                LotState::Expired => {
+                    push_pair(&mut expiries, &lot.currency, [(from, -lot.remaining, Some(lot.id)), (Account::Expired, lot.remaining, None)]);
+                    lot.remaining = 0;
+                    lot.state = LotState::Expired;
+                }
+                LotState::Pending | LotState::Closed => unreachable!("state_at never moves a lot backwards"),
+            }
+        }
+        for lot_id in touched {
+            self.touch(lot_id);
+        }
+        let mut movements = Vec::new();
+        for (kind, groups) in [(MovementKind::Activate, activations), (MovementKind::Expire, expiries)] {
+            for (currency, postings) in groups {
+                movements.push(self.movement(ids, kind, currency, now, postings, None, None));
+            }
+        }
+        movements
+    }
+
+    /// Credits `credit.amount` points as a new lot; the other side of the movement is `source`.
+    /// The lot starts pending when `available_from` is after `now`.
+    pub fn credit(
+        &mut self,
+        ids: &mut IdAllocator,
+        kind: MovementKind,
+        source: Account,
+        credit: Credit,
+        now: Timestamp,
+        reason: Option<String>,
+    ) -> Movement {
+        assert!(credit.amount > 0, "a credit must be positive");
+        assert!(source.member_id().is_none(), "credits come from system accounts");
+        let lot_id = ids.lot();
+        let movement_id = ids.movement();
+        let state = if credit.available_from > now { LotState::Pending } else { LotState::Available };
+        let lot = Lot {
+            id: lot_id,
+            member_id: self.member_id,
+            currency: credit.currency.clone(),
+            amount: credit.amount,
+            remaining: credit.amount,
+            available_from: credit.available_from,
+            expires_at: credit.expires_at,
+            state,
+            movement_id,
+            purchase_id: credit.purchase_id,
+        };
+        lot.assert_valid();
+        let postings = vec![
+            Posting { account: source, amount: -credit.amount, lot_id: None },
+            Posting { account: lot.account(), amount: credit.amount, lot_id: Some(lot_id) },
+        ];
+        self.lots.push(lot);
+        self.touch(lot_id);
+        let movement = Movement {
+            id: movement_id,
+            kind,
+            member_id: self.member_id,
+            currency: credit.currency,
+            occurred_at: now,
+            postings,
+            purchase_id: credit.purchase_id,
+            reason,
+        };
+        movement.assert_balanced();
+        movement
+    }
+
+    /// Debits up to `amount` points into `sink`, taking lots soonest-expiring first (the lot
+    /// `prefer`, if given, before all others) and pending lots only when `include_pending`.
+    /// Returns the movement (None when nothing could be taken) and how much was taken. The caller
+    /// must have caught the ledger up to `now` first.
+    #[allow(clippy::too_many_arguments)]
+    pub fn debit_up_to(
+        &mut self,
+        ids: &mut IdAllocator,
+        kind: MovementKind,
+        sink: Account,
+        currency: &PointCurrency,
+        amount: i64,
+        include_pending: bool,
+        prefer: Option<LotId>,
+        now: Timestamp,
+        purchase_id: Option<PurchaseId>,
+        reason: Option<String>,
+    ) -> (Option<Movement>, i64) {
+        assert!(amount > 0, "a debit must be positive");
+        assert!(sink.member_id().is_none(), "debits go to system accounts");
+        let mut order: Vec<usize> = (0..self.lots.len())
+            .filter(|&i| {
+                let lot = &self.lots[i];
+                assert_eq!(lot.state_at(now), lot.state, "debit before catch_up on lot {}", lot.id);
+                &lot.currency == currency
+                    && lot.remaining > 0
+                    && (lot.state == LotState::Available || (include_pending && lot.state == LotState::Pending))
+            })
+            .collect();
+        order.sort_by_key(|&i| {
+            let lot = &self.lots[i];
+            (Some(lot.id) != prefer, lot.expires_at, lot.id)
+        });
+        let mut left = amount;
+        let mut postings = Vec::new();
+        let mut touched = Vec::new();
+        for i in order {
+            if left == 0 {
+                break;
+            }
+            let lot = &mut self.lots[i];
+            let take = left.min(lot.remaining);
+            postings.push(Posting { account: lot.account(), amount: -take, lot_id: Some(lot.id) });
+            lot.remaining -= take;
+            if lot.remaining == 0 {
+                lot.state = LotState::Closed;
+            }
+            lot.assert_valid();
+            touched.push(lot.id);
+            left -= take;
+        }
+        for lot_id in touched {
+            self.touch(lot_id);
+        }
+        let taken = amount - left;
+        if taken == 0 {
+            return (None, 0);
+        }
+        postings.push(Posting { account: sink, amount: taken, lot_id: None });
+        let movement = self.movement(ids, kind, currency.clone(), now, postings, purchase_id, reason);
+        (Some(movement), taken)
+    }
+
+    /// Debits exactly `amount` available points or refuses, changing nothing.
+    #[allow(clippy::too_many_arguments)]
+    pub fn debit_available(
+        &mut self,
+        ids: &mut IdAllocator,
+        kind: MovementKind,
+        sink: Account,
+        currency: &PointCurrency,
+        amount: i64,
+        now: Timestamp,
+        purchase_id: Option<PurchaseId>,
+        reason: Option<String>,
+    ) -> Result<Movement, DomainError> {
+        let available = self.balance(currency, now).available;
+        if amount > available {
+            return Err(DomainError::InsufficientPoints { available, requested: amount });
+        }
+        let (movement, taken) =
+            self.debit_up_to(ids, kind, sink, currency, amount, false, None, now, purchase_id, reason);
+        assert_eq!(taken, amount, "balance said {available} were available");
+        Ok(movement.expect("a positive debit that fits makes a movement"))
+    }
+
+    /// Moves every open lot of `absorbed` to this member as new lots with the same dates, one
+    /// balanced movement per currency.
+    pub fn absorb(&mut self, absorbed: &mut MemberLedger, ids: &mut IdAllocator, now: Timestamp) -> Vec<Movement> {
+        assert_ne!(self.member_id, absorbed.member_id);
+        let mut groups: Vec<(PointCurrency, Vec<Posting>)> = Vec::new();
+        let mut moved = Vec::new();
+        for lot in absorbed.lots.iter_mut().filter(|lot| lot.remaining > 0) {
+            let from = lot.account();
+            let new_lot = Lot {
+                id: ids.lot(),
+                member_id: self.member_id,
+                remaining: lot.remaining,
+                amount: lot.remaining,
+                ..lot.clone()
+            };
+            let to = new_lot.account();
+            push_pair(&mut groups, &lot.currency, [(from, -lot.remaining, Some(lot.id)), (to, lot.remaining, Some(new_lot.id))]);
+            lot.remaining = 0;
+            lot.state = LotState::Closed;
+            moved.push(lot.id);
+            self.touch(new_lot.id);
+            self.lots.push(new_lot);
+        }
+        for lot_id in moved {
+            absorbed.touch(lot_id);
+        }
+        groups
+            .into_iter()
+            .map(|(currency, postings)| self.movement(ids, MovementKind::Merge, currency, now, postings, None, None))
+            .collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn movement(
+        &self,
+        ids: &mut IdAllocator,
+        kind: MovementKind,
+        currency: PointCurrency,
+        occurred_at: Timestamp,
+        postings: Vec<Posting>,
+        purchase_id: Option<PurchaseId>,
+        reason: Option<String>,
+    ) -> Movement {
+        let movement = Movement {
+            id: ids.movement(),
+            kind,
+            member_id: self.member_id,
+            currency,
+            occurred_at,
+            postings,
+            purchase_id,
+            reason,
+        };
+        movement.assert_balanced();
+        movement
+    }
+
+    /// Lots the store must write back, and forgets that they are dirty. Closed and expired lots
+    /// leave the in-memory ledger once handed out: they never change again.
+    pub fn take_dirty(&mut self) -> Vec<Lot> {
+        let dirty = std::mem::take(&mut self.dirty);
+        let lots = dirty
+            .iter()
+            .map(|id| self.lots.iter().find(|lot| lot.id == *id).expect("dirty lot is held").clone())
+            .collect();
+        self.lots.retain(|lot| lot.remaining > 0);
+        lots
+    }
+}
+
+fn push_pair(
+    groups: &mut Vec<(PointCurrency, Vec<Posting>)>,
+    currency: &PointCurrency,
+    pair: [(Account, i64, Option<LotId>); 2],
+) {
+    let index = match groups.iter().position(|(c, _)| c == currency) {
+        Some(index) => index,
+        None => {
+            groups.push((currency.clone(), Vec::new()));
+            groups.len() - 1
+        }
+    };
+    for (account, amount, lot_id) in pair {
+        groups[index].1.push(Posting { account, amount, lot_id });
+    }
+}
