@@ -1,0 +1,388 @@
+//! The group-commit batch: one query per kind of row to load everything a batch of commands needs,
+//! and one multi-row statement per table to write everything they decided.
+//!
+//! The writer decides each command in memory against what `load` returned (plus what earlier
+//! commands of the same batch changed), so a batch of a thousand purchases costs a handful of
+//! statements and one fsync.
+
+use std::collections::HashMap;
+
+use jiff::Timestamp;
+use kopilka_core::member::{Consents, Gender, IdentifierKind, Profile};
+use kopilka_core::purchase::PurchaseRecord;
+use kopilka_core::{DomainEvent, Lot, LotId, LotState, MemberId, Movement, MovementId, PointCurrency, ProgramId, PurchaseId, TenantId};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+
+use crate::{micros, MemberRow, Result, StoreError, StoredResponse};
+
+/// SQLite allows 32,766 bound values per statement; rows are chunked to stay under it.
+const BIND_VALUES_MAX: usize = 32_000;
+
+/// What a batch of commands needs loaded.
+#[derive(Debug, Default)]
+pub struct BatchKeys {
+    pub idempotency: Vec<(TenantId, String)>,
+    pub members: Vec<(TenantId, MemberId)>,
+    pub purchase_ids: Vec<(TenantId, PurchaseId)>,
+    pub purchase_external_ids: Vec<(TenantId, String)>,
+    pub identifiers: Vec<(TenantId, IdentifierKind, String)>,
+}
+
+/// What `load` found.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub idempotency: HashMap<(TenantId, String), StoredResponse>,
+    pub members: HashMap<(TenantId, MemberId), MemberRow>,
+    /// Open lots of every loaded member.
+    pub lots: HashMap<(TenantId, MemberId), Vec<Lot>>,
+    pub purchases: Vec<(TenantId, ProgramId, PurchaseRecord)>,
+    pub identifiers: HashMap<(TenantId, IdentifierKind, String), MemberId>,
+}
+
+/// Everything a batch writes.
+#[derive(Debug, Default)]
+pub struct Writes {
+    pub members: Vec<(TenantId, MemberRow)>,
+    pub lots: Vec<(TenantId, Lot)>,
+    pub movements: Vec<(TenantId, Movement)>,
+    pub purchases: Vec<(TenantId, ProgramId, PurchaseRecord)>,
+    pub events: Vec<(TenantId, i64, DomainEvent, Timestamp)>,
+    pub idempotency: Vec<(TenantId, String, StoredResponse, Timestamp)>,
+}
+
+impl Writes {
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+            && self.lots.is_empty()
+            && self.movements.is_empty()
+            && self.purchases.is_empty()
+            && self.events.is_empty()
+            && self.idempotency.is_empty()
+    }
+}
+
+fn chunk_rows(columns: usize) -> usize {
+    BIND_VALUES_MAX / columns
+}
+
+pub(crate) const MEMBER_COLUMNS: &str = "id, card, phone, email, external_id, name, birth_date, gender, city, consents, signup_at, merged_into, created_at, updated_at";
+
+pub(crate) fn member_of_row(row: &SqliteRow) -> Result<MemberRow> {
+    let corrupt = |detail: String| StoreError::Corrupt { table: "members", detail };
+    let birth_date: Option<String> = row.get("birth_date");
+    let gender: Option<String> = row.get("gender");
+    let consents: String = row.get("consents");
+    Ok(MemberRow {
+        id: MemberId(row.get("id")),
+        profile: Profile {
+            card: row.get("card"),
+            phone: row.get("phone"),
+            email: row.get("email"),
+            external_id: row.get("external_id"),
+            name: row.get("name"),
+            birth_date: birth_date.map(|d| d.parse()).transpose().map_err(|e: jiff::Error| corrupt(e.to_string()))?,
+            gender: gender.map(|g| Gender::parse(&g).ok_or_else(|| corrupt(g))).transpose()?,
+            city: row.get("city"),
+            consents: serde_json::from_str::<Consents>(&consents).map_err(|e| corrupt(e.to_string()))?,
+        },
+        signup_at: micros::to_ts(row.get("signup_at")),
+        merged_into: row.get::<Option<i64>, _>("merged_into").map(MemberId),
+        created_at: micros::to_ts(row.get("created_at")),
+        updated_at: micros::to_ts(row.get("updated_at")),
+    })
+}
+
+pub(crate) const LOT_COLUMNS: &str =
+    "id, member_id, currency, amount, remaining, available_from, expires_at, state, movement_id, purchase_id";
+
+pub(crate) fn lot_of_row(row: &SqliteRow) -> Result<Lot> {
+    let corrupt = |detail: String| StoreError::Corrupt { table: "lots", detail };
+    let state: String = row.get("state");
+    let currency: String = row.get("currency");
+    Ok(Lot {
+        id: LotId(row.get("id")),
+        member_id: MemberId(row.get("member_id")),
+        currency: PointCurrency::parse(&currency).map_err(|e| corrupt(e.to_string()))?,
+        amount: row.get("amount"),
+        remaining: row.get("remaining"),
+        available_from: micros::to_ts(row.get("available_from")),
+        expires_at: micros::to_ts(row.get("expires_at")),
+        state: LotState::parse(&state).ok_or_else(|| corrupt(state))?,
+        movement_id: MovementId(row.get("movement_id")),
+        purchase_id: row.get::<Option<i64>, _>("purchase_id").map(PurchaseId),
+    })
+}
+
+pub(crate) fn purchase_of_row(row: &SqliteRow) -> Result<(TenantId, ProgramId, PurchaseRecord)> {
+    let record: String = row.get("record");
+    let record = serde_json::from_str(&record)
+        .map_err(|error| StoreError::Corrupt { table: "purchases", detail: error.to_string() })?;
+    Ok((TenantId(row.get("tenant_id")), ProgramId(row.get("program_id")), record))
+}
+
+/// Loads what `keys` names. Members are loaded with their open lots.
+pub async fn load(conn: &mut SqliteConnection, keys: &BatchKeys) -> Result<Loaded> {
+    let mut loaded = Loaded::default();
+    for chunk in keys.idempotency.chunks(chunk_rows(2)) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "SELECT tenant_id, key, request_hash, status, body FROM idempotency WHERE (tenant_id, key) IN ",
+        );
+        query.push_tuples(chunk, |mut b, (tenant, key)| {
+            b.push_bind(tenant.0).push_bind(key);
+        });
+        for row in query.build().fetch_all(&mut *conn).await? {
+            let status: i64 = row.get(3);
+            loaded.idempotency.insert(
+                (TenantId(row.get(0)), row.get(1)),
+                StoredResponse { request_hash: row.get(2), status: status as u16, body: row.get(4) },
+            );
+        }
+    }
+
+    let mut members = keys.members.clone();
+    for chunk in keys.purchase_ids.chunks(chunk_rows(2)) {
+        let mut query = QueryBuilder::<Sqlite>::new("SELECT tenant_id, program_id, record FROM purchases WHERE (tenant_id, id) IN ");
+        query.push_tuples(chunk, |mut b, (tenant, id)| {
+            b.push_bind(tenant.0).push_bind(id.0);
+        });
+        for row in query.build().fetch_all(&mut *conn).await? {
+            loaded.purchases.push(purchase_of_row(&row)?);
+        }
+    }
+    for chunk in keys.purchase_external_ids.chunks(chunk_rows(2)) {
+        let mut query =
+            QueryBuilder::<Sqlite>::new("SELECT tenant_id, program_id, record FROM purchases WHERE (tenant_id, external_id) IN ");
+        query.push_tuples(chunk, |mut b, (tenant, id)| {
+            b.push_bind(tenant.0).push_bind(id);
+        });
+        for row in query.build().fetch_all(&mut *conn).await? {
+            loaded.purchases.push(purchase_of_row(&row)?);
+        }
+    }
+    members.extend(loaded.purchases.iter().map(|(tenant, _, record)| (*tenant, record.member_id)));
+
+    for kind in IdentifierKind::ALL {
+        let wanted: Vec<_> = keys.identifiers.iter().filter(|(_, k, _)| *k == kind).collect();
+        for chunk in wanted.chunks(chunk_rows(2)) {
+            let mut query = QueryBuilder::<Sqlite>::new(format!(
+                "SELECT tenant_id, id, {0} FROM members WHERE (tenant_id, {0}) IN ",
+                kind.as_str()
+            ));
+            query.push_tuples(chunk, |mut b, (tenant, _, value)| {
+                b.push_bind(tenant.0).push_bind(value);
+            });
+            for row in query.build().fetch_all(&mut *conn).await? {
+                let tenant = TenantId(row.get(0));
+                let member = MemberId(row.get(1));
+                loaded.identifiers.insert((tenant, kind, row.get(2)), member);
+                members.push((tenant, member));
+            }
+        }
+    }
+
+    // A merged member's commands go to the survivor, so survivors are loaded too (one hop: merges
+    // always point at a member that is not itself merged).
+    members.sort();
+    members.dedup();
+    let mut survivors = Vec::new();
+    load_members(conn, &members, &mut loaded, &mut survivors).await?;
+    let mut more = Vec::new();
+    survivors.retain(|key| !loaded.members.contains_key(key));
+    load_members(conn, &survivors, &mut loaded, &mut more).await?;
+    Ok(loaded)
+}
+
+async fn load_members(
+    conn: &mut SqliteConnection,
+    keys: &[(TenantId, MemberId)],
+    loaded: &mut Loaded,
+    survivors: &mut Vec<(TenantId, MemberId)>,
+) -> Result<()> {
+    for chunk in keys.chunks(chunk_rows(2)) {
+        let mut query = QueryBuilder::<Sqlite>::new(format!("SELECT tenant_id, {MEMBER_COLUMNS} FROM members WHERE (tenant_id, id) IN "));
+        query.push_tuples(chunk, |mut b, (tenant, id)| {
+            b.push_bind(tenant.0).push_bind(id.0);
+        });
+        for row in query.build().fetch_all(&mut *conn).await? {
+            let tenant = TenantId(row.get("tenant_id"));
+            let member = member_of_row(&row)?;
+            if let Some(survivor) = member.merged_into {
+                survivors.push((tenant, survivor));
+            }
+            loaded.lots.insert((tenant, member.id), Vec::new());
+            loaded.members.insert((tenant, member.id), member);
+        }
+        let mut query = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT tenant_id, {LOT_COLUMNS} FROM lots WHERE state IN ('pending', 'available') AND (tenant_id, member_id) IN "
+        ));
+        query.push_tuples(chunk, |mut b, (tenant, id)| {
+            b.push_bind(tenant.0).push_bind(id.0);
+        });
+        for row in query.build().fetch_all(&mut *conn).await? {
+            let lot = lot_of_row(&row)?;
+            loaded.lots.entry((TenantId(row.get("tenant_id")), lot.member_id)).or_default().push(lot);
+        }
+    }
+    Ok(())
+}
+
+/// Writes everything a batch decided. Members, lots and purchases are upserted (a batch may change
+/// rows it loaded); movements, postings, events and idempotency records are only ever inserted.
+pub async fn flush(conn: &mut SqliteConnection, writes: &Writes) -> Result<()> {
+    for chunk in writes.members.chunks(chunk_rows(15)) {
+        let mut query = QueryBuilder::<Sqlite>::new(format!("INSERT INTO members (tenant_id, {MEMBER_COLUMNS}) "));
+        query.push_values(chunk, |mut b, (tenant, m)| {
+            b.push_bind(tenant.0)
+                .push_bind(m.id.0)
+                .push_bind(&m.profile.card)
+                .push_bind(&m.profile.phone)
+                .push_bind(&m.profile.email)
+                .push_bind(&m.profile.external_id)
+                .push_bind(&m.profile.name)
+                .push_bind(m.profile.birth_date.map(|d| d.to_string()))
+                .push_bind(m.profile.gender.map(|g| g.as_str()))
+                .push_bind(&m.profile.city)
+                .push_bind(serde_json::to_string(&m.profile.consents).expect("consents serialize"))
+                .push_bind(micros::of(m.signup_at))
+                .push_bind(m.merged_into.map(|s| s.0))
+                .push_bind(micros::of(m.created_at))
+                .push_bind(micros::of(m.updated_at));
+        });
+        query.push(
+            " ON CONFLICT (tenant_id, id) DO UPDATE SET card = excluded.card, phone = excluded.phone,
+              email = excluded.email, external_id = excluded.external_id, name = excluded.name,
+              birth_date = excluded.birth_date, gender = excluded.gender, city = excluded.city,
+              consents = excluded.consents, merged_into = excluded.merged_into, updated_at = excluded.updated_at",
+        );
+        query.build().execute(&mut *conn).await?;
+    }
+
+    for chunk in writes.lots.chunks(chunk_rows(11)) {
+        let mut query = QueryBuilder::<Sqlite>::new(format!("INSERT INTO lots (tenant_id, {LOT_COLUMNS}) "));
+        query.push_values(chunk, |mut b, (tenant, lot)| {
+            b.push_bind(tenant.0)
+                .push_bind(lot.id.0)
+                .push_bind(lot.member_id.0)
+                .push_bind(lot.currency.as_str())
+                .push_bind(lot.amount)
+                .push_bind(lot.remaining)
+                .push_bind(micros::of(lot.available_from))
+                .push_bind(micros::of(lot.expires_at))
+                .push_bind(lot.state.as_str())
+                .push_bind(lot.movement_id.0)
+                .push_bind(lot.purchase_id.map(|p| p.0));
+        });
+        query.push(" ON CONFLICT (tenant_id, id) DO UPDATE SET remaining = excluded.remaining, state = excluded.state");
+        query.build().execute(&mut *conn).await?;
+    }
+
+    for chunk in writes.movements.chunks(chunk_rows(8)) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO movements (tenant_id, id, member_id, kind, currency, occurred_at, purchase_id, reason) ",
+        );
+        query.push_values(chunk, |mut b, (tenant, m)| {
+            m.assert_balanced();
+            b.push_bind(tenant.0)
+                .push_bind(m.id.0)
+                .push_bind(m.member_id.0)
+                .push_bind(m.kind.as_str())
+                .push_bind(m.currency.as_str())
+                .push_bind(micros::of(m.occurred_at))
+                .push_bind(m.purchase_id.map(|p| p.0))
+                .push_bind(&m.reason);
+        });
+        query.build().execute(&mut *conn).await?;
+    }
+
+    let postings: Vec<_> = writes
+        .movements
+        .iter()
+        .flat_map(|(tenant, m)| m.postings.iter().enumerate().map(move |(seq, p)| (tenant, m, seq, p)))
+        .collect();
+    for chunk in postings.chunks(chunk_rows(8)) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO postings (tenant_id, movement_id, seq, account, member_id, currency, amount, lot_id) ",
+        );
+        query.push_values(chunk, |mut b, (tenant, m, seq, p)| {
+            b.push_bind(tenant.0)
+                .push_bind(m.id.0)
+                .push_bind(*seq as i64)
+                .push_bind(p.account.kind())
+                .push_bind(p.account.member_id().map(|id| id.0))
+                .push_bind(m.currency.as_str())
+                .push_bind(p.amount)
+                .push_bind(p.lot_id.map(|l| l.0));
+        });
+        query.build().execute(&mut *conn).await?;
+    }
+
+    for chunk in writes.purchases.chunks(chunk_rows(9)) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO purchases (tenant_id, id, member_id, external_id, program_id, occurred_at, total_minor, points_earned, record) ",
+        );
+        query.push_values(chunk, |mut b, (tenant, program, p)| {
+            b.push_bind(tenant.0)
+                .push_bind(p.id.0)
+                .push_bind(p.member_id.0)
+                .push_bind(&p.external_id)
+                .push_bind(program.0)
+                .push_bind(micros::of(p.occurred_at))
+                .push_bind(p.total_minor)
+                .push_bind(p.points_earned)
+                .push_bind(serde_json::to_string(p).expect("purchases serialize"));
+        });
+        query.push(" ON CONFLICT (tenant_id, id) DO UPDATE SET member_id = excluded.member_id, record = excluded.record");
+        query.build().execute(&mut *conn).await?;
+    }
+
+    for chunk in writes.events.chunks(chunk_rows(6)) {
+        let mut query =
+            QueryBuilder::<Sqlite>::new("INSERT INTO events (tenant_id, id, kind, member_id, payload, occurred_at) ");
+        query.push_values(chunk, |mut b, (tenant, id, event, at)| {
+            b.push_bind(tenant.0)
+                .push_bind(*id)
+                .push_bind(event.kind())
+                .push_bind(event.member_id().0)
+                .push_bind(serde_json::to_string(event).expect("events serialize"))
+                .push_bind(micros::of(*at));
+        });
+        query.build().execute(&mut *conn).await?;
+    }
+
+    for chunk in writes.idempotency.chunks(chunk_rows(6)) {
+        let mut query =
+            QueryBuilder::<Sqlite>::new("INSERT INTO idempotency (tenant_id, key, request_hash, status, body, created_at) ");
+        query.push_values(chunk, |mut b, (tenant, key, response, at)| {
+            b.push_bind(tenant.0)
+                .push_bind(key)
+                .push_bind(&response.request_hash)
+                .push_bind(response.status as i64)
+                .push_bind(&response.body)
+                .push_bind(micros::of(*at));
+        });
+        query.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Members with lots due for activation or expiry at `now`, at most `limit` of them.
+pub async fn members_with_due_lots(
+    conn: &mut SqliteConnection,
+    now: Timestamp,
+    limit: i64,
+) -> Result<Vec<(TenantId, MemberId)>> {
+    let now = micros::of(now);
+    let rows = sqlx::query(
+        "SELECT DISTINCT tenant_id, member_id FROM (
+             SELECT tenant_id, member_id FROM lots WHERE state = 'pending' AND available_from <= ?1
+             UNION ALL
+             SELECT tenant_id, member_id FROM lots WHERE state IN ('pending', 'available') AND expires_at <= ?1
+         ) LIMIT ?2",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows.into_iter().map(|row| (TenantId(row.get(0)), MemberId(row.get(1)))).collect())
+}

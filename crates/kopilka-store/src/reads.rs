@@ -1,0 +1,156 @@
+//! Reads that do not go through the writer: members, lots, history, purchases. They see the last
+//! committed state (WAL readers never block the writer).
+
+use kopilka_core::member::IdentifierKind;
+use kopilka_core::purchase::PurchaseRecord;
+use kopilka_core::{Account, Lot, MemberId, Movement, MovementId, MovementKind, PointCurrency, Posting, PurchaseId, TenantId};
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use crate::batch::{lot_of_row, member_of_row, purchase_of_row, LOT_COLUMNS, MEMBER_COLUMNS};
+use crate::{micros, MemberRow, Result, Store, StoreError};
+
+impl Store {
+    pub async fn member(&self, tenant: TenantId, id: MemberId) -> Result<Option<MemberRow>> {
+        let row = sqlx::query(&format!("SELECT {MEMBER_COLUMNS} FROM members WHERE tenant_id = ? AND id = ?"))
+            .bind(tenant.0)
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(member_of_row).transpose()
+    }
+
+    /// The member an identifier belongs to (which may be a merged member: the caller follows
+    /// `merged_into`).
+    pub async fn member_by(&self, tenant: TenantId, kind: IdentifierKind, value: &str) -> Result<Option<MemberRow>> {
+        let sql = format!("SELECT {MEMBER_COLUMNS} FROM members WHERE tenant_id = ? AND {} = ?", kind.as_str());
+        let row = sqlx::query(&sql).bind(tenant.0).bind(value).fetch_optional(&self.pool).await?;
+        row.as_ref().map(member_of_row).transpose()
+    }
+
+    /// Members in id order after `after`, for listing and export.
+    pub async fn members_page(&self, tenant: TenantId, after: MemberId, limit: i64) -> Result<Vec<MemberRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {MEMBER_COLUMNS} FROM members WHERE tenant_id = ? AND id > ? ORDER BY id LIMIT ?"
+        ))
+        .bind(tenant.0)
+        .bind(after.0)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(member_of_row).collect()
+    }
+
+    /// Members merged into `survivor`, whose history now belongs to it.
+    pub async fn merged_into(&self, tenant: TenantId, survivor: MemberId) -> Result<Vec<MemberId>> {
+        let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM members WHERE tenant_id = ? AND merged_into = ? ORDER BY id")
+            .bind(tenant.0)
+            .bind(survivor.0)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(ids.into_iter().map(MemberId).collect())
+    }
+
+    /// A member's lots; closed and expired ones too when `all`.
+    pub async fn lots(&self, tenant: TenantId, member: MemberId, all: bool) -> Result<Vec<Lot>> {
+        let filter = if all { "" } else { "AND state IN ('pending', 'available')" };
+        let rows = sqlx::query(&format!(
+            "SELECT {LOT_COLUMNS} FROM lots WHERE tenant_id = ? AND member_id = ? {filter} ORDER BY expires_at, id"
+        ))
+        .bind(tenant.0)
+        .bind(member.0)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(lot_of_row).collect()
+    }
+
+    /// Movements of the given members, newest first, before `before` (a cursor), with postings.
+    pub async fn history(
+        &self,
+        tenant: TenantId,
+        members: &[MemberId],
+        before: Option<MovementId>,
+        limit: i64,
+    ) -> Result<Vec<Movement>> {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "SELECT id, member_id, kind, currency, occurred_at, purchase_id, reason FROM movements WHERE tenant_id = ",
+        );
+        query.push_bind(tenant.0).push(" AND member_id IN (");
+        let mut separated = query.separated(", ");
+        for member in members {
+            separated.push_bind(member.0);
+        }
+        query.push(")");
+        if let Some(before) = before {
+            query.push(" AND id < ").push_bind(before.0);
+        }
+        query.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
+        let rows = query.build().fetch_all(&self.pool).await?;
+        let mut movements = Vec::with_capacity(rows.len());
+        for row in rows {
+            let corrupt = |detail: String| StoreError::Corrupt { table: "movements", detail };
+            let kind: String = row.get(2);
+            let currency: String = row.get(3);
+            movements.push(Movement {
+                id: MovementId(row.get(0)),
+                member_id: MemberId(row.get(1)),
+                kind: MovementKind::parse(&kind).ok_or_else(|| corrupt(kind))?,
+                currency: PointCurrency::parse(&currency).map_err(|e| corrupt(e.to_string()))?,
+                occurred_at: micros::to_ts(row.get(4)),
+                postings: Vec::new(),
+                purchase_id: row.get::<Option<i64>, _>(5).map(PurchaseId),
+                reason: row.get(6),
+            });
+        }
+        if movements.is_empty() {
+            return Ok(movements);
+        }
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "SELECT movement_id, account, member_id, amount, lot_id FROM postings WHERE tenant_id = ",
+        );
+        query.push_bind(tenant.0).push(" AND movement_id IN (");
+        let mut separated = query.separated(", ");
+        for movement in &movements {
+            separated.push_bind(movement.id.0);
+        }
+        query.push(") ORDER BY movement_id, seq");
+        for row in query.build().fetch_all(&self.pool).await? {
+            let movement_id = MovementId(row.get(0));
+            let kind: String = row.get(1);
+            let account = Account::from_parts(&kind, row.get::<Option<i64>, _>(2).map(MemberId))
+                .ok_or(StoreError::Corrupt { table: "postings", detail: kind })?;
+            let movement = movements.iter_mut().find(|m| m.id == movement_id).expect("postings of loaded movements");
+            movement.postings.push(Posting {
+                account,
+                amount: row.get(3),
+                lot_id: row.get::<Option<i64>, _>(4).map(kopilka_core::LotId),
+            });
+        }
+        for movement in &movements {
+            // Paired with the assertion before the write: what was balanced stays balanced.
+            movement.assert_balanced();
+        }
+        Ok(movements)
+    }
+
+    pub async fn purchase(&self, tenant: TenantId, id: PurchaseId) -> Result<Option<PurchaseRecord>> {
+        let row = sqlx::query("SELECT tenant_id, program_id, record FROM purchases WHERE tenant_id = ? AND id = ?")
+            .bind(tenant.0)
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(purchase_of_row).transpose()?.map(|(_, _, record)| record))
+    }
+
+    /// Purchases in id order after `after`, for export.
+    pub async fn purchases_page(&self, tenant: TenantId, after: PurchaseId, limit: i64) -> Result<Vec<PurchaseRecord>> {
+        let rows = sqlx::query(
+            "SELECT tenant_id, program_id, record FROM purchases WHERE tenant_id = ? AND id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(tenant.0)
+        .bind(after.0)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|row| purchase_of_row(row).map(|(_, _, record)| record)).collect()
+    }
+}

@@ -1,0 +1,84 @@
+//! The ledger checked from its rows: balances are derived from postings and compared with lots.
+//! Run by tests after every scenario and by `kopilka verify` on a live store.
+
+use std::collections::BTreeMap;
+
+use sqlx::Row;
+
+use crate::{Result, Store};
+
+/// What `verify` found wrong; empty when the ledger is sound.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LedgerReport {
+    pub movements: i64,
+    pub postings: i64,
+    pub problems: Vec<String>,
+}
+
+impl Store {
+    /// Checks that every movement balances, that all accounts sum to zero per tenant and currency,
+    /// and that each member's pending and available accounts equal the remaining of their lots.
+    pub async fn verify(&self) -> Result<LedgerReport> {
+        let mut report = LedgerReport::default();
+        report.movements = sqlx::query_scalar("SELECT COUNT(*) FROM movements").fetch_one(&self.pool).await?;
+        report.postings = sqlx::query_scalar("SELECT COUNT(*) FROM postings").fetch_one(&self.pool).await?;
+        let unbalanced = sqlx::query(
+            "SELECT tenant_id, movement_id, SUM(amount) FROM postings GROUP BY tenant_id, movement_id HAVING SUM(amount) <> 0 LIMIT 20",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for row in unbalanced {
+            report.problems.push(format!(
+                "tenant {} movement {} sums to {}",
+                row.get::<i64, _>(0),
+                row.get::<i64, _>(1),
+                row.get::<i64, _>(2)
+            ));
+        }
+        let totals = sqlx::query(
+            "SELECT tenant_id, currency, SUM(amount) FROM postings GROUP BY tenant_id, currency HAVING SUM(amount) <> 0",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for row in totals {
+            report.problems.push(format!(
+                "tenant {} currency {} accounts sum to {}",
+                row.get::<i64, _>(0),
+                row.get::<String, _>(1),
+                row.get::<i64, _>(2)
+            ));
+        }
+        let mut by_account: BTreeMap<(i64, i64, String, String), (i64, i64)> = BTreeMap::new();
+        let accounts = sqlx::query(
+            "SELECT tenant_id, member_id, currency, account, SUM(amount) FROM postings
+             WHERE member_id IS NOT NULL GROUP BY tenant_id, member_id, currency, account",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for row in accounts {
+            let key = (row.get(0), row.get(1), row.get(2), row.get(3));
+            by_account.entry(key).or_default().0 = row.get(4);
+        }
+        let lots = sqlx::query(
+            "SELECT tenant_id, member_id, currency, 'member_' || state, SUM(remaining) FROM lots
+             WHERE state IN ('pending', 'available') GROUP BY tenant_id, member_id, currency, state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for row in lots {
+            let key = (row.get(0), row.get(1), row.get(2), row.get(3));
+            by_account.entry(key).or_default().1 = row.get(4);
+        }
+        for ((tenant, member, currency, account), (postings, lots)) in by_account {
+            if postings != lots {
+                report.problems.push(format!(
+                    "tenant {tenant} member {member} {currency} {account}: postings say {postings}, lots say {lots}"
+                ));
+            }
+            if postings < 0 {
+                report.problems.push(format!("tenant {tenant} member {member} {currency} {account} is negative: {postings}"));
+            }
+        }
+        Ok(report)
+    }
+}
