@@ -161,3 +161,30 @@ mod tests {
         assert!(PointCurrency::parse(&"A".repeat(17)).is_err());
     }
 }
+
+#[cfg(feature = "openapi")]
+mod openapi {
+    use utoipa::openapi::{ObjectBuilder, RefOr, Schema, Type};
+
+    fn code_schema(description: &str, example: &str) -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(description))
+            .examples([example])
+            .into()
+    }
+
+    impl utoipa::PartialSchema for super::Currency {
+        fn schema() -> RefOr<Schema> {
+            code_schema("An ISO 4217 currency code", "RUB")
+        }
+    }
+    impl utoipa::ToSchema for super::Currency {}
+
+    impl utoipa::PartialSchema for super::PointCurrency {
+        fn schema() -> RefOr<Schema> {
+            code_schema("A point currency code: 1 to 16 upper-case letters, digits or underscores", "PTS")
+        }
+    }
+    impl utoipa::ToSchema for super::PointCurrency {}
+}

@@ -14,6 +14,7 @@ use crate::{DomainError, IdAllocator, LotId, MemberId, MovementId, PointCurrency
 
 /// An account of the ledger. System accounts are per tenant and currency; they go negative as the
 /// program issues points, so the sum over all accounts stays zero.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "member_id", rename_all = "snake_case")]
 pub enum Account {
@@ -67,6 +68,7 @@ impl Account {
 
 /// One side of a movement: `amount` points into `account` (negative: out of it). Postings on member
 /// accounts name the lot they change.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Posting {
     pub account: Account,
@@ -75,6 +77,7 @@ pub struct Posting {
 }
 
 /// What a movement records.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MovementKind {
@@ -118,12 +121,14 @@ impl MovementKind {
 }
 
 /// A balanced set of postings in one point currency.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Movement {
     pub id: MovementId,
     pub kind: MovementKind,
     pub member_id: MemberId,
     pub currency: PointCurrency,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub occurred_at: Timestamp,
     pub postings: Vec<Posting>,
     pub purchase_id: Option<PurchaseId>,
@@ -155,6 +160,7 @@ impl Movement {
 }
 
 /// Where a lot is in its life.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LotState {
@@ -190,6 +196,7 @@ impl LotState {
 }
 
 /// One credit of points to a member, and what is left of it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lot {
     pub id: LotId,
@@ -197,7 +204,9 @@ pub struct Lot {
     pub currency: PointCurrency,
     pub amount: i64,
     pub remaining: i64,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub available_from: Timestamp,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub expires_at: Timestamp,
     pub state: LotState,
     pub movement_id: MovementId,
@@ -233,6 +242,7 @@ impl Lot {
 }
 
 /// A member's balance at a moment, in one point currency.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Balance {
     pub available: i64,

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::DomainError;
 
 /// How a member can be looked up.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IdentifierKind {
@@ -70,6 +71,7 @@ impl IdentifierKind {
 }
 
 /// The channels a member may be contacted through, each with its own consent.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Consents {
@@ -84,6 +86,7 @@ pub struct Consents {
 }
 
 /// A member's gender as the member chose to state it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Gender {
@@ -112,6 +115,7 @@ impl Gender {
 }
 
 /// The profile of a member: identifiers and what the program may use for segments and offers.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Profile {
     pub card: Option<String>,
@@ -119,6 +123,7 @@ pub struct Profile {
     pub email: Option<String>,
     pub external_id: Option<String>,
     pub name: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = Date))]
     pub birth_date: Option<Date>,
     pub gender: Option<Gender>,
     pub city: Option<String>,

@@ -13,6 +13,7 @@ use crate::{Currency, PointCurrency};
 
 /// Points given per amount spent: `points` for every `per_minor` minor units.
 /// 1 point per 100 RUB is `{ points: 1, per_minor: 10000 }`; 10 per 100 RUB is `{ points: 10, per_minor: 10000 }`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EarnRate {
     pub points: i64,
@@ -29,6 +30,7 @@ impl EarnRate {
 }
 
 /// When earned points stop being usable.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ExpiryPolicy {
@@ -42,6 +44,7 @@ pub enum ExpiryPolicy {
 }
 
 /// A loyalty program's terms.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Program {
@@ -75,6 +78,7 @@ fn default_time_zone() -> String {
 }
 
 /// One problem in a program document, with the path to the offending field.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ValidationIssue {
     pub path: String,

@@ -25,6 +25,7 @@ pub const POINTS_MAX: i64 = 1_000_000_000;
 pub const TEXT_LEN_MAX: usize = 200;
 
 /// Where a purchase was made.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Channel {
@@ -57,6 +58,7 @@ impl Channel {
 }
 
 /// One line of a receipt as the POS sends it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LineInput {
     pub sku: String,
@@ -83,6 +85,7 @@ pub struct PurchaseCommand {
 }
 
 /// A line as recorded, with the points it earned and the points that paid for it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordedLine {
     pub sku: String,
@@ -97,11 +100,13 @@ pub struct RecordedLine {
 }
 
 /// A recorded purchase and what has been returned of it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PurchaseRecord {
     pub id: PurchaseId,
     pub member_id: MemberId,
     pub external_id: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub occurred_at: Timestamp,
     pub channel: Channel,
     pub store: Option<String>,
@@ -334,6 +339,7 @@ pub fn decide_purchase(
 }
 
 /// Which lines of a purchase come back, and how many of each.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReturnLine {
     /// The line's position in the purchase, from 0.
@@ -342,6 +348,7 @@ pub struct ReturnLine {
 }
 
 /// The outcome of a return, beside its movements.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReturnSummary {
     pub returned_minor: i64,
