@@ -386,3 +386,24 @@ pub async fn members_with_due_lots(
     .await?;
     Ok(rows.into_iter().map(|row| (TenantId(row.get(0)), MemberId(row.get(1)))).collect())
 }
+
+/// The writer's own connection.
+pub type Connection = SqliteConnection;
+
+/// Starts the batch transaction, taking the write lock at once (no deferred upgrade that could
+/// fail halfway).
+pub async fn begin(conn: &mut Connection) -> Result<()> {
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Commits; with `synchronous = FULL` the batch is on disk when this returns.
+pub async fn commit(conn: &mut Connection) -> Result<()> {
+    sqlx::query("COMMIT").execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Abandons the batch. Errors are ignored: with no transaction open there is nothing to undo.
+pub async fn rollback(conn: &mut Connection) {
+    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+}

@@ -50,6 +50,11 @@ impl Store {
         Ok(Store { pool })
     }
 
+    /// A connection of its own for the writer, outside the readers' pool.
+    pub async fn writer_connection(&self) -> Result<SqliteConnection> {
+        Ok(self.pool.acquire().await?.detach())
+    }
+
     /// The highest ids in use, so the writer can hand out the next ones without asking the database.
     pub async fn id_seeds(&self) -> Result<IdAllocator> {
         let row = sqlx::query(

@@ -1,0 +1,563 @@
+//! The commands that change state, and how a batch of them is decided in memory.
+//!
+//! The writer loads what a batch needs (`keys`), builds a [`BatchState`] from it, applies each
+//! command in arrival order (each sees what the ones before it did), then hands the state's writes
+//! to the store in one transaction. A command that is refused leaves the state as it found it:
+//! the core's `decide_*` functions check before they change anything.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use jiff::{SignedDuration, Timestamp};
+use kopilka_core::member::{IdentifierKind, Profile};
+use kopilka_core::purchase::{self, PurchaseCommand, PurchaseRecord};
+use kopilka_core::{
+    Currency, DomainError, DomainEvent, IdAllocator, Lot, MemberId, MemberLedger, Program, ProgramId, PurchaseId,
+    TenantId,
+};
+use kopilka_store::batch::{BatchKeys, Loaded, Writes};
+use kopilka_store::{MemberRow, Role, StoredResponse};
+use serde::Serialize;
+
+use crate::dto::{
+    AdjustmentRequest, BalanceView, MemberView, MergeResponse, MovementResponse, PurchaseRequest, PurchaseResponse,
+    RedemptionRequest, ReturnRequest, ReturnResponse,
+};
+use crate::error::ApiError;
+
+/// How far in the future a purchase's `occurred_at` may be: tills' clocks drift.
+const CLOCK_SKEW_MAX: SignedDuration = SignedDuration::from_mins(10);
+
+/// A change requested of the writer.
+#[derive(Debug, Clone)]
+pub enum Command {
+    CreateMember { profile: Profile, signup_at: Option<Timestamp> },
+    /// A JSON merge patch (RFC 7386) over the member's profile.
+    UpdateMember { member_id: MemberId, patch: serde_json::Value },
+    MergeMembers { survivor_id: MemberId, absorbed_id: MemberId },
+    Purchase(PurchaseRequest),
+    Return(ReturnRequest),
+    Redeem(RedemptionRequest),
+    Adjust(AdjustmentRequest),
+    /// Activation and expiry of due lots for these members (the jobs).
+    CatchUp { members: Vec<MemberId> },
+    /// Administrative commands run in a transaction of their own.
+    CreateTenant { name: String, admin_key: String },
+    SaveProgram { id: Option<ProgramId>, program: Program },
+    CreateApiKey { key: String, role: Role, name: String },
+}
+
+impl Command {
+    /// Administrative commands are rare and touch other tables; the writer runs each alone.
+    pub fn runs_alone(&self) -> bool {
+        matches!(self, Command::CreateTenant { .. } | Command::SaveProgram { .. } | Command::CreateApiKey { .. })
+    }
+}
+
+/// The idempotency key of a request and the hash of what was asked under it.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    pub key: String,
+    pub request_hash: Vec<u8>,
+}
+
+/// A command for one tenant, as the writer receives it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub tenant: TenantId,
+    pub idempotency: Option<Idempotency>,
+    pub command: Command,
+}
+
+/// The answer to a request: an HTTP status and a JSON body. `stored_body` replaces the body in
+/// the idempotency record when the answer holds a secret that must not be kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub stored_body: Option<Vec<u8>>,
+    /// True when this is the stored answer to an earlier request with the same key.
+    pub replayed: bool,
+}
+
+impl Reply {
+    pub fn json<T: Serialize>(status: u16, value: &T) -> Reply {
+        Reply { status, body: serde_json::to_vec(value).expect("replies serialize"), stored_body: None, replayed: false }
+    }
+}
+
+/// The current version of each tenant's programs, owned by the writer.
+#[derive(Debug, Default, Clone)]
+pub struct Programs(pub HashMap<TenantId, Vec<ProgramEntry>>);
+
+#[derive(Debug, Clone)]
+pub struct ProgramEntry {
+    pub id: ProgramId,
+    pub version: i64,
+    pub program: Arc<Program>,
+}
+
+impl Programs {
+    /// The named program, or the tenant's first.
+    pub fn get(&self, tenant: TenantId, id: Option<i64>) -> Result<&ProgramEntry, ApiError> {
+        let entries = self.0.get(&tenant).map(Vec::as_slice).unwrap_or_default();
+        let found = match id {
+            Some(id) => entries.iter().find(|e| e.id.0 == id),
+            None => entries.first(),
+        };
+        found.ok_or_else(|| match id {
+            Some(id) => ApiError::not_found("program_not_found", format!("program {id} does not exist")),
+            None => ApiError::not_found("program_not_found", "the tenant has no program yet: create one first"),
+        })
+    }
+
+    pub fn put(&mut self, tenant: TenantId, id: ProgramId, version: i64, program: Program) {
+        let entries = self.0.entry(tenant).or_default();
+        let entry = ProgramEntry { id, version, program: Arc::new(program) };
+        match entries.iter_mut().find(|e| e.id == id) {
+            Some(existing) => *existing = entry,
+            None => {
+                entries.push(entry);
+                entries.sort_by_key(|e| e.id);
+            }
+        }
+    }
+}
+
+/// What a batch of requests needs loaded.
+pub fn keys(requests: &[&Request]) -> BatchKeys {
+    let mut keys = BatchKeys::default();
+    for request in requests {
+        let tenant = request.tenant;
+        if let Some(idempotency) = &request.idempotency {
+            keys.idempotency.push((tenant, idempotency.key.clone()));
+        }
+        match &request.command {
+            Command::CreateMember { profile, .. } => {
+                push_identifiers(&mut keys, tenant, profile);
+            }
+            Command::UpdateMember { member_id, patch } => {
+                keys.members.push((tenant, *member_id));
+                for kind in IdentifierKind::ALL {
+                    if let Some(Ok(value)) = patch.get(kind.as_str()).and_then(|v| v.as_str()).map(|v| kind.normalize(v)) {
+                        keys.identifiers.push((tenant, kind, value));
+                    }
+                }
+            }
+            Command::MergeMembers { survivor_id, absorbed_id } => {
+                keys.members.push((tenant, *survivor_id));
+                keys.members.push((tenant, *absorbed_id));
+            }
+            Command::Purchase(purchase) => {
+                keys.members.push((tenant, MemberId(purchase.member_id)));
+                keys.purchase_external_ids.push((tenant, purchase.external_id.clone()));
+            }
+            Command::Return(ret) => {
+                if let Some(id) = ret.purchase_id {
+                    keys.purchase_ids.push((tenant, PurchaseId(id)));
+                }
+                if let Some(external_id) = &ret.purchase_external_id {
+                    keys.purchase_external_ids.push((tenant, external_id.clone()));
+                }
+            }
+            Command::Redeem(redeem) => keys.members.push((tenant, MemberId(redeem.member_id))),
+            Command::Adjust(adjust) => keys.members.push((tenant, MemberId(adjust.member_id))),
+            Command::CatchUp { members } => keys.members.extend(members.iter().map(|m| (tenant, *m))),
+            Command::CreateTenant { .. } | Command::SaveProgram { .. } | Command::CreateApiKey { .. } => {}
+        }
+    }
+    keys
+}
+
+fn push_identifiers(keys: &mut BatchKeys, tenant: TenantId, profile: &Profile) {
+    for kind in IdentifierKind::ALL {
+        if let Some(Ok(value)) = profile.identifier(kind).map(|raw| kind.normalize(raw)) {
+            keys.identifiers.push((tenant, kind, value));
+        }
+    }
+}
+
+type MemberKey = (TenantId, MemberId);
+
+/// The in-memory state of a batch: what was loaded, changed by each command in turn.
+pub struct BatchState<'a> {
+    now: Timestamp,
+    programs: &'a Programs,
+    ids: &'a mut IdAllocator,
+    next_event_id: &'a mut i64,
+    idempotency: HashMap<(TenantId, String), StoredResponse>,
+    members: HashMap<MemberKey, MemberRow>,
+    dirty_members: HashSet<MemberKey>,
+    loaded_lots: HashMap<MemberKey, Vec<Lot>>,
+    ledgers: HashMap<MemberKey, MemberLedger>,
+    purchases: HashMap<(TenantId, PurchaseId), (ProgramId, PurchaseRecord)>,
+    purchase_by_external_id: HashMap<(TenantId, String), PurchaseId>,
+    dirty_purchases: HashSet<(TenantId, PurchaseId)>,
+    identifiers: HashMap<(TenantId, IdentifierKind, String), MemberId>,
+    writes: Writes,
+}
+
+impl<'a> BatchState<'a> {
+    pub fn new(
+        loaded: Loaded,
+        programs: &'a Programs,
+        ids: &'a mut IdAllocator,
+        next_event_id: &'a mut i64,
+        now: Timestamp,
+    ) -> BatchState<'a> {
+        let mut purchases = HashMap::new();
+        let mut purchase_by_external_id = HashMap::new();
+        for (tenant, program, record) in loaded.purchases {
+            purchase_by_external_id.insert((tenant, record.external_id.clone()), record.id);
+            purchases.insert((tenant, record.id), (program, record));
+        }
+        BatchState {
+            now,
+            programs,
+            ids,
+            next_event_id,
+            idempotency: loaded.idempotency,
+            members: loaded.members,
+            dirty_members: HashSet::new(),
+            loaded_lots: loaded.lots,
+            ledgers: HashMap::new(),
+            purchases,
+            purchase_by_external_id,
+            dirty_purchases: HashSet::new(),
+            identifiers: loaded.identifiers,
+            writes: Writes::default(),
+        }
+    }
+
+    /// Applies one request: replays the stored answer of a repeated idempotency key, refuses a key
+    /// reused for another request, and otherwise decides the command and records its answer.
+    pub fn apply(&mut self, request: &Request) -> Result<Reply, ApiError> {
+        if let Some(idempotency) = &request.idempotency {
+            if let Some(stored) = self.idempotency.get(&(request.tenant, idempotency.key.clone())) {
+                if stored.request_hash != idempotency.request_hash {
+                    return Err(ApiError::IdempotencyKeyReused { key: idempotency.key.clone() });
+                }
+                return Ok(Reply { status: stored.status, body: stored.body.clone(), stored_body: None, replayed: true });
+            }
+        }
+        let reply = self.decide(request.tenant, &request.command)?;
+        if let Some(idempotency) = &request.idempotency {
+            let stored = StoredResponse {
+                request_hash: idempotency.request_hash.clone(),
+                status: reply.status,
+                body: reply.stored_body.clone().unwrap_or_else(|| reply.body.clone()),
+            };
+            self.idempotency.insert((request.tenant, idempotency.key.clone()), stored.clone());
+            self.writes.idempotency.push((request.tenant, idempotency.key.clone(), stored, self.now));
+        }
+        Ok(reply)
+    }
+
+    fn decide(&mut self, tenant: TenantId, command: &Command) -> Result<Reply, ApiError> {
+        match command {
+            Command::CreateMember { profile, signup_at } => self.create_member(tenant, profile.clone(), *signup_at),
+            Command::UpdateMember { member_id, patch } => self.update_member(tenant, *member_id, patch),
+            Command::MergeMembers { survivor_id, absorbed_id } => self.merge(tenant, *survivor_id, *absorbed_id),
+            Command::Purchase(request) => self.purchase(tenant, request),
+            Command::Return(request) => self.return_purchase(tenant, request),
+            Command::Redeem(request) => self.redeem(tenant, request),
+            Command::Adjust(request) => self.adjust(tenant, request),
+            Command::CatchUp { members } => self.catch_up(tenant, members),
+            Command::CreateTenant { .. } | Command::SaveProgram { .. } | Command::CreateApiKey { .. } => {
+                unreachable!("the writer runs administrative commands alone")
+            }
+        }
+    }
+
+    /// Everything the batch decided, ready for the store.
+    pub fn into_writes(mut self) -> Writes {
+        for ((tenant, _), ledger) in self.ledgers.iter_mut() {
+            self.writes.lots.extend(ledger.take_dirty().into_iter().map(|lot| (*tenant, lot)));
+        }
+        for key in &self.dirty_members {
+            self.writes.members.push((key.0, self.members[key].clone()));
+        }
+        for key in &self.dirty_purchases {
+            let (program, record) = &self.purchases[key];
+            self.writes.purchases.push((key.0, *program, record.clone()));
+        }
+        self.writes
+    }
+
+    /// The member a command names, following a merge to the survivor.
+    fn member(&self, tenant: TenantId, id: MemberId) -> Result<MemberId, ApiError> {
+        let row = self
+            .members
+            .get(&(tenant, id))
+            .ok_or_else(|| ApiError::not_found("member_not_found", format!("member {id} does not exist")))?;
+        Ok(row.merged_into.unwrap_or(id))
+    }
+
+    /// The member's ledger, built from the loaded lots on first use, with the id allocator beside
+    /// it (a pair, so both can be borrowed at once).
+    fn ledger(&mut self, tenant: TenantId, member: MemberId) -> (&mut MemberLedger, &mut IdAllocator) {
+        let loaded_lots = &mut self.loaded_lots;
+        let ledger = self
+            .ledgers
+            .entry((tenant, member))
+            .or_insert_with(|| MemberLedger::new(member, loaded_lots.remove(&(tenant, member)).unwrap_or_default()));
+        (ledger, &mut *self.ids)
+    }
+
+    fn balance(&mut self, tenant: TenantId, member: MemberId, program: &Program) -> BalanceView {
+        let now = self.now;
+        let balance = self.ledger(tenant, member).0.balance(&program.point_currency, now);
+        BalanceView { member_id: member.0, currency: program.point_currency.to_string(), balance, as_of: now }
+    }
+
+    fn record(&mut self, tenant: TenantId, outcome: purchase::Outcome) {
+        for event in outcome.events {
+            *self.next_event_id += 1;
+            self.writes.events.push((tenant, *self.next_event_id, event, self.now));
+        }
+        self.writes.movements.extend(outcome.movements.into_iter().map(|m| (tenant, m)));
+    }
+
+    fn event(&mut self, tenant: TenantId, event: DomainEvent) {
+        *self.next_event_id += 1;
+        self.writes.events.push((tenant, *self.next_event_id, event, self.now));
+    }
+
+    fn check_identifiers(&self, tenant: TenantId, profile: &Profile, owner: Option<MemberId>) -> Result<(), ApiError> {
+        for kind in IdentifierKind::ALL {
+            let Some(value) = profile.identifier(kind) else { continue };
+            if let Some(holder) = self.identifiers.get(&(tenant, kind, value.to_string())) {
+                if Some(*holder) != owner {
+                    return Err(ApiError::Conflict {
+                        code: "identifier_taken",
+                        detail: format!("{} {value:?} already belongs to member {holder}", kind.as_str()),
+                        field: Some(kind.as_str().to_string()),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn set_identifiers(&mut self, tenant: TenantId, member: MemberId, old: Option<&Profile>, new: &Profile) {
+        for kind in IdentifierKind::ALL {
+            if let Some(value) = old.and_then(|p| p.identifier(kind)) {
+                self.identifiers.remove(&(tenant, kind, value.to_string()));
+            }
+            if let Some(value) = new.identifier(kind) {
+                self.identifiers.insert((tenant, kind, value.to_string()), member);
+            }
+        }
+    }
+
+    fn create_member(&mut self, tenant: TenantId, profile: Profile, signup_at: Option<Timestamp>) -> Result<Reply, ApiError> {
+        let profile = profile.normalized()?;
+        self.check_identifiers(tenant, &profile, None)?;
+        let id = self.ids.member();
+        self.set_identifiers(tenant, id, None, &profile);
+        let row = MemberRow {
+            id,
+            profile,
+            signup_at: signup_at.unwrap_or(self.now),
+            merged_into: None,
+            created_at: self.now,
+            updated_at: self.now,
+        };
+        self.members.insert((tenant, id), row.clone());
+        self.loaded_lots.insert((tenant, id), Vec::new());
+        self.dirty_members.insert((tenant, id));
+        self.event(tenant, DomainEvent::MemberCreated { member_id: id });
+        Ok(Reply::json(201, &MemberView::from(row)))
+    }
+
+    fn update_member(&mut self, tenant: TenantId, id: MemberId, patch: &serde_json::Value) -> Result<Reply, ApiError> {
+        let current = self
+            .members
+            .get(&(tenant, id))
+            .ok_or_else(|| ApiError::not_found("member_not_found", format!("member {id} does not exist")))?;
+        if let Some(survivor) = current.merged_into {
+            return Err(DomainError::MemberMerged { member_id: id.0, survivor_id: survivor.0 }.into());
+        }
+        let serde_json::Value::Object(changes) = patch else {
+            return Err(ApiError::bad_request("malformed_json", "body", "a member patch is a JSON object"));
+        };
+        let mut document = serde_json::to_value(&current.profile).expect("profiles serialize");
+        for (field, value) in changes {
+            document[field] = value.clone();
+        }
+        let profile: Profile = serde_json::from_value(document)
+            .map_err(|error| ApiError::bad_request("validation_failed", "body", error.to_string()))?;
+        let profile = profile.normalized()?;
+        self.check_identifiers(tenant, &profile, Some(id))?;
+        let old = current.profile.clone();
+        self.set_identifiers(tenant, id, Some(&old), &profile);
+        let row = self.members.get_mut(&(tenant, id)).expect("checked above");
+        row.profile = profile;
+        row.updated_at = self.now;
+        let view = MemberView::from(row.clone());
+        self.dirty_members.insert((tenant, id));
+        self.event(tenant, DomainEvent::MemberUpdated { member_id: id });
+        Ok(Reply::json(200, &view))
+    }
+
+    fn merge(&mut self, tenant: TenantId, survivor: MemberId, absorbed: MemberId) -> Result<Reply, ApiError> {
+        if survivor == absorbed {
+            return Err(DomainError::MergeIntoSelf.into());
+        }
+        for id in [survivor, absorbed] {
+            let resolved = self.member(tenant, id)?;
+            if resolved != id {
+                return Err(DomainError::MemberMerged { member_id: id.0, survivor_id: resolved.0 }.into());
+            }
+        }
+        let program = self.programs.get(tenant, None)?.program.clone();
+        let now = self.now;
+        let mut absorbed_ledger =
+            std::mem::replace(self.ledger(tenant, absorbed).0, MemberLedger::new(absorbed, Vec::new()));
+        let (survivor_ledger, ids) = self.ledger(tenant, survivor);
+        let mut movements = absorbed_ledger.catch_up(now, ids);
+        movements.extend(survivor_ledger.catch_up(now, ids));
+        let merged = survivor_ledger.absorb(&mut absorbed_ledger, ids, now);
+        let points_moved = merged.iter().map(|m| m.member_delta()).sum();
+        movements.extend(merged);
+        self.ledgers.insert((tenant, absorbed), absorbed_ledger);
+        let events = movements.iter().map(|m| DomainEvent::of_movement(m, None)).collect();
+        self.record(tenant, purchase::Outcome { movements, events });
+        let row = self.members.get_mut(&(tenant, absorbed)).expect("resolved above");
+        row.merged_into = Some(survivor);
+        row.updated_at = now;
+        self.dirty_members.insert((tenant, absorbed));
+        self.event(tenant, DomainEvent::MembersMerged { survivor_id: survivor, absorbed_id: absorbed });
+        let balance = self.balance(tenant, survivor, &program);
+        let survivor_view = MemberView::from(self.members[&(tenant, survivor)].clone());
+        Ok(Reply::json(200, &MergeResponse { survivor: survivor_view, absorbed_id: absorbed.0, points_moved, balance }))
+    }
+
+    fn purchase(&mut self, tenant: TenantId, request: &PurchaseRequest) -> Result<Reply, ApiError> {
+        let member = self.member(tenant, MemberId(request.member_id))?;
+        let entry = self.programs.get(tenant, request.program_id)?;
+        let (program_id, version, program) = (entry.id, entry.version, entry.program.clone());
+        if let Some(existing) = self.purchase_by_external_id.get(&(tenant, request.external_id.clone())) {
+            return Err(ApiError::Conflict {
+                code: "duplicate_purchase",
+                detail: format!("receipt {:?} is already recorded as purchase {existing}", request.external_id),
+                field: Some("external_id".into()),
+            });
+        }
+        let currency = Currency::parse(&request.currency)?;
+        let occurred_at = request.occurred_at.unwrap_or(self.now);
+        if occurred_at > self.now + CLOCK_SKEW_MAX {
+            return Err(ApiError::bad_request("validation_failed", "occurred_at", "must not be in the future"));
+        }
+        let command = PurchaseCommand {
+            external_id: request.external_id.clone(),
+            occurred_at,
+            channel: request.channel,
+            store: request.store.clone(),
+            currency,
+            lines: request.lines.clone(),
+            redeem_points: request.redeem_points,
+        };
+        let now = self.now;
+        let (ledger, ids) = self.ledger(tenant, member);
+        let (record, outcome) = purchase::decide_purchase(&program, version, ledger, command, now, ids)?;
+        self.record(tenant, outcome);
+        let balance = self.balance(tenant, member, &program);
+        self.purchase_by_external_id.insert((tenant, record.external_id.clone()), record.id);
+        self.purchases.insert((tenant, record.id), (program_id, record.clone()));
+        self.dirty_purchases.insert((tenant, record.id));
+        Ok(Reply::json(201, &PurchaseResponse { purchase: record, balance }))
+    }
+
+    fn return_purchase(&mut self, tenant: TenantId, request: &ReturnRequest) -> Result<Reply, ApiError> {
+        let id = match (request.purchase_id, &request.purchase_external_id) {
+            (Some(id), None) => PurchaseId(id),
+            (None, Some(external_id)) => *self
+                .purchase_by_external_id
+                .get(&(tenant, external_id.clone()))
+                .ok_or_else(|| ApiError::not_found("purchase_not_found", format!("no purchase with receipt {external_id:?}")))?,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "validation_failed",
+                    "purchase_id",
+                    "name the purchase by exactly one of purchase_id and purchase_external_id",
+                ))
+            }
+        };
+        let (program_id, mut record) = self
+            .purchases
+            .get(&(tenant, id))
+            .cloned()
+            .ok_or_else(|| ApiError::not_found("purchase_not_found", format!("purchase {id} does not exist")))?;
+        let member = self.member(tenant, record.member_id)?;
+        record.member_id = member;
+        let program = self.programs.get(tenant, Some(program_id.0))?.program.clone();
+        let now = self.now;
+        let (ledger, ids) = self.ledger(tenant, member);
+        let (summary, outcome) = purchase::decide_return(&program, ledger, &mut record, request.lines.as_deref(), now, ids)?;
+        self.record(tenant, outcome);
+        let balance = self.balance(tenant, member, &program);
+        self.purchases.insert((tenant, id), (program_id, record.clone()));
+        self.dirty_purchases.insert((tenant, id));
+        Ok(Reply::json(
+            201,
+            &ReturnResponse {
+                purchase_id: id.0,
+                returned_minor: summary.returned_minor,
+                points_reversed: summary.points_reversed,
+                points_restored: summary.points_restored,
+                points_unrecovered: summary.points_unrecovered,
+                purchase: record,
+                balance,
+            },
+        ))
+    }
+
+    fn redeem(&mut self, tenant: TenantId, request: &RedemptionRequest) -> Result<Reply, ApiError> {
+        let member = self.member(tenant, MemberId(request.member_id))?;
+        let program = self.programs.get(tenant, request.program_id)?.program.clone();
+        let now = self.now;
+        let (ledger, ids) = self.ledger(tenant, member);
+        let reason = request.reason.clone();
+        let outcome = purchase::decide_redeem(&program, ledger, request.points, request.bill_minor, reason, now, ids)?;
+        self.movement_reply(tenant, member, &program, outcome)
+    }
+
+    fn adjust(&mut self, tenant: TenantId, request: &AdjustmentRequest) -> Result<Reply, ApiError> {
+        let member = self.member(tenant, MemberId(request.member_id))?;
+        let program = self.programs.get(tenant, request.program_id)?.program.clone();
+        let now = self.now;
+        let (ledger, ids) = self.ledger(tenant, member);
+        let outcome = purchase::decide_adjust(&program, ledger, request.points, request.reason.clone(), now, ids)?;
+        self.movement_reply(tenant, member, &program, outcome)
+    }
+
+    fn movement_reply(
+        &mut self,
+        tenant: TenantId,
+        member: MemberId,
+        program: &Program,
+        outcome: purchase::Outcome,
+    ) -> Result<Reply, ApiError> {
+        let movement = outcome.movements.last().cloned().expect("redemptions and adjustments move points");
+        self.record(tenant, outcome);
+        let balance = self.balance(tenant, member, program);
+        Ok(Reply::json(201, &MovementResponse { movement, balance }))
+    }
+
+    fn catch_up(&mut self, tenant: TenantId, members: &[MemberId]) -> Result<Reply, ApiError> {
+        let now = self.now;
+        let mut movements = Vec::new();
+        for member in members {
+            if !self.members.contains_key(&(tenant, *member)) {
+                continue;
+            }
+            let (ledger, ids) = self.ledger(tenant, *member);
+            movements.extend(ledger.catch_up(now, ids));
+        }
+        let count = movements.len();
+        let events = movements.iter().map(|m| DomainEvent::of_movement(m, None)).collect();
+        self.record(tenant, purchase::Outcome { movements, events });
+        Ok(Reply::json(200, &serde_json::json!({ "members": members.len(), "movements": count })))
+    }
+}

@@ -1,0 +1,67 @@
+//! Prometheus metrics, kept in plain atomics and rendered as text at `/metrics`. No global
+//! recorder: each server (and each test server in one process) has its own.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds of the latency histogram buckets, in seconds.
+const LATENCY_BUCKETS_S: [f64; 10] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 2.0];
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(String, String, u16), Histogram>>,
+    pub writer_batches: AtomicU64,
+    pub writer_commands: AtomicU64,
+    pub writer_commit_failures: AtomicU64,
+    pub writer_commit_micros: AtomicU64,
+    pub job_movements: AtomicU64,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    buckets: [u64; LATENCY_BUCKETS_S.len()],
+    count: u64,
+    sum_s: f64,
+}
+
+impl Metrics {
+    pub fn observe_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let mut requests = self.requests.lock().expect("metrics lock");
+        let histogram = requests.entry((method.to_string(), route.to_string(), status)).or_default();
+        for (bucket, bound) in histogram.buckets.iter_mut().zip(LATENCY_BUCKETS_S) {
+            if seconds <= bound {
+                *bucket += 1;
+            }
+        }
+        histogram.count += 1;
+        histogram.sum_s += seconds;
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str("# TYPE kopilka_http_request_duration_seconds histogram\n");
+        for ((method, route, status), h) in self.requests.lock().expect("metrics lock").iter() {
+            let labels = format!("method=\"{method}\",route=\"{route}\",status=\"{status}\"");
+            for (count, bound) in h.buckets.iter().zip(LATENCY_BUCKETS_S) {
+                let _ = writeln!(out, "kopilka_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {count}");
+            }
+            let _ = writeln!(out, "kopilka_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+            let _ = writeln!(out, "kopilka_http_request_duration_seconds_sum{{{labels}}} {}", h.sum_s);
+            let _ = writeln!(out, "kopilka_http_request_duration_seconds_count{{{labels}}} {}", h.count);
+        }
+        for (name, help, value) in [
+            ("kopilka_writer_batches_total", "Transactions committed by the writer", &self.writer_batches),
+            ("kopilka_writer_commands_total", "Commands applied by the writer", &self.writer_commands),
+            ("kopilka_writer_commit_failures_total", "Batches whose commit failed", &self.writer_commit_failures),
+            ("kopilka_writer_commit_microseconds_total", "Time spent writing and committing batches", &self.writer_commit_micros),
+            ("kopilka_job_movements_total", "Activation and expiry movements made by jobs", &self.job_movements),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
+        }
+        out
+    }
+}

@@ -1,0 +1,260 @@
+//! The writer: every change goes through one task that batches concurrent requests into one
+//! transaction (group commit). Each request in a batch is decided in order against the state the
+//! ones before it left; the batch is written with a few multi-row statements and one commit, and
+//! only then is each request answered, so an answer always follows a durable commit.
+//!
+//! A request that is refused fails alone: it changed nothing in the batch state. If the commit
+//! itself fails, the batch is retried one request at a time, so one bad request cannot take its
+//! neighbours down with it.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use jiff::Timestamp;
+use kopilka_core::{IdAllocator, Program, ProgramId, TenantId};
+use kopilka_store::batch::{self, BatchKeys};
+use kopilka_store::sqlite::{admin, hash_api_key};
+use kopilka_store::{Role, Store, StoreError};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::clock::Clock;
+use crate::dto::{ApiKeyCreated, ProgramView, TenantCreated};
+use crate::engine::{self, BatchState, Command, Programs, Reply, Request};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+/// Requests per transaction. Large enough to amortize the fsync, small enough that the first
+/// request of a batch does not wait long for the last.
+pub const BATCH_SIZE_MAX: usize = 1_024;
+/// Requests waiting for the writer; senders wait when it is full (backpressure, not loss).
+pub const QUEUE_LEN_MAX: usize = 16_384;
+
+type ReplySender = oneshot::Sender<Result<Reply, ApiError>>;
+
+struct Envelope {
+    request: Request,
+    reply: ReplySender,
+}
+
+/// A handle to the writer; cheap to clone.
+#[derive(Clone)]
+pub struct Writer {
+    sender: mpsc::Sender<Envelope>,
+}
+
+impl Writer {
+    /// Starts the writer task on its own connection. It stops when every handle is dropped.
+    pub async fn start(
+        store: &Store,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Writer, tokio::task::JoinHandle<()>), StoreError> {
+        let connection = store.writer_connection().await?;
+        let mut programs = Programs::default();
+        for (tenant, id, version, program) in store.programs().await? {
+            programs.put(tenant, id, version, program);
+        }
+        let task = WriterTask {
+            connection,
+            clock,
+            metrics,
+            programs,
+            ids: store.id_seeds().await?,
+            next_event_id: store.max_event_id().await?,
+        };
+        let (sender, receiver) = mpsc::channel(QUEUE_LEN_MAX);
+        let handle = tokio::spawn(task.run(receiver));
+        Ok((Writer { sender }, handle))
+    }
+
+    /// Sends a request and waits for its answer, which comes after its batch is committed.
+    pub async fn submit(&self, request: Request) -> Result<Reply, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send(Envelope { request, reply })
+            .await
+            .map_err(|_| ApiError::Unavailable("the writer has stopped".into()))?;
+        answer.await.map_err(|_| ApiError::Unavailable("the writer stopped before answering".into()))?
+    }
+}
+
+struct WriterTask {
+    connection: batch::Connection,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    programs: Programs,
+    ids: IdAllocator,
+    next_event_id: i64,
+}
+
+impl WriterTask {
+    async fn run(mut self, mut receiver: mpsc::Receiver<Envelope>) {
+        let mut batch: Vec<Envelope> = Vec::with_capacity(BATCH_SIZE_MAX);
+        while receiver.recv_many(&mut batch, BATCH_SIZE_MAX).await > 0 {
+            let mut group = Vec::new();
+            for envelope in batch.drain(..) {
+                if envelope.request.command.runs_alone() {
+                    self.run_group(std::mem::take(&mut group)).await;
+                    self.run_alone(envelope).await;
+                } else {
+                    group.push(envelope);
+                }
+            }
+            self.run_group(group).await;
+        }
+        tracing::info!("writer stopped: every handle was dropped");
+    }
+
+    async fn run_group(&mut self, group: Vec<Envelope>) {
+        if group.is_empty() {
+            return;
+        }
+        let requests: Vec<&Request> = group.iter().map(|e| &e.request).collect();
+        match self.commit_group(&requests).await {
+            Ok(replies) => {
+                for (envelope, reply) in group.into_iter().zip(replies) {
+                    let _ = envelope.reply.send(reply);
+                }
+            }
+            Err(error) if group.len() > 1 => {
+                tracing::warn!(%error, size = group.len(), "batch commit failed; retrying its requests one by one");
+                for envelope in group {
+                    let result = self.commit_group(&[&envelope.request]).await;
+                    let reply = result.map(|mut replies| replies.remove(0)).unwrap_or_else(|e| Err(e.into()));
+                    let _ = envelope.reply.send(reply);
+                }
+            }
+            Err(error) => {
+                let _ = group.into_iter().next().expect("one").reply.send(Err(error.into()));
+            }
+        }
+    }
+
+    /// Decides and commits one group; on any store error nothing of it is kept, in the database
+    /// or in the writer's id counters.
+    async fn commit_group(&mut self, requests: &[&Request]) -> Result<Vec<Result<Reply, ApiError>>, StoreError> {
+        let started = Instant::now();
+        let now = self.clock.now();
+        let (ids_before, event_id_before) = (self.ids.clone(), self.next_event_id);
+        let result = self.try_commit_group(requests, now).await;
+        if result.is_err() {
+            self.ids = ids_before;
+            self.next_event_id = event_id_before;
+            self.metrics.writer_commit_failures.fetch_add(1, Ordering::Relaxed);
+            batch::rollback(&mut self.connection).await;
+        } else {
+            self.metrics.writer_batches.fetch_add(1, Ordering::Relaxed);
+            self.metrics.writer_commands.fetch_add(requests.len() as u64, Ordering::Relaxed);
+            self.metrics.writer_commit_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn try_commit_group(
+        &mut self,
+        requests: &[&Request],
+        now: Timestamp,
+    ) -> Result<Vec<Result<Reply, ApiError>>, StoreError> {
+        batch::begin(&mut self.connection).await?;
+        let loaded = batch::load(&mut self.connection, &engine::keys(requests)).await?;
+        let mut state = BatchState::new(loaded, &self.programs, &mut self.ids, &mut self.next_event_id, now);
+        let replies: Vec<_> = requests.iter().map(|request| state.apply(request)).collect();
+        let writes = state.into_writes();
+        if !writes.is_empty() {
+            batch::flush(&mut self.connection, &writes).await?;
+        }
+        batch::commit(&mut self.connection).await?;
+        Ok(replies)
+    }
+
+    async fn run_alone(&mut self, envelope: Envelope) {
+        let now = self.clock.now();
+        let result = self.try_alone(&envelope.request, now).await;
+        let reply = match result {
+            Ok(Ok((reply, program))) => {
+                if let Some((tenant, id, version, program)) = program {
+                    self.programs.put(tenant, id, version, program);
+                }
+                Ok(reply)
+            }
+            Ok(Err(refusal)) => {
+                batch::rollback(&mut self.connection).await;
+                Err(refusal)
+            }
+            Err(error) => {
+                batch::rollback(&mut self.connection).await;
+                Err(error.into())
+            }
+        };
+        let _ = envelope.reply.send(reply);
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn try_alone(
+        &mut self,
+        request: &Request,
+        now: Timestamp,
+    ) -> Result<Result<(Reply, Option<(TenantId, ProgramId, i64, Program)>), ApiError>, StoreError> {
+        let conn = &mut self.connection;
+        batch::begin(conn).await?;
+        let mut keys = BatchKeys::default();
+        if let Some(idempotency) = &request.idempotency {
+            keys.idempotency.push((request.tenant, idempotency.key.clone()));
+        }
+        let loaded = batch::load(conn, &keys).await?;
+        if let Some(idempotency) = &request.idempotency {
+            if let Some(stored) = loaded.idempotency.get(&(request.tenant, idempotency.key.clone())) {
+                batch::rollback(conn).await;
+                if stored.request_hash != idempotency.request_hash {
+                    return Ok(Err(ApiError::IdempotencyKeyReused { key: idempotency.key.clone() }));
+                }
+                let reply = Reply { status: stored.status, body: stored.body.clone(), stored_body: None, replayed: true };
+                return Ok(Ok((reply, None)));
+            }
+        }
+        let mut program_update = None;
+        let reply = match &request.command {
+            Command::CreateTenant { name, admin_key } => {
+                let tenant = admin::create_tenant(conn, name, now).await?;
+                let program = Program::example();
+                let (id, version) = admin::save_program(conn, tenant, None, &program, now).await?.expect("new program");
+                program_update = Some((tenant, id, version, program));
+                admin::insert_api_key(conn, &hash_api_key(admin_key), Some(tenant), Role::Admin, "first admin", now).await?;
+                let created = TenantCreated { id: tenant.0, name: name.clone(), admin_key: admin_key.clone() };
+                let mut reply = Reply::json(201, &created);
+                let redacted = TenantCreated { admin_key: "(shown once)".into(), ..created };
+                reply.stored_body = Some(serde_json::to_vec(&redacted).expect("serializes"));
+                reply
+            }
+            Command::SaveProgram { id, program } => {
+                let Some((id, version)) = admin::save_program(conn, request.tenant, *id, program, now).await? else {
+                    return Ok(Err(ApiError::not_found("program_not_found", "no such program")));
+                };
+                program_update = Some((request.tenant, id, version, program.clone()));
+                Reply::json(if version == 1 { 201 } else { 200 }, &ProgramView { id: id.0, version, program: program.clone() })
+            }
+            Command::CreateApiKey { key, role, name } => {
+                admin::insert_api_key(conn, &hash_api_key(key), Some(request.tenant), *role, name, now).await?;
+                let created = ApiKeyCreated { key: key.clone(), role: *role, name: name.clone() };
+                let mut reply = Reply::json(201, &created);
+                let redacted = ApiKeyCreated { key: "(shown once)".into(), ..created };
+                reply.stored_body = Some(serde_json::to_vec(&redacted).expect("serializes"));
+                reply
+            }
+            _ => unreachable!("only administrative commands run alone"),
+        };
+        if let Some(idempotency) = &request.idempotency {
+            let mut writes = batch::Writes::default();
+            let stored = kopilka_store::StoredResponse {
+                request_hash: idempotency.request_hash.clone(),
+                status: reply.status,
+                body: reply.stored_body.clone().unwrap_or_else(|| reply.body.clone()),
+            };
+            writes.idempotency.push((request.tenant, idempotency.key.clone(), stored, now));
+            batch::flush(conn, &writes).await?;
+        }
+        batch::commit(conn).await?;
+        Ok(Ok((reply, program_update)))
+    }
+}
