@@ -117,6 +117,7 @@ impl Gender {
 /// The profile of a member: identifiers and what the program may use for segments and offers.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Profile {
     pub card: Option<String>,
     pub phone: Option<String>,
@@ -127,6 +128,7 @@ pub struct Profile {
     pub birth_date: Option<Date>,
     pub gender: Option<Gender>,
     pub city: Option<String>,
+    #[serde(default)]
     pub consents: Consents,
 }
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 /// A member as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct MemberView {
     pub id: i64,
     #[serde(flatten)]
@@ -39,7 +39,7 @@ impl From<MemberRow> for MemberView {
 }
 
 /// A page of members.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct MemberPage {
     pub items: Vec<MemberView>,
     /// Pass as `cursor` to get the next page; absent on the last page.
@@ -53,7 +53,7 @@ pub struct MergeRequest {
     pub absorbed_id: i64,
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct MergeResponse {
     pub survivor: MemberView,
     pub absorbed_id: i64,

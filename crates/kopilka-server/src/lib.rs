@@ -1,9 +1,14 @@
 //! Kopilka's server: the HTTP API, its authentication, the writer that turns requests into
 //! committed ledger changes, and the background jobs.
 
+pub mod api;
+pub mod app;
+pub mod auth;
 pub mod clock;
 pub mod dto;
 pub mod engine;
 pub mod error;
+pub mod extract;
+pub mod jobs;
 pub mod metrics;
 pub mod writer;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use jiff::Timestamp;
-use kopilka_core::{IdAllocator, Program, ProgramId, TenantId};
+use kopilka_core::{Program, ProgramId, TenantId};
 use kopilka_store::batch::{self, BatchKeys};
 use kopilka_store::sqlite::{admin, hash_api_key};
 use kopilka_store::{Role, Store, StoreError};
@@ -60,8 +60,6 @@ impl Writer {
             clock,
             metrics,
             programs,
-            ids: store.id_seeds().await?,
-            next_event_id: store.max_event_id().await?,
         };
         let (sender, receiver) = mpsc::channel(QUEUE_LEN_MAX);
         let handle = tokio::spawn(task.run(receiver));
@@ -84,8 +82,6 @@ struct WriterTask {
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     programs: Programs,
-    ids: IdAllocator,
-    next_event_id: i64,
 }
 
 impl WriterTask {
@@ -131,16 +127,12 @@ impl WriterTask {
         }
     }
 
-    /// Decides and commits one group; on any store error nothing of it is kept, in the database
-    /// or in the writer's id counters.
+    /// Decides and commits one group; on any store error nothing of it is kept.
     async fn commit_group(&mut self, requests: &[&Request]) -> Result<Vec<Result<Reply, ApiError>>, StoreError> {
         let started = Instant::now();
         let now = self.clock.now();
-        let (ids_before, event_id_before) = (self.ids.clone(), self.next_event_id);
         let result = self.try_commit_group(requests, now).await;
         if result.is_err() {
-            self.ids = ids_before;
-            self.next_event_id = event_id_before;
             self.metrics.writer_commit_failures.fetch_add(1, Ordering::Relaxed);
             batch::rollback(&mut self.connection).await;
         } else {
@@ -157,8 +149,9 @@ impl WriterTask {
         now: Timestamp,
     ) -> Result<Vec<Result<Reply, ApiError>>, StoreError> {
         batch::begin(&mut self.connection).await?;
+        let (mut ids, mut last_event_id) = batch::id_seeds(&mut self.connection).await?;
         let loaded = batch::load(&mut self.connection, &engine::keys(requests)).await?;
-        let mut state = BatchState::new(loaded, &self.programs, &mut self.ids, &mut self.next_event_id, now);
+        let mut state = BatchState::new(loaded, &self.programs, &mut ids, &mut last_event_id, now);
         let replies: Vec<_> = requests.iter().map(|request| state.apply(request)).collect();
         let writes = state.into_writes();
         if !writes.is_empty() {
@@ -235,7 +228,8 @@ impl WriterTask {
                 Reply::json(if version == 1 { 201 } else { 200 }, &ProgramView { id: id.0, version, program: program.clone() })
             }
             Command::CreateApiKey { key, role, name } => {
-                admin::insert_api_key(conn, &hash_api_key(key), Some(request.tenant), *role, name, now).await?;
+                let tenant = (*role != Role::Operator).then_some(request.tenant);
+                admin::insert_api_key(conn, &hash_api_key(key), tenant, *role, name, now).await?;
                 let created = ApiKeyCreated { key: key.clone(), role: *role, name: name.clone() };
                 let mut reply = Reply::json(201, &created);
                 let redacted = ApiKeyCreated { key: "(shown once)".into(), ..created };

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use jiff::Timestamp;
 use kopilka_core::member::{Consents, Gender, IdentifierKind, Profile};
 use kopilka_core::purchase::PurchaseRecord;
-use kopilka_core::{DomainEvent, Lot, LotId, LotState, MemberId, Movement, MovementId, PointCurrency, ProgramId, PurchaseId, TenantId};
+use kopilka_core::{DomainEvent, IdAllocator, Lot, LotId, LotState, MemberId, Movement, MovementId, PointCurrency, ProgramId, PurchaseId, TenantId};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
@@ -366,29 +366,23 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &Writes) -> Result<()> {
     Ok(())
 }
 
-/// Members with lots due for activation or expiry at `now`, at most `limit` of them.
-pub async fn members_with_due_lots(
-    conn: &mut SqliteConnection,
-    now: Timestamp,
-    limit: i64,
-) -> Result<Vec<(TenantId, MemberId)>> {
-    let now = micros::of(now);
-    let rows = sqlx::query(
-        "SELECT DISTINCT tenant_id, member_id FROM (
-             SELECT tenant_id, member_id FROM lots WHERE state = 'pending' AND available_from <= ?1
-             UNION ALL
-             SELECT tenant_id, member_id FROM lots WHERE state IN ('pending', 'available') AND expires_at <= ?1
-         ) LIMIT ?2",
-    )
-    .bind(now)
-    .bind(limit)
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(rows.into_iter().map(|row| (TenantId(row.get(0)), MemberId(row.get(1)))).collect())
-}
-
 /// The writer's own connection.
 pub type Connection = SqliteConnection;
+
+/// The highest ids in use, read inside the batch transaction (which holds the write lock), so
+/// several writers on one database (a server and an import) never hand out the same id. Returns
+/// the allocator and the last event id.
+pub async fn id_seeds(conn: &mut Connection) -> Result<(IdAllocator, i64)> {
+    let row = sqlx::query(
+        "SELECT (SELECT COALESCE(MAX(id), 0) FROM lots), (SELECT COALESCE(MAX(id), 0) FROM movements),
+                (SELECT COALESCE(MAX(id), 0) FROM purchases), (SELECT COALESCE(MAX(id), 0) FROM members),
+                (SELECT COALESCE(MAX(id), 0) FROM events)",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let ids = IdAllocator { next_lot: row.get(0), next_movement: row.get(1), next_purchase: row.get(2), next_member: row.get(3) };
+    Ok((ids, row.get(4)))
+}
 
 /// Starts the batch transaction, taking the write lock at once (no deferred upgrade that could
 /// fail halfway).

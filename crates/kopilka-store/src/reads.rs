@@ -3,7 +3,10 @@
 
 use kopilka_core::member::IdentifierKind;
 use kopilka_core::purchase::PurchaseRecord;
-use kopilka_core::{Account, Lot, MemberId, Movement, MovementId, MovementKind, PointCurrency, Posting, PurchaseId, TenantId};
+use kopilka_core::{
+    Account, Lot, MemberId, Movement, MovementId, MovementKind, PointCurrency, Posting, Program, ProgramId, PurchaseId,
+    TenantId,
+};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use crate::batch::{lot_of_row, member_of_row, purchase_of_row, LOT_COLUMNS, MEMBER_COLUMNS};
@@ -152,5 +155,57 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(|row| purchase_of_row(row).map(|(_, _, record)| record)).collect()
+    }
+}
+
+/// Which lots a job looks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DueLots {
+    /// Pending lots whose return window has closed.
+    Activation,
+    /// Open lots past their expiry.
+    Expiry,
+}
+
+impl Store {
+    /// Members with lots due at `now`, at most `limit` of them, oldest due first.
+    pub async fn members_with_due_lots(
+        &self,
+        due: DueLots,
+        tenant: Option<TenantId>,
+        now: jiff::Timestamp,
+        limit: i64,
+    ) -> Result<Vec<(TenantId, MemberId)>> {
+        let sql = match due {
+            DueLots::Activation => {
+                "SELECT tenant_id, member_id FROM lots WHERE state = 'pending' AND available_from <= ?1
+                 AND (?2 IS NULL OR tenant_id = ?2) GROUP BY tenant_id, member_id ORDER BY MIN(available_from) LIMIT ?3"
+            }
+            DueLots::Expiry => {
+                "SELECT tenant_id, member_id FROM lots WHERE state IN ('pending', 'available') AND expires_at <= ?1
+                 AND (?2 IS NULL OR tenant_id = ?2) GROUP BY tenant_id, member_id ORDER BY MIN(expires_at) LIMIT ?3"
+            }
+        };
+        let rows = sqlx::query(sql).bind(micros::of(now)).bind(tenant.map(|t| t.0)).bind(limit).fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(|row| (TenantId(row.get(0)), MemberId(row.get(1)))).collect())
+    }
+
+    /// A program's current version: the named one, or the tenant's first.
+    pub async fn program(&self, tenant: TenantId, id: Option<ProgramId>) -> Result<Option<(ProgramId, i64, Program)>> {
+        let row = sqlx::query(
+            "SELECT id, version, document FROM programs WHERE tenant_id = ? AND (? IS NULL OR id = ?) ORDER BY id LIMIT 1",
+        )
+        .bind(tenant.0)
+        .bind(id.map(|i| i.0))
+        .bind(id.map(|i| i.0))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            let document: String = row.get(2);
+            let program = serde_json::from_str(&document)
+                .map_err(|error| StoreError::Corrupt { table: "programs", detail: error.to_string() })?;
+            Ok((ProgramId(row.get(0)), row.get(1), program))
+        })
+        .transpose()
     }
 }

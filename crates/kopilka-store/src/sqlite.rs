@@ -9,7 +9,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use kopilka_core::{IdAllocator, Program, ProgramId, TenantId};
+use kopilka_core::{Program, ProgramId, TenantId};
 use sha2::{Digest, Sha256};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqliteConnection, SqlitePool};
@@ -53,26 +53,6 @@ impl Store {
     /// A connection of its own for the writer, outside the readers' pool.
     pub async fn writer_connection(&self) -> Result<SqliteConnection> {
         Ok(self.pool.acquire().await?.detach())
-    }
-
-    /// The highest ids in use, so the writer can hand out the next ones without asking the database.
-    pub async fn id_seeds(&self) -> Result<IdAllocator> {
-        let row = sqlx::query(
-            "SELECT (SELECT COALESCE(MAX(id), 0) FROM lots), (SELECT COALESCE(MAX(id), 0) FROM movements),
-                    (SELECT COALESCE(MAX(id), 0) FROM purchases), (SELECT COALESCE(MAX(id), 0) FROM members)",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(IdAllocator {
-            next_lot: row.get(0),
-            next_movement: row.get(1),
-            next_purchase: row.get(2),
-            next_member: row.get(3),
-        })
-    }
-
-    pub async fn max_event_id(&self) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM events").fetch_one(&self.pool).await?)
     }
 
     pub async fn tenant_count(&self) -> Result<i64> {
@@ -210,18 +190,5 @@ pub mod admin {
             .execute(&mut *conn)
             .await?;
         Ok(Some((id, version)))
-    }
-
-    pub async fn record_job_run(conn: &mut SqliteConnection, job: &str, now: Timestamp, lots_changed: i64) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO job_runs (job, last_run_at, lots_changed) VALUES (?, ?, ?)
-             ON CONFLICT (job) DO UPDATE SET last_run_at = excluded.last_run_at, lots_changed = excluded.lots_changed",
-        )
-        .bind(job)
-        .bind(micros::of(now))
-        .bind(lots_changed)
-        .execute(&mut *conn)
-        .await?;
-        Ok(())
     }
 }

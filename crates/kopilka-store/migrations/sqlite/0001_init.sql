@@ -139,9 +139,3 @@ CREATE TABLE idempotency (
     created_at INTEGER NOT NULL,
     PRIMARY KEY (tenant_id, key)
 ) WITHOUT ROWID;
-
-CREATE TABLE job_runs (
-    job TEXT PRIMARY KEY,
-    last_run_at INTEGER NOT NULL,
-    lots_changed INTEGER NOT NULL
-);

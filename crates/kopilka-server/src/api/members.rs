@@ -1,0 +1,121 @@
+//! Members: create, read, update, search by identifier, merge.
+
+use axum::extract::{Path, State};
+use axum::Json;
+use kopilka_core::member::{IdentifierKind, Profile};
+use kopilka_core::MemberId;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::app::AppState;
+use crate::auth::{Caller, ADMINS, READERS, TILLS};
+use crate::dto::{MemberPage, MemberView, MergeRequest};
+use crate::engine::{Command, Reply};
+use crate::error::{ApiError, Problem};
+use crate::extract::{Mutation, Query};
+
+/// The most members one page returns.
+pub const PAGE_SIZE_MAX: i64 = 500;
+
+#[utoipa::path(post, path = "/v1/members", tag = "members", request_body = Profile,
+    params(("Idempotency-Key" = String, Header, description = "unique per intended change")),
+    responses((status = 201, body = MemberView), (status = 409, body = Problem, description = "identifier_taken")))]
+pub async fn create(State(state): State<AppState>, caller: Caller, mutation: Mutation<Profile>) -> Result<Reply, ApiError> {
+    let tenant = caller.tenant_for(TILLS)?;
+    state.submit(tenant, mutation.idempotency, Command::CreateMember { profile: mutation.body, signup_at: None }).await
+}
+
+#[utoipa::path(get, path = "/v1/members/{id}", tag = "members",
+    responses((status = 200, body = MemberView), (status = 404, body = Problem)))]
+pub async fn get(State(state): State<AppState>, caller: Caller, Path(id): Path<i64>) -> Result<Json<MemberView>, ApiError> {
+    let tenant = caller.tenant_for(READERS)?;
+    let member = state
+        .store
+        .member(tenant, MemberId(id))
+        .await?
+        .ok_or_else(|| ApiError::not_found("member_not_found", format!("member {id} does not exist")))?;
+    Ok(Json(member.into()))
+}
+
+/// A JSON merge patch over the profile: fields present replace, `null` clears.
+#[utoipa::path(patch, path = "/v1/members/{id}", tag = "members", request_body = Profile,
+    params(("Idempotency-Key" = String, Header, description = "unique per intended change")),
+    responses((status = 200, body = MemberView), (status = 404, body = Problem)))]
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    mutation: Mutation<serde_json::Value>,
+) -> Result<Reply, ApiError> {
+    let tenant = caller.tenant_for(TILLS)?;
+    let command = Command::UpdateMember { member_id: MemberId(id), patch: mutation.body };
+    state.submit(tenant, mutation.idempotency, command).await
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SearchQuery {
+    pub card: Option<String>,
+    pub phone: Option<String>,
+    pub email: Option<String>,
+    pub external_id: Option<String>,
+    /// From `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    pub limit: Option<i64>,
+}
+
+/// Finds a member by one identifier (following merges to the survivor), or lists members.
+#[utoipa::path(get, path = "/v1/members", tag = "members", params(SearchQuery),
+    responses((status = 200, body = MemberPage)))]
+pub async fn search(State(state): State<AppState>, caller: Caller, Query(query): Query<SearchQuery>) -> Result<Json<MemberPage>, ApiError> {
+    let tenant = caller.tenant_for(READERS)?;
+    let wanted: Vec<(IdentifierKind, &String)> = [
+        (IdentifierKind::Card, &query.card),
+        (IdentifierKind::Phone, &query.phone),
+        (IdentifierKind::Email, &query.email),
+        (IdentifierKind::ExternalId, &query.external_id),
+    ]
+    .into_iter()
+    .filter_map(|(kind, value)| value.as_ref().map(|v| (kind, v)))
+    .collect();
+    if wanted.len() > 1 {
+        return Err(ApiError::bad_request("validation_failed", "query", "search by one identifier at a time"));
+    }
+    if let Some((kind, raw)) = wanted.first() {
+        let value = kind.normalize(raw)?;
+        let mut found = state.store.member_by(tenant, *kind, &value).await?;
+        if let Some(survivor) = found.as_ref().and_then(|m| m.merged_into) {
+            found = state.store.member(tenant, survivor).await?;
+        }
+        return Ok(Json(MemberPage { items: found.into_iter().map(Into::into).collect(), next_cursor: None }));
+    }
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=PAGE_SIZE_MAX).contains(&limit) {
+        return Err(ApiError::bad_request("validation_failed", "limit", format!("must be between 1 and {PAGE_SIZE_MAX}")));
+    }
+    let after = match &query.cursor {
+        Some(cursor) => cursor
+            .parse::<i64>()
+            .map_err(|_| ApiError::bad_request("validation_failed", "cursor", "use next_cursor from the previous page"))?,
+        None => 0,
+    };
+    let members = state.store.members_page(tenant, MemberId(after), limit).await?;
+    let next_cursor = (members.len() as i64 == limit).then(|| members.last().map(|m| m.id.0.to_string())).flatten();
+    Ok(Json(MemberPage { items: members.into_iter().map(Into::into).collect(), next_cursor }))
+}
+
+/// Merges the member in the body into the member in the path: points, lots and history move to
+/// the survivor; the absorbed member's identifiers keep finding the survivor.
+#[utoipa::path(post, path = "/v1/members/{id}/merge", tag = "members", request_body = MergeRequest,
+    params(("Idempotency-Key" = String, Header, description = "unique per intended change")),
+    responses((status = 200, body = crate::dto::MergeResponse), (status = 422, body = Problem)))]
+pub async fn merge(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    mutation: Mutation<MergeRequest>,
+) -> Result<Reply, ApiError> {
+    let tenant = caller.tenant_for(ADMINS)?;
+    let command = Command::MergeMembers { survivor_id: MemberId(id), absorbed_id: MemberId(mutation.body.absorbed_id) };
+    state.submit(tenant, mutation.idempotency, command).await
+}

@@ -1,0 +1,113 @@
+//! Background jobs: activation of lots whose return window closed, and expiry of lots whose time
+//! ran out. Each is a query for members with due lots and a `CatchUp` command per chunk of them
+//! through the writer, so jobs and requests never race. A job run works from the current time,
+//! not from its last run, so it catches up after any downtime and repeating it changes nothing.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kopilka_core::TenantId;
+use kopilka_store::reads::DueLots;
+use kopilka_store::Store;
+use tokio::sync::watch;
+
+use crate::clock::Clock;
+use crate::dto::JobReport;
+use crate::engine::{Command, Request};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::writer::Writer;
+
+/// Members caught up per writer command: large enough to amortize, small enough not to delay
+/// requests queued behind it.
+pub const CHUNK_MEMBERS_MAX: i64 = 500;
+/// A run stops after this many chunks; the next run goes on where it stopped.
+pub const CHUNKS_PER_RUN_MAX: usize = 100_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Job {
+    Activate,
+    Expiry,
+}
+
+impl Job {
+    pub fn parse(name: &str) -> Option<Job> {
+        match name {
+            "activate" => Some(Job::Activate),
+            "expiry" => Some(Job::Expiry),
+            _ => None,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Job::Activate => "activate",
+            Job::Expiry => "expiry",
+        }
+    }
+
+    fn due(&self) -> DueLots {
+        match self {
+            Job::Activate => DueLots::Activation,
+            Job::Expiry => DueLots::Expiry,
+        }
+    }
+}
+
+/// Runs `job` until no member has lots due at the clock's current time (for one tenant, or all).
+pub async fn run_once(
+    store: &Store,
+    writer: &Writer,
+    clock: &dyn Clock,
+    job: Job,
+    tenant: Option<TenantId>,
+) -> Result<JobReport, ApiError> {
+    let mut report = JobReport { job: job.name().to_string(), members: 0, movements: 0 };
+    for _ in 0..CHUNKS_PER_RUN_MAX {
+        let due = store.members_with_due_lots(job.due(), tenant, clock.now(), CHUNK_MEMBERS_MAX).await?;
+        if due.is_empty() {
+            break;
+        }
+        let mut by_tenant: BTreeMap<TenantId, Vec<_>> = BTreeMap::new();
+        for (tenant, member) in due {
+            by_tenant.entry(tenant).or_default().push(member);
+        }
+        for (tenant, members) in by_tenant {
+            report.members += members.len() as i64;
+            let reply = writer.submit(Request { tenant, idempotency: None, command: Command::CatchUp { members } }).await?;
+            let body: serde_json::Value = serde_json::from_slice(&reply.body).expect("catch-up replies are JSON");
+            report.movements += body["movements"].as_i64().unwrap_or(0);
+        }
+    }
+    Ok(report)
+}
+
+/// Runs both jobs every `interval` until `shutdown` turns true.
+pub async fn run_scheduled(
+    store: Store,
+    writer: Writer,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        for job in [Job::Activate, Job::Expiry] {
+            match run_once(&store, &writer, &*clock, job, None).await {
+                Ok(report) => {
+                    metrics.job_movements.fetch_add(report.movements as u64, Ordering::Relaxed);
+                    if report.movements > 0 {
+                        tracing::info!(job = job.name(), members = report.members, movements = report.movements, "job ran");
+                    }
+                }
+                Err(error) => tracing::warn!(job = job.name(), %error, "job failed; it will run again"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
