@@ -10,11 +10,28 @@ use crate::{LotId, MemberId, Movement, MovementKind, PurchaseId};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum DomainEvent {
-    MemberCreated { member_id: MemberId },
-    MemberUpdated { member_id: MemberId },
-    MembersMerged { survivor_id: MemberId, absorbed_id: MemberId },
-    PurchaseRecorded { member_id: MemberId, purchase_id: PurchaseId, total_minor: i64, currency: String },
-    PurchaseReturned { member_id: MemberId, purchase_id: PurchaseId, returned_minor: i64, points_unrecovered: i64 },
+    MemberCreated {
+        member_id: MemberId,
+    },
+    MemberUpdated {
+        member_id: MemberId,
+    },
+    MembersMerged {
+        survivor_id: MemberId,
+        absorbed_id: MemberId,
+    },
+    PurchaseRecorded {
+        member_id: MemberId,
+        purchase_id: PurchaseId,
+        total_minor: i64,
+        currency: String,
+    },
+    PurchaseReturned {
+        member_id: MemberId,
+        purchase_id: PurchaseId,
+        returned_minor: i64,
+        points_unrecovered: i64,
+    },
     /// Any movement of points: earned, activated, redeemed, reversed, restored, expired, adjusted, merged.
     Points {
         member_id: MemberId,

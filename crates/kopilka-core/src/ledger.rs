@@ -151,11 +151,7 @@ impl Movement {
 
     /// The net change of the member's own accounts (pending plus available).
     pub fn member_delta(&self) -> i64 {
-        self.postings
-            .iter()
-            .filter(|p| p.account.member_id() == Some(self.member_id))
-            .map(|p| p.amount)
-            .sum()
+        self.postings.iter().filter(|p| p.account.member_id() == Some(self.member_id)).map(|p| p.amount).sum()
     }
 }
 
@@ -237,7 +233,14 @@ impl Lot {
         assert!(self.amount > 0, "lot {} has a non-positive amount", self.id);
         assert!((0..=self.amount).contains(&self.remaining), "lot {} remaining out of range", self.id);
         let open = matches!(self.state, LotState::Pending | LotState::Available);
-        assert_eq!(open, self.remaining > 0, "lot {} state {:?} with remaining {}", self.id, self.state, self.remaining);
+        assert_eq!(
+            open,
+            self.remaining > 0,
+            "lot {} state {:?} with remaining {}",
+            self.id,
+            self.state,
+            self.remaining
+        );
     }
 }
 
@@ -314,10 +317,18 @@ impl MemberLedger {
                 LotState::Available => {
                     lot.state = LotState::Available;
                     let to = lot.account();
-                    push_pair(&mut activations, &lot.currency, [(from, -lot.remaining, Some(lot.id)), (to, lot.remaining, Some(lot.id))]);
+                    push_pair(
+                        &mut activations,
+                        &lot.currency,
+                        [(from, -lot.remaining, Some(lot.id)), (to, lot.remaining, Some(lot.id))],
+                    );
                 }
                 LotState::Expired => {
-                    push_pair(&mut expiries, &lot.currency, [(from, -lot.remaining, Some(lot.id)), (Account::Expired, lot.remaining, None)]);
+                    push_pair(
+                        &mut expiries,
+                        &lot.currency,
+                        [(from, -lot.remaining, Some(lot.id)), (Account::Expired, lot.remaining, None)],
+                    );
                     lot.remaining = 0;
                     lot.state = LotState::Expired;
                 }
@@ -487,7 +498,11 @@ impl MemberLedger {
                 ..lot.clone()
             };
             let to = new_lot.account();
-            push_pair(&mut groups, &lot.currency, [(from, -lot.remaining, Some(lot.id)), (to, lot.remaining, Some(new_lot.id))]);
+            push_pair(
+                &mut groups,
+                &lot.currency,
+                [(from, -lot.remaining, Some(lot.id)), (to, lot.remaining, Some(new_lot.id))],
+            );
             lot.remaining = 0;
             lot.state = LotState::Closed;
             moved.push(lot.id);

@@ -18,6 +18,6 @@ pub use currency::{Currency, Money, PointCurrency};
 pub use error::DomainError;
 pub use events::DomainEvent;
 pub use ids::{IdAllocator, LotId, MemberId, MovementId, ProgramId, PurchaseId, TenantId};
+pub use jiff::Timestamp;
 pub use ledger::{Account, Balance, Lot, LotState, MemberLedger, Movement, MovementKind, Posting};
 pub use program::{EarnRate, ExpiryPolicy, Program, ValidationIssue};
-pub use jiff::Timestamp;

@@ -116,9 +116,8 @@ impl Program {
 
     /// Parses a program document, then validates it; every problem found is returned with its path.
     pub fn from_json(text: &str) -> Result<Program, Vec<ValidationIssue>> {
-        let program: Program = serde_json::from_str(text).map_err(|error| {
-            vec![ValidationIssue { path: json_error_path(&error), message: error.to_string() }]
-        })?;
+        let program: Program = serde_json::from_str(text)
+            .map_err(|error| vec![ValidationIssue { path: json_error_path(&error), message: error.to_string() }])?;
         program.validate()?;
         Ok(program)
     }
@@ -126,9 +125,7 @@ impl Program {
     /// Checks the program's bounds; returns every problem, not just the first.
     pub fn validate(&self) -> Result<(), Vec<ValidationIssue>> {
         let mut issues = Vec::new();
-        let mut issue = |path: &str, message: String| {
-            issues.push(ValidationIssue { path: path.into(), message })
-        };
+        let mut issue = |path: &str, message: String| issues.push(ValidationIssue { path: path.into(), message });
         if self.name.trim().is_empty() || self.name.len() > Self::NAME_LEN_MAX {
             issue("name", format!("must be 1 to {} characters", Self::NAME_LEN_MAX));
         }
@@ -153,7 +150,10 @@ impl Program {
             }
         }
         if TimeZone::get(&self.time_zone).is_err() {
-            issue("time_zone", format!("unknown time zone {:?}: use an IANA name such as Europe/Moscow", self.time_zone));
+            issue(
+                "time_zone",
+                format!("unknown time zone {:?}: use an IANA name such as Europe/Moscow", self.time_zone),
+            );
         }
         if issues.is_empty() {
             Ok(())
@@ -170,10 +170,7 @@ impl Program {
     /// When points earned at `earned_at` become available (the return window closes).
     pub fn available_from(&self, earned_at: Timestamp) -> Timestamp {
         let zoned = earned_at.to_zoned(self.tz());
-        zoned
-            .checked_add(self.pending_days.days())
-            .map(|z| z.timestamp())
-            .unwrap_or(Timestamp::MAX)
+        zoned.checked_add(self.pending_days.days()).map(|z| z.timestamp()).unwrap_or(Timestamp::MAX)
     }
 
     /// When points earned at `earned_at` expire.
@@ -181,10 +178,9 @@ impl Program {
         let zoned = earned_at.to_zoned(self.tz());
         match self.expiry {
             ExpiryPolicy::Never => Timestamp::MAX,
-            ExpiryPolicy::MonthsAfterEarn { months } => zoned
-                .checked_add(months.months())
-                .map(|z| z.timestamp())
-                .unwrap_or(Timestamp::MAX),
+            ExpiryPolicy::MonthsAfterEarn { months } => {
+                zoned.checked_add(months.months()).map(|z| z.timestamp()).unwrap_or(Timestamp::MAX)
+            }
             ExpiryPolicy::EndOfFollowingYear => {
                 let year = zoned.year().saturating_add(2);
                 Date::new(year, 1, 1)

@@ -271,7 +271,16 @@ pub fn decide_purchase(
     assert!(redeemed_value_minor <= total_minor);
     if redeem > 0 {
         let movement = ledger
-            .debit_available(ids, MovementKind::Redeem, Account::Redeemed, currency, redeem, now, Some(purchase_id), None)
+            .debit_available(
+                ids,
+                MovementKind::Redeem,
+                Account::Redeemed,
+                currency,
+                redeem,
+                now,
+                Some(purchase_id),
+                None,
+            )
             .expect("balance was checked above");
         outcome.push(movement, None);
     }
@@ -408,7 +417,8 @@ pub fn decide_return(
         return Err(DomainError::NothingToReturn);
     }
 
-    let mut summary = ReturnSummary { returned_minor: 0, points_reversed: 0, points_restored: 0, points_unrecovered: 0 };
+    let mut summary =
+        ReturnSummary { returned_minor: 0, points_reversed: 0, points_restored: 0, points_unrecovered: 0 };
     for (line, returned) in purchase.lines.iter_mut().zip(&returned_now) {
         let share = |value: i64, quantity: i64| (value as i128 * quantity as i128 / line.quantity as i128) as i64;
         let before = line.quantity_returned;
@@ -540,7 +550,16 @@ pub fn decide_adjust(
         ledger.credit(ids, MovementKind::Adjust, Account::Adjustments, credit, now, Some(reason))
     } else {
         ledger
-            .debit_available(ids, MovementKind::Adjust, Account::Adjustments, currency, -points, now, None, Some(reason))
+            .debit_available(
+                ids,
+                MovementKind::Adjust,
+                Account::Adjustments,
+                currency,
+                -points,
+                now,
+                None,
+                Some(reason),
+            )
             .expect("balance was checked above")
     };
     outcome.push(movement, None);

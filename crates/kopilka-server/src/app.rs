@@ -30,7 +30,12 @@ pub struct AppState {
 
 impl AppState {
     /// Sends a command through the writer on behalf of `tenant`.
-    pub async fn submit(&self, tenant: TenantId, idempotency: Idempotency, command: Command) -> Result<Reply, ApiError> {
+    pub async fn submit(
+        &self,
+        tenant: TenantId,
+        idempotency: Idempotency,
+        command: Command,
+    ) -> Result<Reply, ApiError> {
         self.writer.submit(Request { tenant, idempotency: Some(idempotency), command }).await
     }
 }
@@ -66,7 +71,10 @@ impl Running {
 }
 
 /// Opens the store and starts the writer, for servers and for the CLI's in-process commands.
-pub async fn open(data_dir: &std::path::Path, clock: Arc<dyn Clock>) -> anyhow::Result<(AppState, tokio::task::JoinHandle<()>)> {
+pub async fn open(
+    data_dir: &std::path::Path,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<(AppState, tokio::task::JoinHandle<()>)> {
     let store = Store::open(data_dir).await?;
     let metrics = Arc::new(Metrics::default());
     let (writer, writer_task) = Writer::start(&store, clock.clone(), metrics.clone()).await?;

@@ -31,20 +31,41 @@ const CLOCK_SKEW_MAX: SignedDuration = SignedDuration::from_mins(10);
 /// A change requested of the writer.
 #[derive(Debug, Clone)]
 pub enum Command {
-    CreateMember { profile: Profile, signup_at: Option<Timestamp> },
+    CreateMember {
+        profile: Profile,
+        signup_at: Option<Timestamp>,
+    },
     /// A JSON merge patch (RFC 7386) over the member's profile.
-    UpdateMember { member_id: MemberId, patch: serde_json::Value },
-    MergeMembers { survivor_id: MemberId, absorbed_id: MemberId },
+    UpdateMember {
+        member_id: MemberId,
+        patch: serde_json::Value,
+    },
+    MergeMembers {
+        survivor_id: MemberId,
+        absorbed_id: MemberId,
+    },
     Purchase(PurchaseRequest),
     Return(ReturnRequest),
     Redeem(RedemptionRequest),
     Adjust(AdjustmentRequest),
     /// Activation and expiry of due lots for these members (the jobs).
-    CatchUp { members: Vec<MemberId> },
+    CatchUp {
+        members: Vec<MemberId>,
+    },
     /// Administrative commands run in a transaction of their own.
-    CreateTenant { name: String, admin_key: String },
-    SaveProgram { id: Option<ProgramId>, program: Program },
-    CreateApiKey { key: String, role: Role, name: String },
+    CreateTenant {
+        name: String,
+        admin_key: String,
+    },
+    SaveProgram {
+        id: Option<ProgramId>,
+        program: Program,
+    },
+    CreateApiKey {
+        key: String,
+        role: Role,
+        name: String,
+    },
 }
 
 impl Command {
@@ -82,7 +103,12 @@ pub struct Reply {
 
 impl Reply {
     pub fn json<T: Serialize>(status: u16, value: &T) -> Reply {
-        Reply { status, body: serde_json::to_vec(value).expect("replies serialize"), stored_body: None, replayed: false }
+        Reply {
+            status,
+            body: serde_json::to_vec(value).expect("replies serialize"),
+            stored_body: None,
+            replayed: false,
+        }
     }
 }
 
@@ -139,7 +165,9 @@ pub fn keys(requests: &[&Request]) -> BatchKeys {
             Command::UpdateMember { member_id, patch } => {
                 keys.members.push((tenant, *member_id));
                 for kind in IdentifierKind::ALL {
-                    if let Some(Ok(value)) = patch.get(kind.as_str()).and_then(|v| v.as_str()).map(|v| kind.normalize(v)) {
+                    if let Some(Ok(value)) =
+                        patch.get(kind.as_str()).and_then(|v| v.as_str()).map(|v| kind.normalize(v))
+                    {
                         keys.identifiers.push((tenant, kind, value));
                     }
                 }
@@ -237,7 +265,12 @@ impl<'a> BatchState<'a> {
                 if stored.request_hash != idempotency.request_hash {
                     return Err(ApiError::IdempotencyKeyReused { key: idempotency.key.clone() });
                 }
-                return Ok(Reply { status: stored.status, body: stored.body.clone(), stored_body: None, replayed: true });
+                return Ok(Reply {
+                    status: stored.status,
+                    body: stored.body.clone(),
+                    stored_body: None,
+                    replayed: true,
+                });
             }
         }
         let reply = self.decide(request.tenant, &request.command)?;
@@ -350,7 +383,12 @@ impl<'a> BatchState<'a> {
         }
     }
 
-    fn create_member(&mut self, tenant: TenantId, profile: Profile, signup_at: Option<Timestamp>) -> Result<Reply, ApiError> {
+    fn create_member(
+        &mut self,
+        tenant: TenantId,
+        profile: Profile,
+        signup_at: Option<Timestamp>,
+    ) -> Result<Reply, ApiError> {
         let profile = profile.normalized()?;
         self.check_identifiers(tenant, &profile, None)?;
         let id = self.ids.member();
@@ -472,10 +510,11 @@ impl<'a> BatchState<'a> {
     fn return_purchase(&mut self, tenant: TenantId, request: &ReturnRequest) -> Result<Reply, ApiError> {
         let id = match (request.purchase_id, &request.purchase_external_id) {
             (Some(id), None) => PurchaseId(id),
-            (None, Some(external_id)) => *self
-                .purchase_by_external_id
-                .get(&(tenant, external_id.clone()))
-                .ok_or_else(|| ApiError::not_found("purchase_not_found", format!("no purchase with receipt {external_id:?}")))?,
+            (None, Some(external_id)) => {
+                *self.purchase_by_external_id.get(&(tenant, external_id.clone())).ok_or_else(|| {
+                    ApiError::not_found("purchase_not_found", format!("no purchase with receipt {external_id:?}"))
+                })?
+            }
             _ => {
                 return Err(ApiError::bad_request(
                     "validation_failed",
@@ -494,7 +533,8 @@ impl<'a> BatchState<'a> {
         let program = self.programs.get(tenant, Some(program_id.0))?.program.clone();
         let now = self.now;
         let (ledger, ids) = self.ledger(tenant, member);
-        let (summary, outcome) = purchase::decide_return(&program, ledger, &mut record, request.lines.as_deref(), now, ids)?;
+        let (summary, outcome) =
+            purchase::decide_return(&program, ledger, &mut record, request.lines.as_deref(), now, ids)?;
         self.record(tenant, outcome);
         let balance = self.balance(tenant, member, &program);
         self.purchases.insert((tenant, id), (program_id, record.clone()));

@@ -93,9 +93,7 @@ impl ApiError {
                 };
                 (status, error.code(), field)
             }
-            ApiError::IdempotencyKeyReused { .. } => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused", None)
-            }
+            ApiError::IdempotencyKeyReused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused", None),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
         };

@@ -76,12 +76,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             _ => "malformed_json",
         };
         let message = error.to_string();
-        let field = message
-            .split('`')
-            .nth(1)
-            .filter(|_| message.contains("field `"))
-            .unwrap_or("body")
-            .to_string();
+        let field = message.split('`').nth(1).filter(|_| message.contains("field `")).unwrap_or("body").to_string();
         ApiError::BadRequest { code, detail: message, field: Some(field) }
     })
 }

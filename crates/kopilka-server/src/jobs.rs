@@ -76,7 +76,8 @@ pub async fn run_once(
         }
         for (tenant, members) in by_tenant {
             report.members += members.len() as i64;
-            let reply = writer.submit(Request { tenant, idempotency: None, command: Command::CatchUp { members } }).await?;
+            let reply =
+                writer.submit(Request { tenant, idempotency: None, command: Command::CatchUp { members } }).await?;
             let body: serde_json::Value = serde_json::from_slice(&reply.body).expect("catch-up replies are JSON");
             report.movements += body["movements"].as_i64().unwrap_or(0);
         }
@@ -99,7 +100,12 @@ pub async fn run_scheduled(
                 Ok(report) => {
                     metrics.job_movements.fetch_add(report.movements as u64, Ordering::Relaxed);
                     if report.movements > 0 {
-                        tracing::info!(job = job.name(), members = report.members, movements = report.movements, "job ran");
+                        tracing::info!(
+                            job = job.name(),
+                            members = report.members,
+                            movements = report.movements,
+                            "job ran"
+                        );
                     }
                 }
                 Err(error) => tracing::warn!(job = job.name(), %error, "job failed; it will run again"),

@@ -47,7 +47,8 @@ impl Metrics {
         for ((method, route, status), h) in self.requests.lock().expect("metrics lock").iter() {
             let labels = format!("method=\"{method}\",route=\"{route}\",status=\"{status}\"");
             for (count, bound) in h.buckets.iter().zip(LATENCY_BUCKETS_S) {
-                let _ = writeln!(out, "kopilka_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {count}");
+                let _ =
+                    writeln!(out, "kopilka_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {count}");
             }
             let _ = writeln!(out, "kopilka_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
             let _ = writeln!(out, "kopilka_http_request_duration_seconds_sum{{{labels}}} {}", h.sum_s);
@@ -57,10 +58,15 @@ impl Metrics {
             ("kopilka_writer_batches_total", "Transactions committed by the writer", &self.writer_batches),
             ("kopilka_writer_commands_total", "Commands applied by the writer", &self.writer_commands),
             ("kopilka_writer_commit_failures_total", "Batches whose commit failed", &self.writer_commit_failures),
-            ("kopilka_writer_commit_microseconds_total", "Time spent writing and committing batches", &self.writer_commit_micros),
+            (
+                "kopilka_writer_commit_microseconds_total",
+                "Time spent writing and committing batches",
+                &self.writer_commit_micros,
+            ),
             ("kopilka_job_movements_total", "Activation and expiry movements made by jobs", &self.job_movements),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
+            let _ =
+                writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
         }
         out
     }

@@ -55,12 +55,7 @@ impl Writer {
         for (tenant, id, version, program) in store.programs().await? {
             programs.put(tenant, id, version, program);
         }
-        let task = WriterTask {
-            connection,
-            clock,
-            metrics,
-            programs,
-        };
+        let task = WriterTask { connection, clock, metrics, programs };
         let (sender, receiver) = mpsc::channel(QUEUE_LEN_MAX);
         let handle = tokio::spawn(task.run(receiver));
         Ok((Writer { sender }, handle))
@@ -202,7 +197,8 @@ impl WriterTask {
                 if stored.request_hash != idempotency.request_hash {
                     return Ok(Err(ApiError::IdempotencyKeyReused { key: idempotency.key.clone() }));
                 }
-                let reply = Reply { status: stored.status, body: stored.body.clone(), stored_body: None, replayed: true };
+                let reply =
+                    Reply { status: stored.status, body: stored.body.clone(), stored_body: None, replayed: true };
                 return Ok(Ok((reply, None)));
             }
         }
@@ -213,7 +209,8 @@ impl WriterTask {
                 let program = Program::example();
                 let (id, version) = admin::save_program(conn, tenant, None, &program, now).await?.expect("new program");
                 program_update = Some((tenant, id, version, program));
-                admin::insert_api_key(conn, &hash_api_key(admin_key), Some(tenant), Role::Admin, "first admin", now).await?;
+                admin::insert_api_key(conn, &hash_api_key(admin_key), Some(tenant), Role::Admin, "first admin", now)
+                    .await?;
                 let created = TenantCreated { id: tenant.0, name: name.clone(), admin_key: admin_key.clone() };
                 let mut reply = Reply::json(201, &created);
                 let redacted = TenantCreated { admin_key: "(shown once)".into(), ..created };
@@ -225,7 +222,10 @@ impl WriterTask {
                     return Ok(Err(ApiError::not_found("program_not_found", "no such program")));
                 };
                 program_update = Some((request.tenant, id, version, program.clone()));
-                Reply::json(if version == 1 { 201 } else { 200 }, &ProgramView { id: id.0, version, program: program.clone() })
+                Reply::json(
+                    if version == 1 { 201 } else { 200 },
+                    &ProgramView { id: id.0, version, program: program.clone() },
+                )
             }
             Command::CreateApiKey { key, role, name } => {
                 let tenant = (*role != Role::Operator).then_some(request.tenant);

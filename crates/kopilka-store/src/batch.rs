@@ -10,7 +10,10 @@ use std::collections::HashMap;
 use jiff::Timestamp;
 use kopilka_core::member::{Consents, Gender, IdentifierKind, Profile};
 use kopilka_core::purchase::PurchaseRecord;
-use kopilka_core::{DomainEvent, IdAllocator, Lot, LotId, LotState, MemberId, Movement, MovementId, PointCurrency, ProgramId, PurchaseId, TenantId};
+use kopilka_core::{
+    DomainEvent, IdAllocator, Lot, LotId, LotState, MemberId, Movement, MovementId, PointCurrency, ProgramId,
+    PurchaseId, TenantId,
+};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
@@ -142,7 +145,9 @@ pub async fn load(conn: &mut SqliteConnection, keys: &BatchKeys) -> Result<Loade
 
     let mut members = keys.members.clone();
     for chunk in keys.purchase_ids.chunks(chunk_rows(2)) {
-        let mut query = QueryBuilder::<Sqlite>::new("SELECT tenant_id, program_id, record FROM purchases WHERE (tenant_id, id) IN ");
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "SELECT tenant_id, program_id, record FROM purchases WHERE (tenant_id, id) IN ",
+        );
         query.push_tuples(chunk, |mut b, (tenant, id)| {
             b.push_bind(tenant.0).push_bind(id.0);
         });
@@ -151,8 +156,9 @@ pub async fn load(conn: &mut SqliteConnection, keys: &BatchKeys) -> Result<Loade
         }
     }
     for chunk in keys.purchase_external_ids.chunks(chunk_rows(2)) {
-        let mut query =
-            QueryBuilder::<Sqlite>::new("SELECT tenant_id, program_id, record FROM purchases WHERE (tenant_id, external_id) IN ");
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "SELECT tenant_id, program_id, record FROM purchases WHERE (tenant_id, external_id) IN ",
+        );
         query.push_tuples(chunk, |mut b, (tenant, id)| {
             b.push_bind(tenant.0).push_bind(id);
         });
@@ -200,7 +206,9 @@ async fn load_members(
     survivors: &mut Vec<(TenantId, MemberId)>,
 ) -> Result<()> {
     for chunk in keys.chunks(chunk_rows(2)) {
-        let mut query = QueryBuilder::<Sqlite>::new(format!("SELECT tenant_id, {MEMBER_COLUMNS} FROM members WHERE (tenant_id, id) IN "));
+        let mut query = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT tenant_id, {MEMBER_COLUMNS} FROM members WHERE (tenant_id, id) IN "
+        ));
         query.push_tuples(chunk, |mut b, (tenant, id)| {
             b.push_bind(tenant.0).push_bind(id.0);
         });
@@ -332,7 +340,9 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &Writes) -> Result<()> {
                 .push_bind(p.points_earned)
                 .push_bind(serde_json::to_string(p).expect("purchases serialize"));
         });
-        query.push(" ON CONFLICT (tenant_id, id) DO UPDATE SET member_id = excluded.member_id, record = excluded.record");
+        query.push(
+            " ON CONFLICT (tenant_id, id) DO UPDATE SET member_id = excluded.member_id, record = excluded.record",
+        );
         query.build().execute(&mut *conn).await?;
     }
 
@@ -351,8 +361,9 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &Writes) -> Result<()> {
     }
 
     for chunk in writes.idempotency.chunks(chunk_rows(6)) {
-        let mut query =
-            QueryBuilder::<Sqlite>::new("INSERT INTO idempotency (tenant_id, key, request_hash, status, body, created_at) ");
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO idempotency (tenant_id, key, request_hash, status, body, created_at) ",
+        );
         query.push_values(chunk, |mut b, (tenant, key, response, at)| {
             b.push_bind(tenant.0)
                 .push_bind(key)
@@ -380,7 +391,12 @@ pub async fn id_seeds(conn: &mut Connection) -> Result<(IdAllocator, i64)> {
     )
     .fetch_one(&mut *conn)
     .await?;
-    let ids = IdAllocator { next_lot: row.get(0), next_movement: row.get(1), next_purchase: row.get(2), next_member: row.get(3) };
+    let ids = IdAllocator {
+        next_lot: row.get(0),
+        next_movement: row.get(1),
+        next_purchase: row.get(2),
+        next_member: row.get(3),
+    };
     Ok((ids, row.get(4)))
 }
 

@@ -45,11 +45,12 @@ impl Store {
 
     /// Members merged into `survivor`, whose history now belongs to it.
     pub async fn merged_into(&self, tenant: TenantId, survivor: MemberId) -> Result<Vec<MemberId>> {
-        let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM members WHERE tenant_id = ? AND merged_into = ? ORDER BY id")
-            .bind(tenant.0)
-            .bind(survivor.0)
-            .fetch_all(&self.pool)
-            .await?;
+        let ids: Vec<i64> =
+            sqlx::query_scalar("SELECT id FROM members WHERE tenant_id = ? AND merged_into = ? ORDER BY id")
+                .bind(tenant.0)
+                .bind(survivor.0)
+                .fetch_all(&self.pool)
+                .await?;
         Ok(ids.into_iter().map(MemberId).collect())
     }
 
@@ -186,7 +187,8 @@ impl Store {
                  AND (?2 IS NULL OR tenant_id = ?2) GROUP BY tenant_id, member_id ORDER BY MIN(expires_at) LIMIT ?3"
             }
         };
-        let rows = sqlx::query(sql).bind(micros::of(now)).bind(tenant.map(|t| t.0)).bind(limit).fetch_all(&self.pool).await?;
+        let rows =
+            sqlx::query(sql).bind(micros::of(now)).bind(tenant.map(|t| t.0)).bind(limit).fetch_all(&self.pool).await?;
         Ok(rows.into_iter().map(|row| (TenantId(row.get(0)), MemberId(row.get(1)))).collect())
     }
 

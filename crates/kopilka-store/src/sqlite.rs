@@ -81,10 +81,12 @@ impl Store {
     }
 
     pub async fn find_api_key(&self, key_hash: &[u8]) -> Result<Option<ApiKeyRow>> {
-        let row = sqlx::query("SELECT key_hash, tenant_id, role, name FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL")
-            .bind(key_hash)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT key_hash, tenant_id, role, name FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
+        )
+        .bind(key_hash)
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|row| {
             let role: String = row.get(2);
             Ok(ApiKeyRow {
@@ -153,14 +155,16 @@ pub mod admin {
                         .fetch_optional(&mut *conn)
                         .await?;
                 let Some(current) = current else { return Ok(None) };
-                sqlx::query("UPDATE programs SET version = ?, document = ?, updated_at = ? WHERE tenant_id = ? AND id = ?")
-                    .bind(current + 1)
-                    .bind(&document)
-                    .bind(micros::of(now))
-                    .bind(tenant.0)
-                    .bind(id.0)
-                    .execute(&mut *conn)
-                    .await?;
+                sqlx::query(
+                    "UPDATE programs SET version = ?, document = ?, updated_at = ? WHERE tenant_id = ? AND id = ?",
+                )
+                .bind(current + 1)
+                .bind(&document)
+                .bind(micros::of(now))
+                .bind(tenant.0)
+                .bind(id.0)
+                .execute(&mut *conn)
+                .await?;
                 (id, current + 1)
             }
             None => {

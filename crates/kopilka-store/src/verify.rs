@@ -76,7 +76,9 @@ impl Store {
                 ));
             }
             if postings < 0 {
-                report.problems.push(format!("tenant {tenant} member {member} {currency} {account} is negative: {postings}"));
+                report
+                    .problems
+                    .push(format!("tenant {tenant} member {member} {currency} {account} is negative: {postings}"));
             }
         }
         Ok(report)

@@ -16,7 +16,11 @@ use crate::jobs::Job;
 #[utoipa::path(post, path = "/v1/tenants", tag = "admin", request_body = TenantRequest,
     params(("Idempotency-Key" = String, Header, description = "unique per intended change")),
     responses((status = 201, body = TenantCreated), (status = 403, body = Problem)))]
-pub async fn create_tenant(State(state): State<AppState>, caller: Caller, m: Mutation<TenantRequest>) -> Result<Reply, ApiError> {
+pub async fn create_tenant(
+    State(state): State<AppState>,
+    caller: Caller,
+    m: Mutation<TenantRequest>,
+) -> Result<Reply, ApiError> {
     caller.require(&[Role::Operator])?;
     let name = m.body.name.trim().to_string();
     if name.is_empty() || name.chars().count() > 200 {
@@ -29,10 +33,18 @@ pub async fn create_tenant(State(state): State<AppState>, caller: Caller, m: Mut
 #[utoipa::path(post, path = "/v1/api-keys", tag = "admin", request_body = ApiKeyRequest,
     params(("Idempotency-Key" = String, Header, description = "unique per intended change")),
     responses((status = 201, body = ApiKeyCreated), (status = 403, body = Problem)))]
-pub async fn create_api_key(State(state): State<AppState>, caller: Caller, m: Mutation<ApiKeyRequest>) -> Result<Reply, ApiError> {
+pub async fn create_api_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    m: Mutation<ApiKeyRequest>,
+) -> Result<Reply, ApiError> {
     let tenant = caller.tenant_for(ADMINS)?;
     if m.body.role == Role::Operator {
-        return Err(ApiError::bad_request("validation_failed", "role", "operator keys are made with `kopilka keys create`"));
+        return Err(ApiError::bad_request(
+            "validation_failed",
+            "role",
+            "operator keys are made with `kopilka keys create`",
+        ));
     }
     let name = m.body.name.trim().to_string();
     if name.is_empty() || name.chars().count() > 200 {
@@ -54,7 +66,11 @@ fn checked(program: Program) -> Result<Program, ApiError> {
 #[utoipa::path(post, path = "/v1/programs", tag = "admin", request_body = Program,
     params(("Idempotency-Key" = String, Header, description = "unique per intended change")),
     responses((status = 201, body = ProgramView), (status = 400, body = Problem)))]
-pub async fn create_program(State(state): State<AppState>, caller: Caller, m: Mutation<Program>) -> Result<Reply, ApiError> {
+pub async fn create_program(
+    State(state): State<AppState>,
+    caller: Caller,
+    m: Mutation<Program>,
+) -> Result<Reply, ApiError> {
     let tenant = caller.tenant_for(ADMINS)?;
     let command = Command::SaveProgram { id: None, program: checked(m.body)? };
     state.submit(tenant, m.idempotency, command).await
@@ -77,7 +93,11 @@ pub async fn update_program(
 
 #[utoipa::path(get, path = "/v1/programs/{id}", tag = "admin",
     responses((status = 200, body = ProgramView), (status = 404, body = Problem)))]
-pub async fn get_program(State(state): State<AppState>, caller: Caller, Path(id): Path<i64>) -> Result<Json<ProgramView>, ApiError> {
+pub async fn get_program(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<ProgramView>, ApiError> {
     let tenant = caller.tenant_for(READERS)?;
     let (id, version, program) = state
         .store
@@ -91,7 +111,11 @@ pub async fn get_program(State(state): State<AppState>, caller: Caller, Path(id)
 #[utoipa::path(post, path = "/v1/jobs/{job}/run", tag = "admin",
     params(("job" = String, Path, description = "activate or expiry")),
     responses((status = 200, body = JobReport), (status = 404, body = Problem)))]
-pub async fn run_job(State(state): State<AppState>, caller: Caller, Path(job): Path<String>) -> Result<Json<JobReport>, ApiError> {
+pub async fn run_job(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(job): Path<String>,
+) -> Result<Json<JobReport>, ApiError> {
     let tenant = caller.tenant_for(ADMINS)?;
     let job = Job::parse(&job).ok_or_else(|| ApiError::not_found("job_not_found", "jobs are activate and expiry"))?;
     Ok(Json(crate::jobs::run_once(&state.store, &state.writer, &*state.clock, job, Some(tenant)).await?))

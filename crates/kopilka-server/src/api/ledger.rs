@@ -24,14 +24,22 @@ pub const HISTORY_PAGE_SIZE_MAX: i64 = 500;
     params(("Idempotency-Key" = String, Header, description = "unique per intended change")),
     responses((status = 201, body = PurchaseResponse), (status = 409, body = Problem, description = "duplicate_purchase"),
         (status = 422, body = Problem, description = "insufficient_points, redeem_share_exceeded")))]
-pub async fn purchase(State(state): State<AppState>, caller: Caller, m: Mutation<PurchaseRequest>) -> Result<Reply, ApiError> {
+pub async fn purchase(
+    State(state): State<AppState>,
+    caller: Caller,
+    m: Mutation<PurchaseRequest>,
+) -> Result<Reply, ApiError> {
     let tenant = caller.tenant_for(TILLS)?;
     state.submit(tenant, m.idempotency, Command::Purchase(m.body)).await
 }
 
 #[utoipa::path(get, path = "/v1/purchases/{id}", tag = "ledger",
     responses((status = 200, body = PurchaseRecord), (status = 404, body = Problem)))]
-pub async fn get_purchase(State(state): State<AppState>, caller: Caller, Path(id): Path<i64>) -> Result<Json<PurchaseRecord>, ApiError> {
+pub async fn get_purchase(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<PurchaseRecord>, ApiError> {
     let tenant = caller.tenant_for(READERS)?;
     let record = state
         .store
@@ -44,7 +52,11 @@ pub async fn get_purchase(State(state): State<AppState>, caller: Caller, Path(id
 #[utoipa::path(post, path = "/v1/returns", tag = "ledger", request_body = ReturnRequest,
     params(("Idempotency-Key" = String, Header, description = "unique per intended change")),
     responses((status = 201, body = ReturnResponse), (status = 422, body = Problem, description = "return_exceeds_purchase")))]
-pub async fn return_purchase(State(state): State<AppState>, caller: Caller, m: Mutation<ReturnRequest>) -> Result<Reply, ApiError> {
+pub async fn return_purchase(
+    State(state): State<AppState>,
+    caller: Caller,
+    m: Mutation<ReturnRequest>,
+) -> Result<Reply, ApiError> {
     let tenant = caller.tenant_for(TILLS)?;
     state.submit(tenant, m.idempotency, Command::Return(m.body)).await
 }
@@ -52,7 +64,11 @@ pub async fn return_purchase(State(state): State<AppState>, caller: Caller, m: M
 #[utoipa::path(post, path = "/v1/redemptions", tag = "ledger", request_body = RedemptionRequest,
     params(("Idempotency-Key" = String, Header, description = "unique per intended change")),
     responses((status = 201, body = MovementResponse), (status = 422, body = Problem, description = "insufficient_points")))]
-pub async fn redeem(State(state): State<AppState>, caller: Caller, m: Mutation<RedemptionRequest>) -> Result<Reply, ApiError> {
+pub async fn redeem(
+    State(state): State<AppState>,
+    caller: Caller,
+    m: Mutation<RedemptionRequest>,
+) -> Result<Reply, ApiError> {
     let tenant = caller.tenant_for(TILLS)?;
     state.submit(tenant, m.idempotency, Command::Redeem(m.body)).await
 }
@@ -60,7 +76,11 @@ pub async fn redeem(State(state): State<AppState>, caller: Caller, m: Mutation<R
 #[utoipa::path(post, path = "/v1/adjustments", tag = "ledger", request_body = AdjustmentRequest,
     params(("Idempotency-Key" = String, Header, description = "unique per intended change")),
     responses((status = 201, body = MovementResponse), (status = 403, body = Problem)))]
-pub async fn adjust(State(state): State<AppState>, caller: Caller, m: Mutation<AdjustmentRequest>) -> Result<Reply, ApiError> {
+pub async fn adjust(
+    State(state): State<AppState>,
+    caller: Caller,
+    m: Mutation<AdjustmentRequest>,
+) -> Result<Reply, ApiError> {
     let tenant = caller.tenant_for(ADMINS)?;
     state.submit(tenant, m.idempotency, Command::Adjust(m.body)).await
 }

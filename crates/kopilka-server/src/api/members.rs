@@ -20,14 +20,22 @@ pub const PAGE_SIZE_MAX: i64 = 500;
 #[utoipa::path(post, path = "/v1/members", tag = "members", request_body = Profile,
     params(("Idempotency-Key" = String, Header, description = "unique per intended change")),
     responses((status = 201, body = MemberView), (status = 409, body = Problem, description = "identifier_taken")))]
-pub async fn create(State(state): State<AppState>, caller: Caller, mutation: Mutation<Profile>) -> Result<Reply, ApiError> {
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    mutation: Mutation<Profile>,
+) -> Result<Reply, ApiError> {
     let tenant = caller.tenant_for(TILLS)?;
     state.submit(tenant, mutation.idempotency, Command::CreateMember { profile: mutation.body, signup_at: None }).await
 }
 
 #[utoipa::path(get, path = "/v1/members/{id}", tag = "members",
     responses((status = 200, body = MemberView), (status = 404, body = Problem)))]
-pub async fn get(State(state): State<AppState>, caller: Caller, Path(id): Path<i64>) -> Result<Json<MemberView>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<MemberView>, ApiError> {
     let tenant = caller.tenant_for(READERS)?;
     let member = state
         .store
@@ -67,7 +75,11 @@ pub struct SearchQuery {
 /// Finds a member by one identifier (following merges to the survivor), or lists members.
 #[utoipa::path(get, path = "/v1/members", tag = "members", params(SearchQuery),
     responses((status = 200, body = MemberPage)))]
-pub async fn search(State(state): State<AppState>, caller: Caller, Query(query): Query<SearchQuery>) -> Result<Json<MemberPage>, ApiError> {
+pub async fn search(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<SearchQuery>,
+) -> Result<Json<MemberPage>, ApiError> {
     let tenant = caller.tenant_for(READERS)?;
     let wanted: Vec<(IdentifierKind, &String)> = [
         (IdentifierKind::Card, &query.card),
@@ -91,12 +103,16 @@ pub async fn search(State(state): State<AppState>, caller: Caller, Query(query):
     }
     let limit = query.limit.unwrap_or(100);
     if !(1..=PAGE_SIZE_MAX).contains(&limit) {
-        return Err(ApiError::bad_request("validation_failed", "limit", format!("must be between 1 and {PAGE_SIZE_MAX}")));
+        return Err(ApiError::bad_request(
+            "validation_failed",
+            "limit",
+            format!("must be between 1 and {PAGE_SIZE_MAX}"),
+        ));
     }
     let after = match &query.cursor {
-        Some(cursor) => cursor
-            .parse::<i64>()
-            .map_err(|_| ApiError::bad_request("validation_failed", "cursor", "use next_cursor from the previous page"))?,
+        Some(cursor) => cursor.parse::<i64>().map_err(|_| {
+            ApiError::bad_request("validation_failed", "cursor", "use next_cursor from the previous page")
+        })?,
         None => 0,
     };
     let members = state.store.members_page(tenant, MemberId(after), limit).await?;
