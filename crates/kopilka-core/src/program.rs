@@ -206,6 +206,8 @@ fn json_error_path(error: &serde_json::Error) -> String {
 }
 
 #[cfg(test)]
+// Amounts are written as money reads: 399_99 is 399.99 RUB in kopecks.
+#[allow(clippy::inconsistent_digit_grouping)]
 mod tests {
     use super::*;
 
