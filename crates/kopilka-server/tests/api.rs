@@ -1,0 +1,462 @@
+//! The API over real HTTP against a real server on loopback with SQLite in a temp dir.
+
+mod support;
+
+use serde_json::json;
+use support::{purchase_body, spawn_app};
+
+#[tokio::test]
+async fn purchase_earns_pending_points_that_become_available_after_the_return_window() {
+    let app = spawn_app().await;
+    let member = app.create_member("C-1").await;
+    let answer = app.purchase(member, "R-1", 4_000_00).await;
+    assert_eq!(answer.status, 201, "{:?}", answer.body);
+    assert_eq!(answer.body["purchase"]["points_earned"], 40);
+    assert_eq!(app.balance(member).await, (0, 40));
+
+    app.advance_days(15);
+    // Reads show the state the lots are in now, before any job ran.
+    assert_eq!(app.balance(member).await, (40, 0));
+    let report = app.run_job("activate").await;
+    assert_eq!(report["movements"], 1);
+    assert_eq!(app.run_job("activate").await["movements"], 0, "a second run changes nothing");
+    let lots = app.get(&format!("/v1/members/{member}/lots")).await;
+    assert_eq!(lots.body["items"][0]["state"], "available");
+    app.assert_ledger_sound().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn points_expire_after_twelve_months_and_the_job_is_idempotent() {
+    let app = spawn_app().await;
+    let member = app.create_member("C-1").await;
+    app.purchase(member, "R-1", 1_000_00).await;
+    app.advance_days(366);
+    assert_eq!(app.balance(member).await, (0, 0));
+    let report = app.run_job("expiry").await;
+    assert_eq!(report["movements"], 1);
+    assert_eq!(app.run_job("expiry").await["movements"], 0);
+    let history = app.get(&format!("/v1/members/{member}/history")).await;
+    assert_eq!(history.body["items"][0]["kind"], "expire");
+    app.assert_ledger_sound().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_retry_returns_the_first_answer_byte_for_byte_and_moves_nothing() {
+    let app = spawn_app().await;
+    let member = app.create_member("C-1").await;
+    let body = purchase_body(member, "R-1", 1_000_00, 0).to_string().into_bytes();
+    let first = app.send("POST", "/v1/purchases", &app.admin_key, Some("same"), Some(body.clone())).await;
+    let retry = app.send("POST", "/v1/purchases", &app.admin_key, Some("same"), Some(body)).await;
+    assert_eq!(first.status, 201);
+    assert_eq!(retry.status, 201);
+    assert!(retry.replayed && !first.replayed);
+    assert_eq!(first.bytes, retry.bytes);
+    assert_eq!(app.balance(member).await, (0, 10));
+    assert_eq!(app.history_len(member).await, 1);
+
+    let other = purchase_body(member, "R-2", 5_00, 0).to_string().into_bytes();
+    let reused = app.send("POST", "/v1/purchases", &app.admin_key, Some("same"), Some(other)).await;
+    assert_eq!(reused.status, 422);
+    assert_eq!(reused.code(), "idempotency_key_reused");
+    assert_eq!(app.history_len(member).await, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_return_restores_points_spent_on_the_purchase_and_reverses_points_earned() {
+    let app = spawn_app().await;
+    let member = app.create_member("C-1").await;
+    app.adjust(member, 300).await;
+    let answer = app.post("/v1/purchases", purchase_body(member, "R-1", 1_000_00, 200)).await;
+    assert_eq!(answer.status, 201, "{:?}", answer.body);
+    // 1,000 RUB less 200 RUB paid in points: 8 points earned on 800 RUB.
+    assert_eq!(answer.body["purchase"]["points_earned"], 8);
+    assert_eq!(app.balance(member).await, (100, 8));
+
+    let returned = app.post("/v1/returns", json!({ "purchase_external_id": "R-1" })).await;
+    assert_eq!(returned.status, 201, "{:?}", returned.body);
+    assert_eq!(returned.body["points_restored"], 200);
+    assert_eq!(returned.body["points_reversed"], 8);
+    assert_eq!(app.balance(member).await, (300, 0));
+    let again = app.post("/v1/returns", json!({ "purchase_external_id": "R-1" })).await;
+    assert_eq!(again.code(), "nothing_to_return");
+    app.assert_ledger_sound().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_partial_return_by_line_reverses_in_proportion() {
+    let app = spawn_app().await;
+    let member = app.create_member("C-1").await;
+    let body = json!({
+        "member_id": member, "external_id": "R-1", "currency": "RUB",
+        "lines": [
+            { "sku": "TYRE", "quantity": 4, "unit_price_minor": 500_000 },
+            { "sku": "OIL", "quantity": 1, "unit_price_minor": 100_000 },
+        ],
+    });
+    let answer = app.post("/v1/purchases", body).await;
+    assert_eq!(answer.body["purchase"]["points_earned"], 210);
+    let returned = app
+        .post(
+            "/v1/returns",
+            json!({ "purchase_id": answer.body["purchase"]["id"], "lines": [{ "line": 0, "quantity": 1 }] }),
+        )
+        .await;
+    assert_eq!(returned.status, 201, "{:?}", returned.body);
+    assert_eq!(returned.body["points_reversed"], 50);
+    assert_eq!(returned.body["returned_minor"], 500_000);
+    let too_many = app
+        .post("/v1/returns", json!({ "purchase_external_id": "R-1", "lines": [{ "line": 0, "quantity": 4 }] }))
+        .await;
+    assert_eq!(too_many.status, 422);
+    assert_eq!(too_many.code(), "return_exceeds_purchase");
+    assert_eq!(app.balance(member).await, (0, 160));
+    app.assert_ledger_sound().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_redemptions_on_one_member_never_overdraw() {
+    let app = spawn_app().await;
+    let member = app.create_member("C-1").await;
+    app.adjust(member, 100).await;
+    let attempts = (0..60).map(|i| {
+        let app = &app;
+        async move {
+            let key = format!("redeem-{i}");
+            let body = json!({ "member_id": member, "points": 10 }).to_string().into_bytes();
+            app.send("POST", "/v1/redemptions", &app.admin_key, Some(&key), Some(body)).await
+        }
+    });
+    let answers = futures_join_all(attempts).await;
+    let accepted = answers.iter().filter(|a| a.status == 201).count();
+    let refused: Vec<_> = answers.iter().filter(|a| a.status != 201).collect();
+    assert_eq!(accepted, 10);
+    assert!(refused.iter().all(|a| a.code() == "insufficient_points"));
+    assert_eq!(app.balance(member).await, (0, 0));
+    app.assert_ledger_sound().await;
+    app.stop().await;
+}
+
+/// Runs futures concurrently on the current task (no extra dependency for join_all).
+async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for future in futures {
+        set.push(Box::pin(future));
+    }
+    let mut outputs = Vec::with_capacity(set.len());
+    // Poll all at once by spawning none: drive them with a select-free join.
+    let results = std::sync::Mutex::new(Vec::new());
+    let wrapped = set.into_iter().enumerate().map(|(i, f)| {
+        let results = &results;
+        async move {
+            let output = f.await;
+            results.lock().unwrap().push((i, output));
+        }
+    });
+    join_vec(wrapped.collect()).await;
+    let mut results = results.into_inner().unwrap();
+    results.sort_by_key(|(i, _)| *i);
+    outputs.extend(results.into_iter().map(|(_, o)| o));
+    outputs
+}
+
+async fn join_vec<F: std::future::Future<Output = ()>>(futures: Vec<F>) {
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).map(Some).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for slot in futures.iter_mut() {
+            if let Some(future) = slot {
+                if future.as_mut().poll(cx).is_ready() {
+                    *slot = None;
+                } else {
+                    pending = true;
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn merging_moves_points_and_history_and_old_identifiers_find_the_survivor() {
+    let app = spawn_app().await;
+    let survivor = app.create_member("C-1").await;
+    let absorbed = app.create_member("C-2").await;
+    app.purchase(absorbed, "R-1", 2_000_00).await;
+    app.adjust(absorbed, 50).await;
+    let merged = app.post(&format!("/v1/members/{survivor}/merge"), json!({ "absorbed_id": absorbed })).await;
+    assert_eq!(merged.status, 200, "{:?}", merged.body);
+    assert_eq!(merged.body["points_moved"], 70);
+    assert_eq!(app.balance(survivor).await, (50, 20));
+    let found = app.get("/v1/members?card=C-2").await;
+    assert_eq!(found.body["items"][0]["id"], survivor);
+    assert!(app.history_len(survivor).await >= 3);
+    // The absorbed member's purchase can still be returned; it comes off the survivor.
+    let returned = app.post("/v1/returns", json!({ "purchase_external_id": "R-1" })).await;
+    assert_eq!(returned.status, 201, "{:?}", returned.body);
+    assert_eq!(app.balance(survivor).await, (50, 0));
+    let again = app.post(&format!("/v1/members/{survivor}/merge"), json!({ "absorbed_id": absorbed })).await;
+    assert_eq!(again.code(), "member_merged");
+    app.assert_ledger_sound().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn members_are_found_by_any_identifier_and_identifiers_stay_unique() {
+    let app = spawn_app().await;
+    let created = app
+        .post(
+            "/v1/members",
+            json!({ "card": "C-9", "phone": "+7 (912) 000-00-09", "email": "Anna@Example.com",
+            "external_id": "crm-9", "name": "Anna", "birth_date": "1990-02-28", "gender": "female", "city": "Kazan",
+            "consents": { "email": true } }),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let id = created.body["id"].clone();
+    for query in ["card=C-9", "phone=%2B79120000009", "email=anna%40example.com", "external_id=crm-9"] {
+        let found = app.get(&format!("/v1/members?{query}")).await;
+        assert_eq!(found.body["items"][0]["id"], id, "{query}");
+    }
+    let taken = app.post("/v1/members", json!({ "phone": "+79120000009" })).await;
+    assert_eq!(taken.status, 409);
+    assert_eq!(taken.code(), "identifier_taken");
+    let patched = app
+        .send(
+            "PATCH",
+            &format!("/v1/members/{id}"),
+            &app.admin_key,
+            Some("patch-1"),
+            Some(br#"{"city":"Perm","name":null}"#.to_vec()),
+        )
+        .await;
+    assert_eq!(patched.status, 200, "{:?}", patched.body);
+    assert_eq!(patched.body["city"], "Perm");
+    assert_eq!(patched.body["name"], serde_json::Value::Null);
+    assert_eq!(patched.body["card"], "C-9");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_its_problem_code_and_writes_nothing() {
+    let app = spawn_app().await;
+    let member = app.create_member("C-1").await;
+    app.adjust(member, 100).await;
+    let before = (app.balance(member).await, app.history_len(member).await);
+    let line = |quantity: i64, price: i64| json!([{ "sku": "A", "quantity": quantity, "unit_price_minor": price }]);
+    let cases = [
+        (
+            "/v1/purchases",
+            json!({ "member_id": 999, "external_id": "X1", "currency": "RUB", "lines": line(1, 100) }),
+            404,
+            "member_not_found",
+        ),
+        (
+            "/v1/purchases",
+            json!({ "member_id": member, "external_id": "X2", "currency": "RUB", "lines": line(0, 100) }),
+            400,
+            "validation_failed",
+        ),
+        (
+            "/v1/purchases",
+            json!({ "member_id": member, "external_id": "X3", "currency": "RUB", "lines": line(1, -5) }),
+            400,
+            "validation_failed",
+        ),
+        (
+            "/v1/purchases",
+            json!({ "member_id": member, "external_id": "X4", "currency": "XYZ", "lines": line(1, 100) }),
+            400,
+            "unknown_currency",
+        ),
+        (
+            "/v1/purchases",
+            json!({ "member_id": member, "external_id": "X5", "currency": "EUR", "lines": line(1, 100) }),
+            422,
+            "currency_mismatch",
+        ),
+        (
+            "/v1/purchases",
+            json!({ "member_id": member, "external_id": "X6", "currency": "RUB", "lines": [] }),
+            400,
+            "validation_failed",
+        ),
+        (
+            "/v1/purchases",
+            json!({ "member_id": member, "external_id": "X7", "currency": "RUB", "lines": line(1, 100_00), "redeem_points": 60 }),
+            422,
+            "redeem_share_exceeded",
+        ),
+        (
+            "/v1/purchases",
+            json!({ "member_id": member, "external_id": "X8", "currency": "RUB", "lines": line(1, 100_000_00), "redeem_points": 101 }),
+            422,
+            "insufficient_points",
+        ),
+        (
+            "/v1/purchases",
+            json!({ "member_id": member, "external_id": "X9", "currency": "RUB", "lines": line(1, 100), "bonus": 1 }),
+            400,
+            "validation_failed",
+        ),
+        ("/v1/redemptions", json!({ "member_id": member, "points": 101 }), 422, "insufficient_points"),
+        ("/v1/redemptions", json!({ "member_id": member, "points": 0 }), 400, "validation_failed"),
+        ("/v1/redemptions", json!({ "member_id": member, "points": -5 }), 400, "validation_failed"),
+        (
+            "/v1/redemptions",
+            json!({ "member_id": member, "points": 60, "bill_minor": 100_00 }),
+            422,
+            "redeem_share_exceeded",
+        ),
+        ("/v1/adjustments", json!({ "member_id": member, "points": -101, "reason": "x" }), 422, "insufficient_points"),
+        ("/v1/adjustments", json!({ "member_id": member, "points": 5, "reason": "" }), 400, "validation_failed"),
+        ("/v1/returns", json!({ "purchase_external_id": "nope" }), 404, "purchase_not_found"),
+        ("/v1/members", json!({ "email": "not-an-email" }), 400, "validation_failed"),
+    ];
+    for (path, body, status, code) in cases {
+        let answer = app.post(path, body.clone()).await;
+        assert_eq!((answer.status.as_u16(), answer.code()), (status, code), "{path} {body}: {:?}", answer.body);
+    }
+
+    let malformed =
+        app.send("POST", "/v1/purchases", &app.admin_key, Some("m"), Some(b"{\"member_id\": ".to_vec())).await;
+    assert_eq!((malformed.status.as_u16(), malformed.code()), (400, "malformed_json"));
+    let huge = vec![b' '; 300 * 1024];
+    let oversized = app.send("POST", "/v1/purchases", &app.admin_key, Some("o"), Some(huge)).await;
+    assert_eq!((oversized.status.as_u16(), oversized.code()), (413, "payload_too_large"));
+    let no_key = app.send("POST", "/v1/redemptions", &app.admin_key, None, Some(b"{}".to_vec())).await;
+    assert_eq!((no_key.status.as_u16(), no_key.code()), (400, "idempotency_key_missing"));
+
+    assert_eq!((app.balance(member).await, app.history_len(member).await), before);
+    app.assert_ledger_sound().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn roles_limit_what_a_key_may_do() {
+    let app = spawn_app().await;
+    let member = app.create_member("C-1").await;
+    let pos = app.create_key("pos").await;
+    let analyst = app.create_key("analyst").await;
+    let adjustment = json!({ "member_id": member, "points": 5, "reason": "goodwill" });
+    assert_eq!(app.post_as(&pos, "/v1/adjustments", adjustment.clone()).await.code(), "forbidden_role");
+    assert_eq!(
+        app.post_as(&analyst, "/v1/purchases", purchase_body(member, "R-1", 100_00, 0)).await.code(),
+        "forbidden_role"
+    );
+    assert_eq!(app.post_as(&pos, "/v1/purchases", purchase_body(member, "R-1", 100_00, 0)).await.status, 201);
+    assert_eq!(app.send("GET", &format!("/v1/members/{member}/balance"), &analyst, None, None).await.status, 200);
+    assert_eq!(app.send("GET", "/v1/members/1", "kpk_wrong", None, None).await.code(), "unauthorized");
+    let anonymous = app.client.get(format!("{}/v1/members/1", app.base)).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert_eq!(app.history_len(member).await, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn tenants_are_isolated() {
+    let app = spawn_app().await;
+    let member = app.create_member("C-1").await;
+    app.purchase(member, "R-1", 100_00).await;
+    // An operator creates a second tenant; its admin cannot see or touch the first tenant's data.
+    let state = &app.running.as_ref().unwrap().state;
+    let operator = kopilka_server::auth::generate_key();
+    let command = kopilka_server::engine::Command::CreateApiKey {
+        key: operator.clone(),
+        role: kopilka_store::Role::Operator,
+        name: "ops".into(),
+    };
+    let request = kopilka_server::engine::Request { tenant: kopilka_core::TenantId(0), idempotency: None, command };
+    state.writer.submit(request).await.unwrap();
+    let tenant = app.post_as(&operator, "/v1/tenants", json!({ "name": "Second brand" })).await;
+    assert_eq!(tenant.status, 201, "{:?}", tenant.body);
+    let other = tenant.body["admin_key"].as_str().unwrap().to_string();
+    assert_eq!(app.send("GET", &format!("/v1/members/{member}"), &other, None, None).await.code(), "member_not_found");
+    assert_eq!(
+        app.post_as(&other, "/v1/returns", json!({ "purchase_external_id": "R-1" })).await.code(),
+        "purchase_not_found"
+    );
+    // The same receipt number is free in the other tenant.
+    let their_member = app.post_as(&other, "/v1/members", json!({ "card": "C-1" })).await;
+    assert_eq!(their_member.status, 201, "{:?}", their_member.body);
+    let their_id = their_member.body["id"].as_i64().unwrap();
+    assert_eq!(app.post_as(&other, "/v1/purchases", purchase_body(their_id, "R-1", 100_00, 0)).await.status, 201);
+    assert_eq!(
+        app.post_as(&operator, "/v1/purchases", purchase_body(their_id, "R-2", 100_00, 0)).await.code(),
+        "forbidden_role"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn history_pages_with_a_cursor() {
+    let app = spawn_app().await;
+    let member = app.create_member("C-1").await;
+    for i in 0..5 {
+        app.purchase(member, &format!("R-{i}"), 100_00).await;
+    }
+    let first = app.get(&format!("/v1/members/{member}/history?limit=2")).await;
+    let cursor = first.body["next_cursor"].as_str().unwrap().to_string();
+    let second = app.get(&format!("/v1/members/{member}/history?limit=2&cursor={cursor}")).await;
+    let ids = |a: &support::Answer| {
+        a.body["items"].as_array().unwrap().iter().map(|m| m["id"].as_i64().unwrap()).collect::<Vec<_>>()
+    };
+    let (a, b) = (ids(&first), ids(&second));
+    assert_eq!(a.len(), 2);
+    assert_eq!(b.len(), 2);
+    assert!(a[1] > b[0], "newest first, no overlap: {a:?} {b:?}");
+    assert_eq!(app.get(&format!("/v1/members/{member}/history?limit=0")).await.code(), "validation_failed");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn openapi_health_and_metrics_are_served() {
+    let app = spawn_app().await;
+    let spec = app.client.get(format!("{}/v1/openapi.json", app.base)).send().await.unwrap();
+    let spec: serde_json::Value = spec.json().await.unwrap();
+    assert_eq!(spec["openapi"].as_str().unwrap().chars().next(), Some('3'));
+    for path in ["/v1/purchases", "/v1/returns", "/v1/redemptions", "/v1/members/{id}/history"] {
+        assert!(spec["paths"].get(path).is_some(), "{path} missing from the spec");
+    }
+    let health = app.client.get(format!("{}/healthz", app.base)).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    app.create_member("C-1").await;
+    let metrics = app.client.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("kopilka_writer_commands_total"), "{metrics}");
+    assert!(metrics.contains("route=\"/v1/members\""), "{metrics}");
+    let unknown = app.get("/v1/nope").await;
+    assert_eq!(unknown.code(), "route_not_found");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn programs_are_versioned_and_validated() {
+    let app = spawn_app().await;
+    let current = app.get("/v1/programs/1").await;
+    assert_eq!(current.body["version"], 1);
+    let mut program = current.body["program"].clone();
+    program["earn_rate"]["points"] = json!(10);
+    let updated =
+        app.send("PUT", "/v1/programs/1", &app.admin_key, Some("p-1"), Some(program.to_string().into_bytes())).await;
+    assert_eq!(updated.status, 200, "{:?}", updated.body);
+    assert_eq!(updated.body["version"], 2);
+    let member = app.create_member("C-1").await;
+    let answer = app.purchase(member, "R-1", 100_00).await;
+    assert_eq!(answer.body["purchase"]["points_earned"], 10, "10 points per 100 RUB now");
+    assert_eq!(answer.body["purchase"]["program_version"], 2);
+    program["max_redeem_share_percent"] = json!(150);
+    let bad =
+        app.send("PUT", "/v1/programs/1", &app.admin_key, Some("p-2"), Some(program.to_string().into_bytes())).await;
+    assert_eq!((bad.status.as_u16(), bad.code()), (400, "validation_failed"));
+    assert_eq!(bad.body["field"], "max_redeem_share_percent");
+    app.stop().await;
+}
