@@ -482,35 +482,27 @@ impl MemberLedger {
         Ok(movement.expect("a positive debit that fits makes a movement"))
     }
 
-    /// Moves every open lot of `absorbed` to this member as new lots with the same dates, one
-    /// balanced movement per currency.
+    /// Moves every open lot of `absorbed` to this member, one balanced movement per currency. A lot
+    /// keeps its id, dates and origin, so a later return of the purchase that earned it still finds
+    /// it.
     pub fn absorb(&mut self, absorbed: &mut MemberLedger, ids: &mut IdAllocator, now: Timestamp) -> Vec<Movement> {
         assert_ne!(self.member_id, absorbed.member_id);
         let mut groups: Vec<(PointCurrency, Vec<Posting>)> = Vec::new();
-        let mut moved = Vec::new();
-        for lot in absorbed.lots.iter_mut().filter(|lot| lot.remaining > 0) {
+        let (moving, staying): (Vec<Lot>, Vec<Lot>) =
+            std::mem::take(&mut absorbed.lots).into_iter().partition(|lot| lot.remaining > 0);
+        absorbed.lots = staying;
+        absorbed.dirty.retain(|id| absorbed.lots.iter().any(|lot| lot.id == *id));
+        for mut lot in moving {
             let from = lot.account();
-            let new_lot = Lot {
-                id: ids.lot(),
-                member_id: self.member_id,
-                remaining: lot.remaining,
-                amount: lot.remaining,
-                ..lot.clone()
-            };
-            let to = new_lot.account();
+            lot.member_id = self.member_id;
+            let to = lot.account();
             push_pair(
                 &mut groups,
                 &lot.currency,
-                [(from, -lot.remaining, Some(lot.id)), (to, lot.remaining, Some(new_lot.id))],
+                [(from, -lot.remaining, Some(lot.id)), (to, lot.remaining, Some(lot.id))],
             );
-            lot.remaining = 0;
-            lot.state = LotState::Closed;
-            moved.push(lot.id);
-            self.touch(new_lot.id);
-            self.lots.push(new_lot);
-        }
-        for lot_id in moved {
-            absorbed.touch(lot_id);
+            self.touch(lot.id);
+            self.lots.push(lot);
         }
         groups
             .into_iter()

@@ -149,6 +149,15 @@ impl Program {
                 issue("expiry.months", format!("must be between 1 and {}", Self::EXPIRY_MONTHS_MAX));
             }
         }
+        if let ExpiryPolicy::MonthsAfterEarn { months } = self.expiry {
+            // A month has at least 28 days: points must become available before they can expire.
+            if self.pending_days >= months.saturating_mul(28) {
+                issue(
+                    "pending_days",
+                    "must be shorter than the expiry period, or points expire before they can be spent".into(),
+                );
+            }
+        }
         if TimeZone::get(&self.time_zone).is_err() {
             issue(
                 "time_zone",

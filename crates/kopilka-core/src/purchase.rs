@@ -121,6 +121,9 @@ pub struct PurchaseRecord {
     pub points_reversed: i64,
     pub points_restored: i64,
     pub points_unrecovered: i64,
+    /// Earned points not reversed by returns because they had already expired.
+    #[serde(default)]
+    pub points_lapsed: i64,
     pub program_version: i64,
 }
 
@@ -336,6 +339,7 @@ pub fn decide_purchase(
         points_reversed: 0,
         points_restored: 0,
         points_unrecovered: 0,
+        points_lapsed: 0,
         program_version,
     };
     outcome.events.push(DomainEvent::PurchaseRecorded {
@@ -365,6 +369,8 @@ pub struct ReturnSummary {
     pub points_restored: i64,
     /// Earned points the member had already spent and could not give back.
     pub points_unrecovered: i64,
+    /// Earned points not reversed because they had expired before the return.
+    pub points_lapsed: i64,
 }
 
 /// Returns lines of a purchase (all that is left, when `lines` is None): reverses the points they
@@ -417,8 +423,13 @@ pub fn decide_return(
         return Err(DomainError::NothingToReturn);
     }
 
-    let mut summary =
-        ReturnSummary { returned_minor: 0, points_reversed: 0, points_restored: 0, points_unrecovered: 0 };
+    let mut summary = ReturnSummary {
+        returned_minor: 0,
+        points_reversed: 0,
+        points_restored: 0,
+        points_unrecovered: 0,
+        points_lapsed: 0,
+    };
     for (line, returned) in purchase.lines.iter_mut().zip(&returned_now) {
         let share = |value: i64, quantity: i64| (value as i128 * quantity as i128 / line.quantity as i128) as i64;
         let before = line.quantity_returned;
@@ -444,6 +455,12 @@ pub fn decide_return(
         let movement = ledger.credit(ids, MovementKind::Restore, Account::Redeemed, credit, now, None);
         outcome.push(movement, Some(expires_at));
     }
+    // Once the points the purchase earned have expired they are gone from the member either way:
+    // taking them again from newer lots would punish the member twice.
+    let earned_points_expired = now >= program.expires_at(purchase.occurred_at);
+    if earned_points_expired {
+        summary.points_lapsed = std::mem::take(&mut summary.points_reversed);
+    }
     if summary.points_reversed > 0 {
         let (movement, taken) = ledger.debit_up_to(
             ids,
@@ -466,7 +483,8 @@ pub fn decide_return(
     purchase.points_reversed += summary.points_reversed;
     purchase.points_restored += summary.points_restored;
     purchase.points_unrecovered += summary.points_unrecovered;
-    assert!(purchase.points_reversed <= purchase.points_earned);
+    purchase.points_lapsed += summary.points_lapsed;
+    assert!(purchase.points_reversed + purchase.points_lapsed <= purchase.points_earned);
     assert!(purchase.points_restored <= purchase.points_redeemed);
     assert!(purchase.returned_minor <= purchase.total_minor);
     outcome.events.push(DomainEvent::PurchaseReturned {

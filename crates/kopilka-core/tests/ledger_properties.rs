@@ -148,13 +148,13 @@ fn check_record(purchase: &PurchaseRecord) {
     assert_eq!(lines.iter().map(|l| l.points_redeemed).sum::<i64>(), purchase.points_redeemed);
     assert!(lines.iter().all(|l| (0..=l.quantity).contains(&l.quantity_returned)));
     assert!((0..=purchase.total_minor).contains(&purchase.returned_minor));
-    assert!((0..=purchase.points_earned).contains(&purchase.points_reversed));
+    assert!((0..=purchase.points_earned).contains(&(purchase.points_reversed + purchase.points_lapsed)));
     assert!((0..=purchase.points_redeemed).contains(&purchase.points_restored));
     assert!((0..=purchase.points_reversed).contains(&purchase.points_unrecovered));
     let all_back = lines.iter().all(|l| l.quantity_returned == l.quantity);
     if all_back {
         assert_eq!(purchase.returned_minor, purchase.total_minor);
-        assert_eq!(purchase.points_reversed, purchase.points_earned);
+        assert_eq!(purchase.points_reversed + purchase.points_lapsed, purchase.points_earned);
         assert_eq!(purchase.points_restored, purchase.points_redeemed);
     }
 }
@@ -419,7 +419,13 @@ fn check_return_in_parts(world: &World, index: usize, seed: u64) {
     }
 
     let mut split = world.clone();
-    let mut total = ReturnSummary { returned_minor: 0, points_reversed: 0, points_restored: 0, points_unrecovered: 0 };
+    let mut total = ReturnSummary {
+        returned_minor: 0,
+        points_reversed: 0,
+        points_restored: 0,
+        points_unrecovered: 0,
+        points_lapsed: 0,
+    };
     for part in parts {
         let mut ids = split.allocator();
         let (summary, outcome) = decide_return(
@@ -439,7 +445,9 @@ fn check_return_in_parts(world: &World, index: usize, seed: u64) {
         total.points_reversed += summary.points_reversed;
         total.points_restored += summary.points_restored;
         total.points_unrecovered += summary.points_unrecovered;
+        total.points_lapsed += summary.points_lapsed;
     }
+    assert_eq!(total.points_lapsed, whole_summary.points_lapsed);
     assert_eq!(total.returned_minor, whole_summary.returned_minor);
     assert_eq!(total.points_reversed, whole_summary.points_reversed);
     assert_eq!(total.points_restored, whole_summary.points_restored);

@@ -114,6 +114,8 @@ pub struct ReturnResponse {
     pub points_restored: i64,
     /// Earned points already spent that the member could not give back.
     pub points_unrecovered: i64,
+    /// Earned points not reversed because they had expired before the return.
+    pub points_lapsed: i64,
     pub purchase: PurchaseRecord,
     pub balance: BalanceView,
 }

@@ -547,6 +547,7 @@ impl<'a> BatchState<'a> {
                 points_reversed: summary.points_reversed,
                 points_restored: summary.points_restored,
                 points_unrecovered: summary.points_unrecovered,
+                points_lapsed: summary.points_lapsed,
                 purchase: record,
                 balance,
             },

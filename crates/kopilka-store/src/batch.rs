@@ -281,7 +281,11 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &Writes) -> Result<()> {
                 .push_bind(lot.movement_id.0)
                 .push_bind(lot.purchase_id.map(|p| p.0));
         });
-        query.push(" ON CONFLICT (tenant_id, id) DO UPDATE SET remaining = excluded.remaining, state = excluded.state");
+        // A merge moves a lot to the survivor: member_id is the one other column that may change.
+        query.push(
+            " ON CONFLICT (tenant_id, id) DO UPDATE SET member_id = excluded.member_id, remaining = excluded.remaining,
+              state = excluded.state",
+        );
         query.build().execute(&mut *conn).await?;
     }
 
