@@ -116,8 +116,17 @@ impl Program {
 
     /// Parses a program document, then validates it; every problem found is returned with its path.
     pub fn from_json(text: &str) -> Result<Program, Vec<ValidationIssue>> {
-        let program: Program = serde_json::from_str(text)
-            .map_err(|error| vec![ValidationIssue { path: json_error_path(&error), message: error.to_string() }])?;
+        let deserializer = &mut serde_json::Deserializer::from_str(text);
+        let program: Program = serde_path_to_error::deserialize(deserializer).map_err(|error| {
+            let path = error.path().to_string();
+            let inner = error.into_inner();
+            let path = if path == "." || path == "?" {
+                format!("line {} column {}", inner.line(), inner.column())
+            } else {
+                path
+            };
+            vec![ValidationIssue { path, message: inner.to_string() }]
+        })?;
         program.validate()?;
         Ok(program)
     }
@@ -208,12 +217,6 @@ impl Program {
     }
 }
 
-fn json_error_path(error: &serde_json::Error) -> String {
-    // serde_json names the field in its message ("unknown field `x`", "missing field `y`"); the
-    // line and column locate it in the file.
-    format!("line {} column {}", error.line(), error.column())
-}
-
 #[cfg(test)]
 // Amounts are written as money reads: 399_99 is 399.99 RUB in kopecks.
 #[allow(clippy::inconsistent_digit_grouping)]
@@ -272,6 +275,16 @@ mod tests {
         json["bill_currency"] = "XYZ".into();
         let issues = Program::from_json(&json.to_string()).unwrap_err();
         assert!(issues[0].message.contains("unknown currency"), "{issues:?}");
+    }
+
+    #[test]
+    fn a_field_of_the_wrong_type_is_named_by_its_path() {
+        let mut json = serde_json::to_value(Program::example()).unwrap();
+        json["earn_rate"]["points"] = "ten".into();
+        let issues = Program::from_json(&json.to_string()).unwrap_err();
+        assert_eq!(issues[0].path, "earn_rate.points");
+        let issues = Program::from_json("{ not json").unwrap_err();
+        assert!(issues[0].path.starts_with("line 1 column"), "{issues:?}");
     }
 
     #[test]
