@@ -192,6 +192,15 @@ impl Store {
         Ok(rows.into_iter().map(|row| (TenantId(row.get(0)), MemberId(row.get(1)))).collect())
     }
 
+    /// The current version of every program of a tenant.
+    pub async fn programs_of(&self, tenant: TenantId) -> Result<Vec<(ProgramId, i64, Program)>> {
+        let rows = sqlx::query("SELECT id, version, document FROM programs WHERE tenant_id = ? ORDER BY id")
+            .bind(tenant.0)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(program_of_row).collect()
+    }
+
     /// A program's current version: the named one, or the tenant's first.
     pub async fn program(&self, tenant: TenantId, id: Option<ProgramId>) -> Result<Option<(ProgramId, i64, Program)>> {
         let row = sqlx::query(
@@ -202,12 +211,14 @@ impl Store {
         .bind(id.map(|i| i.0))
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|row| {
-            let document: String = row.get(2);
-            let program = serde_json::from_str(&document)
-                .map_err(|error| StoreError::Corrupt { table: "programs", detail: error.to_string() })?;
-            Ok((ProgramId(row.get(0)), row.get(1), program))
-        })
-        .transpose()
+        row.as_ref().map(program_of_row).transpose()
     }
+}
+
+/// Reads `id, version, document` columns.
+pub(crate) fn program_of_row(row: &sqlx::sqlite::SqliteRow) -> Result<(ProgramId, i64, Program)> {
+    let document: String = row.get("document");
+    let program = serde_json::from_str(&document)
+        .map_err(|error| StoreError::Corrupt { table: "programs", detail: error.to_string() })?;
+    Ok((ProgramId(row.get("id")), row.get("version"), program))
 }

@@ -70,12 +70,10 @@ impl Store {
         let rows = sqlx::query("SELECT tenant_id, id, version, document FROM programs ORDER BY tenant_id, id")
             .fetch_all(&self.pool)
             .await?;
-        rows.into_iter()
+        rows.iter()
             .map(|row| {
-                let document: String = row.get(3);
-                let program: Program = serde_json::from_str(&document)
-                    .map_err(|error| StoreError::Corrupt { table: "programs", detail: error.to_string() })?;
-                Ok((TenantId(row.get(0)), ProgramId(row.get(1)), row.get(2), program))
+                let (id, version, program) = crate::reads::program_of_row(row)?;
+                Ok((TenantId(row.get("tenant_id")), id, version, program))
             })
             .collect()
     }

@@ -91,6 +91,13 @@ pub async fn update_program(
     state.submit(tenant, m.idempotency, command).await
 }
 
+#[utoipa::path(get, path = "/v1/programs", tag = "admin", responses((status = 200, body = Vec<ProgramView>)))]
+pub async fn list_programs(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<ProgramView>>, ApiError> {
+    let tenant = caller.tenant_for(READERS)?;
+    let programs = state.store.programs_of(tenant).await?;
+    Ok(Json(programs.into_iter().map(|(id, version, program)| ProgramView { id: id.0, version, program }).collect()))
+}
+
 #[utoipa::path(get, path = "/v1/programs/{id}", tag = "admin",
     responses((status = 200, body = ProgramView), (status = 404, body = Problem)))]
 pub async fn get_program(

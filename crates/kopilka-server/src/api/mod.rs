@@ -27,7 +27,7 @@ use crate::extract::BODY_BYTES_MAX;
         ledger::purchase, ledger::get_purchase, ledger::return_purchase, ledger::redeem, ledger::adjust,
         ledger::balance, ledger::history, ledger::lots,
         admin::create_tenant, admin::create_api_key, admin::create_program, admin::update_program,
-        admin::get_program, admin::run_job,
+        admin::list_programs, admin::get_program, admin::run_job,
     ),
     components(schemas(Problem)),
     modifiers(&BearerAuth),
@@ -49,7 +49,7 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/tenants", post(admin::create_tenant))
         .route("/api-keys", post(admin::create_api_key))
-        .route("/programs", post(admin::create_program))
+        .route("/programs", post(admin::create_program).get(admin::list_programs))
         .route("/programs/{id}", get(admin::get_program).put(admin::update_program))
         .route("/jobs/{job}/run", post(admin::run_job))
         .route("/members", post(members::create).get(members::search))
