@@ -131,7 +131,7 @@ async fn concurrent_redemptions_on_one_member_never_overdraw() {
             app.send("POST", "/v1/redemptions", &app.admin_key, Some(&key), Some(body)).await
         }
     });
-    let answers = futures_join_all(attempts).await;
+    let answers = futures::future::join_all(attempts).await;
     let accepted = answers.iter().filter(|a| a.status == 201).count();
     let refused: Vec<_> = answers.iter().filter(|a| a.status != 201).collect();
     assert_eq!(accepted, 10);
@@ -139,51 +139,6 @@ async fn concurrent_redemptions_on_one_member_never_overdraw() {
     assert_eq!(app.balance(member).await, (0, 0));
     app.assert_ledger_sound().await;
     app.stop().await;
-}
-
-/// Runs futures concurrently on the current task (no extra dependency for join_all).
-async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let mut set = Vec::new();
-    for future in futures {
-        set.push(Box::pin(future));
-    }
-    let mut outputs = Vec::with_capacity(set.len());
-    // Poll all at once by spawning none: drive them with a select-free join.
-    let results = std::sync::Mutex::new(Vec::new());
-    let wrapped = set.into_iter().enumerate().map(|(i, f)| {
-        let results = &results;
-        async move {
-            let output = f.await;
-            results.lock().unwrap().push((i, output));
-        }
-    });
-    join_vec(wrapped.collect()).await;
-    let mut results = results.into_inner().unwrap();
-    results.sort_by_key(|(i, _)| *i);
-    outputs.extend(results.into_iter().map(|(_, o)| o));
-    outputs
-}
-
-async fn join_vec<F: std::future::Future<Output = ()>>(futures: Vec<F>) {
-    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).map(Some).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for slot in futures.iter_mut() {
-            if let Some(future) = slot {
-                if future.as_mut().poll(cx).is_ready() {
-                    *slot = None;
-                } else {
-                    pending = true;
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
 }
 
 #[tokio::test]

@@ -19,9 +19,11 @@ impl Store {
     /// Checks that every movement balances, that all accounts sum to zero per tenant and currency,
     /// and that each member's pending and available accounts equal the remaining of their lots.
     pub async fn verify(&self) -> Result<LedgerReport> {
-        let mut report = LedgerReport::default();
-        report.movements = sqlx::query_scalar("SELECT COUNT(*) FROM movements").fetch_one(&self.pool).await?;
-        report.postings = sqlx::query_scalar("SELECT COUNT(*) FROM postings").fetch_one(&self.pool).await?;
+        let mut report = LedgerReport {
+            movements: sqlx::query_scalar("SELECT COUNT(*) FROM movements").fetch_one(&self.pool).await?,
+            postings: sqlx::query_scalar("SELECT COUNT(*) FROM postings").fetch_one(&self.pool).await?,
+            problems: Vec::new(),
+        };
         let unbalanced = sqlx::query(
             "SELECT tenant_id, movement_id, SUM(amount) FROM postings GROUP BY tenant_id, movement_id HAVING SUM(amount) <> 0 LIMIT 20",
         )
