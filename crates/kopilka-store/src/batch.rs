@@ -125,15 +125,17 @@ pub(crate) fn purchase_of_row(row: &SqliteRow) -> Result<(TenantId, ProgramId, P
 }
 
 /// Loads what `keys` names. Members are loaded with their open lots.
+///
+/// Every lookup joins the wanted keys as a constant table `k(t, v)` to the indexed table, so each
+/// key is one index search: SQLite does not search an index for `(a, b) IN (VALUES …)`.
 pub async fn load(conn: &mut SqliteConnection, keys: &BatchKeys) -> Result<Loaded> {
     let mut loaded = Loaded::default();
     for chunk in keys.idempotency.chunks(chunk_rows(2)) {
-        let mut query = QueryBuilder::<Sqlite>::new(
-            "SELECT tenant_id, key, request_hash, status, body FROM idempotency WHERE (tenant_id, key) IN ",
-        );
-        query.push_tuples(chunk, |mut b, (tenant, key)| {
+        let mut query = QueryBuilder::<Sqlite>::new("WITH k(t, v) AS (");
+        query.push_values(chunk, |mut b, (tenant, key)| {
             b.push_bind(tenant.0).push_bind(key);
         });
+        query.push(") SELECT tenant_id, key, request_hash, status, body FROM k CROSS JOIN idempotency ON idempotency.tenant_id = k.t AND idempotency.key = k.v");
         for row in query.build().fetch_all(&mut *conn).await? {
             let status: i64 = row.get(3);
             loaded.idempotency.insert(
@@ -145,23 +147,21 @@ pub async fn load(conn: &mut SqliteConnection, keys: &BatchKeys) -> Result<Loade
 
     let mut members = keys.members.clone();
     for chunk in keys.purchase_ids.chunks(chunk_rows(2)) {
-        let mut query = QueryBuilder::<Sqlite>::new(
-            "SELECT tenant_id, program_id, record FROM purchases WHERE (tenant_id, id) IN ",
-        );
-        query.push_tuples(chunk, |mut b, (tenant, id)| {
+        let mut query = QueryBuilder::<Sqlite>::new("WITH k(t, v) AS (");
+        query.push_values(chunk, |mut b, (tenant, id)| {
             b.push_bind(tenant.0).push_bind(id.0);
         });
+        query.push(") SELECT tenant_id, program_id, record FROM k CROSS JOIN purchases ON purchases.tenant_id = k.t AND purchases.id = k.v");
         for row in query.build().fetch_all(&mut *conn).await? {
             loaded.purchases.push(purchase_of_row(&row)?);
         }
     }
     for chunk in keys.purchase_external_ids.chunks(chunk_rows(2)) {
-        let mut query = QueryBuilder::<Sqlite>::new(
-            "SELECT tenant_id, program_id, record FROM purchases WHERE (tenant_id, external_id) IN ",
-        );
-        query.push_tuples(chunk, |mut b, (tenant, id)| {
+        let mut query = QueryBuilder::<Sqlite>::new("WITH k(t, v) AS (");
+        query.push_values(chunk, |mut b, (tenant, id)| {
             b.push_bind(tenant.0).push_bind(id);
         });
+        query.push(") SELECT tenant_id, program_id, record FROM k CROSS JOIN purchases ON purchases.tenant_id = k.t AND purchases.external_id = k.v");
         for row in query.build().fetch_all(&mut *conn).await? {
             loaded.purchases.push(purchase_of_row(&row)?);
         }
@@ -171,13 +171,13 @@ pub async fn load(conn: &mut SqliteConnection, keys: &BatchKeys) -> Result<Loade
     for kind in IdentifierKind::ALL {
         let wanted: Vec<_> = keys.identifiers.iter().filter(|(_, k, _)| *k == kind).collect();
         for chunk in wanted.chunks(chunk_rows(2)) {
-            let mut query = QueryBuilder::<Sqlite>::new(format!(
-                "SELECT tenant_id, id, {0} FROM members WHERE (tenant_id, {0}) IN ",
-                kind.as_str()
-            ));
-            query.push_tuples(chunk, |mut b, (tenant, _, value)| {
+            let mut query = QueryBuilder::<Sqlite>::new("WITH k(t, v) AS (");
+            query.push_values(chunk, |mut b, (tenant, _, value)| {
                 b.push_bind(tenant.0).push_bind(value);
             });
+            query.push(format!(") SELECT tenant_id, id, {0} FROM k CROSS JOIN members ON members.tenant_id = k.t AND members.{0} = k.v",
+                kind.as_str()
+            ));
             for row in query.build().fetch_all(&mut *conn).await? {
                 let tenant = TenantId(row.get(0));
                 let member = MemberId(row.get(1));
@@ -206,12 +206,11 @@ async fn load_members(
     survivors: &mut Vec<(TenantId, MemberId)>,
 ) -> Result<()> {
     for chunk in keys.chunks(chunk_rows(2)) {
-        let mut query = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT tenant_id, {MEMBER_COLUMNS} FROM members WHERE (tenant_id, id) IN "
-        ));
-        query.push_tuples(chunk, |mut b, (tenant, id)| {
+        let mut query = QueryBuilder::<Sqlite>::new("WITH k(t, v) AS (");
+        query.push_values(chunk, |mut b, (tenant, id)| {
             b.push_bind(tenant.0).push_bind(id.0);
         });
+        query.push(format!(") SELECT tenant_id, {MEMBER_COLUMNS} FROM k CROSS JOIN members ON members.tenant_id = k.t AND members.id = k.v"));
         for row in query.build().fetch_all(&mut *conn).await? {
             let tenant = TenantId(row.get("tenant_id"));
             let member = member_of_row(&row)?;
@@ -221,12 +220,11 @@ async fn load_members(
             loaded.lots.insert((tenant, member.id), Vec::new());
             loaded.members.insert((tenant, member.id), member);
         }
-        let mut query = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT tenant_id, {LOT_COLUMNS} FROM lots WHERE state IN ('pending', 'available') AND (tenant_id, member_id) IN "
-        ));
-        query.push_tuples(chunk, |mut b, (tenant, id)| {
+        let mut query = QueryBuilder::<Sqlite>::new("WITH k(t, v) AS (");
+        query.push_values(chunk, |mut b, (tenant, id)| {
             b.push_bind(tenant.0).push_bind(id.0);
         });
+        query.push(format!(") SELECT tenant_id, {LOT_COLUMNS} FROM k CROSS JOIN lots INDEXED BY lots_member ON lots.tenant_id = k.t AND lots.member_id = k.v WHERE state IN ('pending', 'available')"));
         for row in query.build().fetch_all(&mut *conn).await? {
             let lot = lot_of_row(&row)?;
             loaded.lots.entry((TenantId(row.get("tenant_id")), lot.member_id)).or_default().push(lot);
