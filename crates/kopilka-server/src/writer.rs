@@ -61,6 +61,12 @@ impl Writer {
         Ok((Writer { sender }, handle))
     }
 
+    /// False once the writer task has stopped (a broken invariant stops it rather than let it
+    /// write a wrong ledger).
+    pub fn is_running(&self) -> bool {
+        !self.sender.is_closed()
+    }
+
     /// Sends a request and waits for its answer, which comes after its batch is committed.
     pub async fn submit(&self, request: Request) -> Result<Reply, ApiError> {
         let (reply, answer) = oneshot::channel();

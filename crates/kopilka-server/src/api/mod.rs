@@ -78,6 +78,9 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {
+    if !state.writer.is_running() {
+        return ApiError::Unavailable("the writer has stopped; see the log".into()).into_response();
+    }
     match state.store.tenant_count().await {
         Ok(_) => Json(serde_json::json!({ "status": "ok" })).into_response(),
         Err(error) => ApiError::Unavailable(format!("the store does not answer: {error}")).into_response(),
