@@ -16,6 +16,10 @@ pub enum DomainEvent {
     MemberUpdated {
         member_id: MemberId,
     },
+    /// The member's personal data was erased at their request; the ledger keeps the member's id.
+    MemberErased {
+        member_id: MemberId,
+    },
     MembersMerged {
         survivor_id: MemberId,
         absorbed_id: MemberId,
@@ -60,6 +64,7 @@ impl DomainEvent {
         match self {
             DomainEvent::MemberCreated { member_id }
             | DomainEvent::MemberUpdated { member_id }
+            | DomainEvent::MemberErased { member_id }
             | DomainEvent::PurchaseRecorded { member_id, .. }
             | DomainEvent::PurchaseReturned { member_id, .. }
             | DomainEvent::Points { member_id, .. } => *member_id,

@@ -219,3 +219,19 @@ pub struct JobReport {
     pub members: i64,
     pub movements: i64,
 }
+
+/// No fields yet: an erasure needs only the member's id.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EraseRequest {}
+
+/// Everything Kopilka holds about a member, for a data-access request.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MemberExport {
+    pub member: MemberView,
+    /// Members merged into this one, whose history is part of it.
+    pub merged_members: Vec<MemberView>,
+    pub purchases: Vec<PurchaseRecord>,
+    pub movements: Vec<Movement>,
+    pub lots: Vec<Lot>,
+}

@@ -44,6 +44,11 @@ pub enum Command {
         survivor_id: MemberId,
         absorbed_id: MemberId,
     },
+    /// Erases a member's personal data (the right to be forgotten); points and history stay, keyed
+    /// by the member's id alone.
+    EraseMember {
+        member_id: MemberId,
+    },
     Purchase(PurchaseRequest),
     Return(ReturnRequest),
     Redeem(RedemptionRequest),
@@ -99,15 +104,34 @@ pub struct Reply {
     pub stored_body: Option<Vec<u8>>,
     /// True when this is the stored answer to an earlier request with the same key.
     pub replayed: bool,
+    /// The member whose personal data the body holds, so erasing the member erases it too.
+    pub member_id: Option<MemberId>,
 }
 
 impl Reply {
+    /// The stored answer to an earlier request with the same key.
+    pub fn replayed(stored: &StoredResponse) -> Reply {
+        Reply {
+            status: stored.status,
+            body: stored.body.clone(),
+            stored_body: None,
+            replayed: true,
+            member_id: stored.member_id,
+        }
+    }
+
+    fn about(mut self, member: MemberId) -> Reply {
+        self.member_id = Some(member);
+        self
+    }
+
     pub fn json<T: Serialize>(status: u16, value: &T) -> Reply {
         Reply {
             status,
             body: serde_json::to_vec(value).expect("replies serialize"),
             stored_body: None,
             replayed: false,
+            member_id: None,
         }
     }
 }
@@ -176,6 +200,7 @@ pub fn keys(requests: &[&Request]) -> BatchKeys {
                 keys.members.push((tenant, *survivor_id));
                 keys.members.push((tenant, *absorbed_id));
             }
+            Command::EraseMember { member_id } => keys.members.push((tenant, *member_id)),
             Command::Purchase(purchase) => {
                 keys.members.push((tenant, MemberId(purchase.member_id)));
                 keys.purchase_external_ids.push((tenant, purchase.external_id.clone()));
@@ -265,12 +290,7 @@ impl<'a> BatchState<'a> {
                 if stored.request_hash != idempotency.request_hash {
                     return Err(ApiError::IdempotencyKeyReused { key: idempotency.key.clone() });
                 }
-                return Ok(Reply {
-                    status: stored.status,
-                    body: stored.body.clone(),
-                    stored_body: None,
-                    replayed: true,
-                });
+                return Ok(Reply::replayed(stored));
             }
         }
         let reply = self.decide(request.tenant, &request.command)?;
@@ -279,6 +299,7 @@ impl<'a> BatchState<'a> {
                 request_hash: idempotency.request_hash.clone(),
                 status: reply.status,
                 body: reply.stored_body.clone().unwrap_or_else(|| reply.body.clone()),
+                member_id: reply.member_id,
             };
             self.idempotency.insert((request.tenant, idempotency.key.clone()), stored.clone());
             self.writes.idempotency.push((request.tenant, idempotency.key.clone(), stored, self.now));
@@ -291,6 +312,7 @@ impl<'a> BatchState<'a> {
             Command::CreateMember { profile, signup_at } => self.create_member(tenant, profile.clone(), *signup_at),
             Command::UpdateMember { member_id, patch } => self.update_member(tenant, *member_id, patch),
             Command::MergeMembers { survivor_id, absorbed_id } => self.merge(tenant, *survivor_id, *absorbed_id),
+            Command::EraseMember { member_id } => self.erase(tenant, *member_id),
             Command::Purchase(request) => self.purchase(tenant, request),
             Command::Return(request) => self.return_purchase(tenant, request),
             Command::Redeem(request) => self.redeem(tenant, request),
@@ -405,7 +427,7 @@ impl<'a> BatchState<'a> {
         self.loaded_lots.insert((tenant, id), Vec::new());
         self.dirty_members.insert((tenant, id));
         self.event(tenant, DomainEvent::MemberCreated { member_id: id });
-        Ok(Reply::json(201, &MemberView::from(row)))
+        Ok(Reply::json(201, &MemberView::from(row)).about(id))
     }
 
     fn update_member(&mut self, tenant: TenantId, id: MemberId, patch: &serde_json::Value) -> Result<Reply, ApiError> {
@@ -435,6 +457,27 @@ impl<'a> BatchState<'a> {
         let view = MemberView::from(row.clone());
         self.dirty_members.insert((tenant, id));
         self.event(tenant, DomainEvent::MemberUpdated { member_id: id });
+        Ok(Reply::json(200, &view).about(id))
+    }
+
+    fn erase(&mut self, tenant: TenantId, id: MemberId) -> Result<Reply, ApiError> {
+        let row = self
+            .members
+            .get(&(tenant, id))
+            .ok_or_else(|| ApiError::not_found("member_not_found", format!("member {id} does not exist")))?;
+        let old = row.profile.clone();
+        let erased = Profile::default();
+        self.set_identifiers(tenant, id, Some(&old), &erased);
+        let row = self.members.get_mut(&(tenant, id)).expect("checked above");
+        row.profile = erased;
+        row.updated_at = self.now;
+        let view = MemberView::from(row.clone());
+        self.dirty_members.insert((tenant, id));
+        // Answers stored earlier in this batch go too, not only those already in the database.
+        self.writes.idempotency.retain(|(t, _, stored, _)| !(*t == tenant && stored.member_id == Some(id)));
+        self.idempotency.retain(|(t, _), stored| !(*t == tenant && stored.member_id == Some(id)));
+        self.writes.erased.push((tenant, id));
+        self.event(tenant, DomainEvent::MemberErased { member_id: id });
         Ok(Reply::json(200, &view))
     }
 
@@ -468,7 +511,8 @@ impl<'a> BatchState<'a> {
         self.event(tenant, DomainEvent::MembersMerged { survivor_id: survivor, absorbed_id: absorbed });
         let balance = self.balance(tenant, survivor, &program);
         let survivor_view = MemberView::from(self.members[&(tenant, survivor)].clone());
-        Ok(Reply::json(200, &MergeResponse { survivor: survivor_view, absorbed_id: absorbed.0, points_moved, balance }))
+        let merged = MergeResponse { survivor: survivor_view, absorbed_id: absorbed.0, points_moved, balance };
+        Ok(Reply::json(200, &merged).about(survivor))
     }
 
     fn purchase(&mut self, tenant: TenantId, request: &PurchaseRequest) -> Result<Reply, ApiError> {

@@ -203,8 +203,7 @@ impl WriterTask {
                 if stored.request_hash != idempotency.request_hash {
                     return Ok(Err(ApiError::IdempotencyKeyReused { key: idempotency.key.clone() }));
                 }
-                let reply =
-                    Reply { status: stored.status, body: stored.body.clone(), stored_body: None, replayed: true };
+                let reply = Reply::replayed(stored);
                 return Ok(Ok((reply, None)));
             }
         }
@@ -250,6 +249,7 @@ impl WriterTask {
                 request_hash: idempotency.request_hash.clone(),
                 status: reply.status,
                 body: reply.stored_body.clone().unwrap_or_else(|| reply.body.clone()),
+                member_id: None,
             };
             writes.idempotency.push((request.tenant, idempotency.key.clone(), stored, now));
             batch::flush(conn, &writes).await?;

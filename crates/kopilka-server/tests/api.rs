@@ -415,3 +415,39 @@ async fn programs_are_versioned_and_validated() {
     assert_eq!(bad.body["field"], "max_redeem_share_percent");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_member_can_get_all_their_data_and_have_it_erased() {
+    let app = spawn_app().await;
+    let created = app
+        .post("/v1/members", json!({ "card": "C-7", "email": "olga@example.com", "name": "Olga", "city": "Omsk" }))
+        .await;
+    let member = created.body["id"].as_i64().unwrap();
+    app.purchase(member, "R-1", 1_500_00).await;
+    let export = app.get(&format!("/v1/members/{member}/export")).await;
+    assert_eq!(export.status, 200, "{:?}", export.body);
+    assert_eq!(export.body["member"]["email"], "olga@example.com");
+    assert_eq!(export.body["purchases"][0]["external_id"], "R-1");
+    assert_eq!(export.body["movements"].as_array().unwrap().len(), 1);
+    assert_eq!(export.body["lots"][0]["amount"], 15);
+
+    let pos = app.create_key("pos").await;
+    assert_eq!(app.post_as(&pos, &format!("/v1/members/{member}/erase"), json!({})).await.code(), "forbidden_role");
+    let erased = app.send("POST", &format!("/v1/members/{member}/erase"), &app.admin_key, Some("erase-1"), None).await;
+    assert_eq!(erased.status, 200, "{:?}", erased.body);
+    assert_eq!(erased.body["email"], serde_json::Value::Null);
+    assert_eq!(erased.body["name"], serde_json::Value::Null);
+    assert!(app.get("/v1/members?email=olga%40example.com").await.body["items"].as_array().unwrap().is_empty());
+    // The points stay with the pseudonymous member; the identifiers are free again.
+    assert_eq!(app.balance(member).await, (0, 15));
+    assert_eq!(app.post("/v1/members", json!({ "card": "C-7" })).await.status, 201);
+    // The stored answer to the enrolment held her data: it is gone, so nothing of it can be replayed.
+    let store = &app.running.as_ref().unwrap().state.store;
+    let kept: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM idempotency WHERE body LIKE '%olga%'")
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+    assert_eq!(kept, 0);
+    app.assert_ledger_sound().await;
+    app.stop().await;
+}

@@ -52,6 +52,8 @@ pub struct Writes {
     pub purchases: Vec<(TenantId, ProgramId, PurchaseRecord)>,
     pub events: Vec<(TenantId, i64, DomainEvent, Timestamp)>,
     pub idempotency: Vec<(TenantId, String, StoredResponse, Timestamp)>,
+    /// Members whose personal data is erased: their stored answers are deleted.
+    pub erased: Vec<(TenantId, MemberId)>,
 }
 
 impl Writes {
@@ -62,6 +64,7 @@ impl Writes {
             && self.purchases.is_empty()
             && self.events.is_empty()
             && self.idempotency.is_empty()
+            && self.erased.is_empty()
     }
 }
 
@@ -135,12 +138,17 @@ pub async fn load(conn: &mut SqliteConnection, keys: &BatchKeys) -> Result<Loade
         query.push_values(chunk, |mut b, (tenant, key)| {
             b.push_bind(tenant.0).push_bind(key);
         });
-        query.push(") SELECT tenant_id, key, request_hash, status, body FROM k CROSS JOIN idempotency ON idempotency.tenant_id = k.t AND idempotency.key = k.v");
+        query.push(") SELECT tenant_id, key, request_hash, status, body, member_id FROM k CROSS JOIN idempotency ON idempotency.tenant_id = k.t AND idempotency.key = k.v");
         for row in query.build().fetch_all(&mut *conn).await? {
             let status: i64 = row.get(3);
             loaded.idempotency.insert(
                 (TenantId(row.get(0)), row.get(1)),
-                StoredResponse { request_hash: row.get(2), status: status as u16, body: row.get(4) },
+                StoredResponse {
+                    request_hash: row.get(2),
+                    status: status as u16,
+                    body: row.get(4),
+                    member_id: row.get::<Option<i64>, _>(5).map(MemberId),
+                },
             );
         }
     }
@@ -362,9 +370,16 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &Writes) -> Result<()> {
         query.build().execute(&mut *conn).await?;
     }
 
-    for chunk in writes.idempotency.chunks(chunk_rows(6)) {
+    for (tenant, member) in &writes.erased {
+        sqlx::query("DELETE FROM idempotency WHERE tenant_id = ? AND member_id = ?")
+            .bind(tenant.0)
+            .bind(member.0)
+            .execute(&mut *conn)
+            .await?;
+    }
+    for chunk in writes.idempotency.chunks(chunk_rows(7)) {
         let mut query = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO idempotency (tenant_id, key, request_hash, status, body, created_at) ",
+            "INSERT INTO idempotency (tenant_id, key, request_hash, status, body, member_id, created_at) ",
         );
         query.push_values(chunk, |mut b, (tenant, key, response, at)| {
             b.push_bind(tenant.0)
@@ -372,6 +387,7 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &Writes) -> Result<()> {
                 .push_bind(&response.request_hash)
                 .push_bind(response.status as i64)
                 .push_bind(&response.body)
+                .push_bind(response.member_id.map(|m| m.0))
                 .push_bind(micros::of(*at));
         });
         query.build().execute(&mut *conn).await?;

@@ -145,6 +145,20 @@ impl Store {
         Ok(row.as_ref().map(purchase_of_row).transpose()?.map(|(_, _, record)| record))
     }
 
+    /// Every purchase of the given members, oldest first.
+    pub async fn purchases_of(&self, tenant: TenantId, members: &[MemberId]) -> Result<Vec<PurchaseRecord>> {
+        let mut query =
+            QueryBuilder::<Sqlite>::new("SELECT tenant_id, program_id, record FROM purchases WHERE tenant_id = ");
+        query.push_bind(tenant.0).push(" AND member_id IN (");
+        let mut separated = query.separated(", ");
+        for member in members {
+            separated.push_bind(member.0);
+        }
+        query.push(") ORDER BY occurred_at, id");
+        let rows = query.build().fetch_all(&self.pool).await?;
+        rows.iter().map(|row| purchase_of_row(row).map(|(_, _, record)| record)).collect()
+    }
+
     /// Purchases in id order after `after`, for export.
     pub async fn purchases_page(&self, tenant: TenantId, after: PurchaseId, limit: i64) -> Result<Vec<PurchaseRecord>> {
         let rows = sqlx::query(

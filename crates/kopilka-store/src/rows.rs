@@ -71,4 +71,6 @@ pub struct StoredResponse {
     pub request_hash: Vec<u8>,
     pub status: u16,
     pub body: Vec<u8>,
+    /// The member whose personal data the body holds, if any.
+    pub member_id: Option<MemberId>,
 }

@@ -9,7 +9,7 @@ use utoipa::IntoParams;
 
 use crate::app::AppState;
 use crate::auth::{Caller, ADMINS, READERS, TILLS};
-use crate::dto::{MemberPage, MemberView, MergeRequest};
+use crate::dto::{EraseRequest, MemberExport, MemberPage, MemberView, MergeRequest};
 use crate::engine::{Command, Reply};
 use crate::error::{ApiError, Problem};
 use crate::extract::{Mutation, Query};
@@ -134,4 +134,50 @@ pub async fn merge(
     let tenant = caller.tenant_for(ADMINS)?;
     let command = Command::MergeMembers { survivor_id: MemberId(id), absorbed_id: MemberId(mutation.body.absorbed_id) };
     state.submit(tenant, mutation.idempotency, command).await
+}
+
+/// The most movements an export gathers; a member with more is exported in full by the CLI.
+pub const EXPORT_MOVEMENTS_MAX: i64 = 100_000;
+
+/// Everything held about a member and the members merged into it: profile, purchases, movements,
+/// lots. For a member's request to see their data.
+#[utoipa::path(get, path = "/v1/members/{id}/export", tag = "members",
+    responses((status = 200, body = MemberExport), (status = 404, body = Problem)))]
+pub async fn export(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<MemberExport>, ApiError> {
+    let tenant = caller.tenant_for(ADMINS)?;
+    let member = state
+        .store
+        .member(tenant, MemberId(id))
+        .await?
+        .ok_or_else(|| ApiError::not_found("member_not_found", format!("member {id} does not exist")))?;
+    let mut merged_members = Vec::new();
+    for merged in state.store.merged_into(tenant, member.id).await? {
+        merged_members.extend(state.store.member(tenant, merged).await?.map(MemberView::from));
+    }
+    let mut ids = vec![member.id];
+    ids.extend(merged_members.iter().map(|m| MemberId(m.id)));
+    let purchases = state.store.purchases_of(tenant, &ids).await?;
+    let movements = state.store.history(tenant, &ids, None, EXPORT_MOVEMENTS_MAX).await?;
+    let lots = state.store.lots(tenant, member.id, true).await?;
+    Ok(Json(MemberExport { member: member.into(), merged_members, purchases, movements, lots }))
+}
+
+/// Erases a member's personal data: identifiers, name, birth date, gender, city and consents, and
+/// stored answers that held them. Points, purchases and movements stay, keyed by the id alone, as
+/// the ledger must.
+#[utoipa::path(post, path = "/v1/members/{id}/erase", tag = "members",
+    params(("Idempotency-Key" = String, Header, description = "unique per intended change")),
+    responses((status = 200, body = MemberView), (status = 404, body = Problem)))]
+pub async fn erase(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    mutation: Mutation<EraseRequest>,
+) -> Result<Reply, ApiError> {
+    let tenant = caller.tenant_for(ADMINS)?;
+    state.submit(tenant, mutation.idempotency, Command::EraseMember { member_id: MemberId(id) }).await
 }

@@ -129,13 +129,16 @@ CREATE TABLE events (
     PRIMARY KEY (tenant_id, id)
 ) WITHOUT ROWID;
 
--- The first answer to every mutating request, returned byte for byte on a retry.
+-- The first answer to every mutating request, returned byte for byte on a retry. member_id names the
+-- member whose personal data the answer holds, so erasing the member erases the answer too.
 CREATE TABLE idempotency (
     tenant_id INTEGER NOT NULL,
     key TEXT NOT NULL,
     request_hash BLOB NOT NULL,
     status INTEGER NOT NULL,
     body BLOB NOT NULL,
+    member_id INTEGER,
     created_at INTEGER NOT NULL,
     PRIMARY KEY (tenant_id, key)
 ) WITHOUT ROWID;
+CREATE INDEX idempotency_member ON idempotency (tenant_id, member_id) WHERE member_id IS NOT NULL;
