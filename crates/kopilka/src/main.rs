@@ -2,7 +2,7 @@
 //! serve until a signal, stop in order.
 
 mod bench;
-mod cli_data;
+mod data;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,11 +40,11 @@ enum Command {
         jobs_interval_secs: u64,
     },
     /// Fills a new tenant with a program, members and a year of purchases and returns.
-    Demo(cli_data::DemoArgs),
+    Demo(data::DemoArgs),
     /// Imports members or transactions from CSV.
-    Import(cli_data::ImportArgs),
+    Import(data::ImportArgs),
     /// Exports members or transactions as CSV.
-    Export(cli_data::ExportArgs),
+    Export(data::ExportArgs),
     /// Works with program files.
     Program {
         #[command(subcommand)]
@@ -111,9 +111,9 @@ fn main() -> anyhow::Result<()> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { listen, jobs_interval_secs } => serve(cli.data_dir, listen, jobs_interval_secs).await,
-        Command::Demo(args) => cli_data::demo(&cli.data_dir, args).await,
-        Command::Import(args) => cli_data::import(&cli.data_dir, args).await,
-        Command::Export(args) => cli_data::export(&cli.data_dir, args).await,
+        Command::Demo(args) => data::demo(&cli.data_dir, args).await,
+        Command::Import(args) => data::import(&cli.data_dir, args).await,
+        Command::Export(args) => data::export(&cli.data_dir, args).await,
         Command::Program { command: ProgramCommand::Validate { file } } => validate_program(&file),
         Command::Jobs { command: JobsCommand::Run { job } } => run_job(&cli.data_dir, job).await,
         Command::Keys { command: KeysCommand::Create { role, tenant, name } } => {

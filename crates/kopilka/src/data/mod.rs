@@ -1,0 +1,153 @@
+//! The data commands: `demo` (a living tenant from a seed), `import` and `export` (CSV in and out).
+//!
+//! All three talk to the store the way the server does: every change goes through the writer, so
+//! an import is checked by the same rules as the API, and reads use the store's read pool. Work is
+//! submitted concurrently (bounded by [`IN_FLIGHT_MAX`]) so the writer's group commit can batch it.
+
+mod csv_format;
+mod demo;
+mod export;
+mod import;
+mod online_retail;
+
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::Poll;
+
+use clap::{Args, ValueEnum};
+use kopilka_server::engine::{Idempotency, Reply, Request};
+use kopilka_server::error::ApiError;
+use kopilka_server::writer::Writer;
+use sha2::{Digest, Sha256};
+
+pub use demo::demo;
+pub use export::export;
+pub use import::import;
+
+/// Requests in flight at once: enough to fill the writer's batches (1,024), few enough that memory
+/// and the writer's queue (16,384) stay small.
+pub const IN_FLIGHT_MAX: usize = 1_000;
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// How many members the demo tenant gets.
+    #[arg(long, default_value_t = 1000)]
+    pub members: usize,
+    /// Seed of the generator: the same seed makes the same demo.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+/// What a CSV file holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DataKind {
+    Members,
+    Transactions,
+}
+
+/// The layout of an input file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum InputFormat {
+    /// Kopilka's own CSV (what `kopilka export` writes); see the column lists below.
+    Kopilka,
+    /// The UCI Online Retail file (InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,
+    /// CustomerID,Country; .csv or .csv.gz). Creates the customers as members and their invoices as
+    /// purchases; invoices starting with C become returns. Give `members` or `transactions`: both
+    /// import the whole file.
+    OnlineRetail,
+}
+
+#[derive(Args)]
+#[command(after_long_help = import::IMPORT_HELP)]
+pub struct ImportArgs {
+    /// `members` or `transactions`.
+    pub kind: DataKind,
+    /// The CSV file (with a header row).
+    pub file: PathBuf,
+    /// The tenant to import into.
+    #[arg(long, required_unless_present = "new_tenant", conflicts_with = "new_tenant")]
+    pub tenant: Option<i64>,
+    /// Creates a tenant with this name and the default program, prints its id and admin key once,
+    /// and imports into it.
+    #[arg(long, value_name = "NAME")]
+    pub new_tenant: Option<String>,
+    #[arg(long, value_enum, default_value_t = InputFormat::Kopilka)]
+    pub format: InputFormat,
+}
+
+#[derive(Args)]
+#[command(after_long_help = "The CSV written is exactly what `kopilka import` reads: see `kopilka import --help`.")]
+pub struct ExportArgs {
+    /// `members` or `transactions`.
+    pub kind: DataKind,
+    #[arg(long)]
+    pub tenant: i64,
+    /// Where to write the CSV; standard output when absent.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// The idempotency record of an imported row: a key derived from the file's own ids, and a hash of
+/// the command, so that a changed row under an old key is refused rather than silently ignored.
+fn idempotency(key: String, command: &impl serde::Serialize) -> Idempotency {
+    let mut hasher = Sha256::new();
+    hasher.update(key.as_bytes());
+    hasher.update(b"\n");
+    hasher.update(serde_json::to_vec(command).expect("commands serialize"));
+    Idempotency { key, request_hash: hasher.finalize().to_vec() }
+}
+
+/// Runs `tasks` with at most [`IN_FLIGHT_MAX`] at once and returns their results in input order.
+async fn run_bounded<T, F>(tasks: impl IntoIterator<Item = F>) -> anyhow::Result<Vec<T>>
+where
+    T: Send + 'static,
+    F: Future<Output = T> + Send + 'static,
+{
+    let mut set = tokio::task::JoinSet::new();
+    let mut results: Vec<Option<T>> = Vec::new();
+    for (index, task) in tasks.into_iter().enumerate() {
+        results.push(None);
+        if set.len() >= IN_FLIGHT_MAX {
+            let (done, value) = set.join_next().await.expect("the set is not empty")?;
+            results[done] = Some(value);
+        }
+        set.spawn(async move { (index, task.await) });
+    }
+    while let Some(joined) = set.join_next().await {
+        let (done, value) = joined?;
+        results[done] = Some(value);
+    }
+    Ok(results.into_iter().map(|r| r.expect("every task ran")).collect())
+}
+
+/// Sends requests to the writer in the order given, at most [`IN_FLIGHT_MAX`] waiting at once, and
+/// returns the answers in the same order. The writer decides requests in arrival order, so ids
+/// (members, purchases) follow the input: an import is deterministic, and its export comes back in
+/// the same order.
+async fn submit_in_order(writer: &Writer, requests: Vec<Request>) -> Vec<Result<Reply, ApiError>> {
+    let mut results = Vec::with_capacity(requests.len());
+    let mut waiting = VecDeque::new();
+    for request in requests {
+        if waiting.len() >= IN_FLIGHT_MAX {
+            let answer: Pin<Box<dyn Future<Output = _> + Send>> = waiting.pop_front().expect("not empty");
+            results.push(answer.await);
+        }
+        let mut answer: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(writer.submit(request));
+        // One poll puts the request on the writer's queue (its senders wait in line, so order holds
+        // even when the queue is full); the answer is awaited later.
+        if let Poll::Ready(result) = poll_fn(|cx| Poll::Ready(answer.as_mut().poll(cx))).await {
+            answer = Box::pin(std::future::ready(result));
+        }
+        waiting.push_back(answer);
+    }
+    for answer in waiting {
+        results.push(answer.await);
+    }
+    results
+}
+
+fn display_name(path: &Path) -> String {
+    path.display().to_string()
+}

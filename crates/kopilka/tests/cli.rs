@@ -1,0 +1,176 @@
+//! The data commands run as the real binary on a fresh data directory: demo, import, export.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use jiff::Timestamp;
+
+const MEMBERS_HEADER: &str = "card,phone,email,external_id,name,birth_date,gender,city,signup_at,consent_email,\
+                              consent_sms,consent_push,consent_messenger";
+const TRANSACTIONS_HEADER: &str = "type,external_id,occurred_at,member_external_id,member_card,member_phone,\
+                                   member_email,channel,store,currency,redeem_points,purchase_external_id,line,sku,\
+                                   category,quantity,unit_price_minor,discount_minor";
+
+struct Kopilka {
+    dir: tempfile::TempDir,
+}
+
+impl Kopilka {
+    fn new() -> Kopilka {
+        Kopilka { dir: tempfile::tempdir().expect("a temp dir") }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, text).expect("writes");
+        path
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_kopilka"))
+            .arg("--data-dir")
+            .arg(self.path("data"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .expect("the binary runs")
+    }
+
+    /// Runs and expects success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(output.status.success(), "kopilka {args:?} failed:\n{}", text(&output));
+        String::from_utf8(output.stdout).expect("utf-8")
+    }
+
+    fn export(&self, kind: &str, tenant: &str) -> String {
+        self.ok(&["export", kind, "--tenant", tenant])
+    }
+}
+
+fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+fn days_ago(days: i64) -> String {
+    Timestamp::from_second(Timestamp::now().as_second() - days * 86_400).expect("in range").to_string()
+}
+
+fn members_csv() -> String {
+    format!(
+        "{MEMBERS_HEADER}\n\
+         770000000001,+79120000001,anna@example.com,CRM-1,Анна Смирнова,1990-04-17,female,Москва,2024-01-15T10:00:00Z,true,false,true,false\n\
+         770000000002,+79120000002,,,Иван Петров,,male,Казань,2024-02-01T08:30:00Z,false,true,false,false\n\
+         ,,olga@example.com,,,,,,2024-03-01T12:00:00Z,false,false,false,true\n"
+    )
+}
+
+/// Purchases a while ago (points available now), a redemption, a partial and a whole return, written
+/// in exactly the form export writes.
+fn transactions_csv() -> String {
+    let (a, b, c) = (days_ago(60), days_ago(40), days_ago(5));
+    format!(
+        "{TRANSACTIONS_HEADER}\n\
+         purchase,P-1,{a},CRM-1,,,,pos,\"Москва, Тверская 12\",RUB,0,,,MILK,dairy,3,10000,0\n\
+         purchase,P-1,{a},CRM-1,,,,pos,\"Москва, Тверская 12\",RUB,0,,,CHEESE,dairy,1,25000,5000\n\
+         return,P-1:return,,CRM-1,,,,,,,,P-1,1,MILK,dairy,1,,\n\
+         purchase,P-2,{b},,770000000002,,,web,,RUB,0,,,COFFEE,beverages,2,54900,0\n\
+         return,P-2:return,,,770000000002,,,,,,,P-2,1,COFFEE,beverages,2,,\n\
+         purchase,P-3,{c},,,,olga@example.com,app,,RUB,0,,,BREAD,bakery,1,5990,0\n\
+         purchase,P-4,{c},CRM-1,,,,pos,,RUB,2,,,TEA,beverages,1,28900,0\n"
+    )
+}
+
+#[test]
+fn demo_makes_a_tenant_that_verifies() {
+    let kopilka = Kopilka::new();
+    let out = kopilka.ok(&["demo", "--members", "25", "--seed", "7"]);
+    assert!(out.contains("Created tenant 1"), "{out}");
+    assert!(out.contains("kpk_"), "the admin key is printed once: {out}");
+    assert!(out.contains("25 members"), "{out}");
+    let verified = kopilka.ok(&["verify"]);
+    assert!(verified.contains("the ledger balances"), "{verified}");
+    let transactions = kopilka.export("transactions", "1");
+    assert!(transactions.lines().count() > 100, "a year of purchases:\n{transactions}");
+}
+
+#[test]
+fn import_then_export_gives_back_the_files_and_round_trips_to_another_tenant() {
+    let kopilka = Kopilka::new();
+    let members = kopilka.write("members.csv", &members_csv());
+    let transactions = kopilka.write("transactions.csv", &transactions_csv());
+    let out = kopilka.ok(&["import", "members", p(&members), "--new-tenant", "shop"]);
+    assert!(out.contains("Created tenant 1"), "{out}");
+    assert!(out.contains("3 members imported"), "{out}");
+    let out = kopilka.ok(&["import", "transactions", p(&transactions), "--tenant", "1"]);
+    assert!(out.contains("6 receipts imported, 0 already imported, 0 refused"), "{out}");
+    assert_eq!(kopilka.export("members", "1"), members_csv());
+    assert_eq!(kopilka.export("transactions", "1"), transactions_csv());
+
+    let exported_members = kopilka.write("exported_members.csv", &kopilka.export("members", "1"));
+    let exported_transactions = kopilka.write("exported_transactions.csv", &kopilka.export("transactions", "1"));
+    kopilka.ok(&["import", "members", p(&exported_members), "--new-tenant", "copy"]);
+    kopilka.ok(&["import", "transactions", p(&exported_transactions), "--tenant", "2"]);
+    assert_eq!(kopilka.export("members", "2"), members_csv());
+    assert_eq!(kopilka.export("transactions", "2"), transactions_csv());
+    assert!(kopilka.ok(&["verify"]).contains("the ledger balances"));
+}
+
+#[test]
+fn a_bad_file_is_refused_whole_with_its_line_and_column() {
+    let kopilka = Kopilka::new();
+    let members = kopilka.write("members.csv", &members_csv());
+    kopilka.ok(&["import", "members", p(&members), "--new-tenant", "shop"]);
+    // Line 3 has a price with a decimal comma; everything else is fine.
+    let bad = transactions_csv().replacen(",1,25000,5000", ",1,\"12,50\",5000", 1);
+    let file = kopilka.write("transactions.csv", &bad);
+    let output = kopilka.run(&["import", "transactions", p(&file), "--tenant", "1"]);
+    assert!(!output.status.success());
+    let message = text(&output);
+    assert!(
+        message.contains(r#"line 3, column unit_price_minor: "12,50" is not an integer number of minor units"#),
+        "{message}"
+    );
+    assert!(message.contains("nothing was imported"), "{message}");
+    assert_eq!(kopilka.export("transactions", "1"), format!("{TRANSACTIONS_HEADER}\n"));
+
+    let unknown = members_csv().replacen("city", "town", 1);
+    let file = kopilka.write("members2.csv", &unknown);
+    let message = text(&kopilka.run(&["import", "members", p(&file), "--tenant", "1"]));
+    assert!(message.contains(r#"line 1: unknown column "town""#), "{message}");
+
+    let missing_member = transactions_csv().replace("CRM-1", "CRM-404");
+    let file = kopilka.write("transactions3.csv", &missing_member);
+    let message = text(&kopilka.run(&["import", "transactions", p(&file), "--tenant", "1"]));
+    assert!(
+        message.contains(r#"line 2, column member_external_id: no member with external_id "CRM-404""#),
+        "{message}"
+    );
+    assert_eq!(kopilka.export("transactions", "1"), format!("{TRANSACTIONS_HEADER}\n"));
+}
+
+#[test]
+fn running_an_import_again_changes_nothing() {
+    let kopilka = Kopilka::new();
+    let members = kopilka.write("members.csv", &members_csv());
+    let transactions = kopilka.write("transactions.csv", &transactions_csv());
+    kopilka.ok(&["import", "members", p(&members), "--new-tenant", "shop"]);
+    kopilka.ok(&["import", "transactions", p(&transactions), "--tenant", "1"]);
+    let before = (kopilka.export("members", "1"), kopilka.export("transactions", "1"), kopilka.ok(&["verify"]));
+
+    let out = kopilka.ok(&["import", "members", p(&members), "--tenant", "1"]);
+    assert!(out.contains("0 members imported, 3 already imported"), "{out}");
+    let out = kopilka.ok(&["import", "transactions", p(&transactions), "--tenant", "1"]);
+    assert!(out.contains("0 receipts imported, 6 already imported"), "{out}");
+    let after = (kopilka.export("members", "1"), kopilka.export("transactions", "1"), kopilka.ok(&["verify"]));
+    assert_eq!(before, after);
+}
