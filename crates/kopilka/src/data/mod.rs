@@ -52,7 +52,7 @@ pub enum DataKind {
 pub enum InputFormat {
     /// Kopilka's own CSV (what `kopilka export` writes); see the column lists below.
     Kopilka,
-    /// The UCI Online Retail file (InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,
+    /// (Not written yet.) The UCI Online Retail file (InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,
     /// CustomerID,Country; .csv or .csv.gz). Creates the customers as members and their invoices as
     /// purchases; invoices starting with C become returns. Give `members` or `transactions`: both
     /// import the whole file.
