@@ -157,6 +157,7 @@ impl WriterTask {
         let writes = state.into_writes();
         if !writes.is_empty() {
             batch::flush(&mut self.connection, &writes).await?;
+            batch::save_id_seeds(&mut self.connection, &ids, last_event_id).await?;
         }
         batch::commit(&mut self.connection).await?;
         Ok(replies)

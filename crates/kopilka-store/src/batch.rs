@@ -398,24 +398,39 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &Writes) -> Result<()> {
 /// The writer's own connection.
 pub type Connection = SqliteConnection;
 
-/// The highest ids in use, read inside the batch transaction (which holds the write lock), so
-/// several writers on one database (a server and an import) never hand out the same id. Returns
-/// the allocator and the last event id.
+/// The last ids handed out, read inside the batch transaction (which holds the write lock).
+/// Returns the allocator and the last event id.
 pub async fn id_seeds(conn: &mut Connection) -> Result<(IdAllocator, i64)> {
-    let row = sqlx::query(
-        "SELECT (SELECT COALESCE(MAX(id), 0) FROM lots), (SELECT COALESCE(MAX(id), 0) FROM movements),
-                (SELECT COALESCE(MAX(id), 0) FROM purchases), (SELECT COALESCE(MAX(id), 0) FROM members),
-                (SELECT COALESCE(MAX(id), 0) FROM events)",
+    let mut ids = IdAllocator::default();
+    let mut last_event_id = 0;
+    for row in sqlx::query("SELECT name, last FROM sequences").fetch_all(&mut *conn).await? {
+        let last: i64 = row.get(1);
+        match row.get::<&str, _>(0) {
+            "lot" => ids.next_lot = last,
+            "movement" => ids.next_movement = last,
+            "purchase" => ids.next_purchase = last,
+            "member" => ids.next_member = last,
+            "event" => last_event_id = last,
+            other => return Err(StoreError::Corrupt { table: "sequences", detail: other.to_string() }),
+        }
+    }
+    Ok((ids, last_event_id))
+}
+
+/// Stores the last ids a batch handed out, in its transaction.
+pub async fn save_id_seeds(conn: &mut Connection, ids: &IdAllocator, last_event_id: i64) -> Result<()> {
+    sqlx::query(
+        "UPDATE sequences SET last = CASE name WHEN 'lot' THEN ?1 WHEN 'movement' THEN ?2 WHEN 'purchase' THEN ?3
+         WHEN 'member' THEN ?4 WHEN 'event' THEN ?5 END",
     )
-    .fetch_one(&mut *conn)
+    .bind(ids.next_lot)
+    .bind(ids.next_movement)
+    .bind(ids.next_purchase)
+    .bind(ids.next_member)
+    .bind(last_event_id)
+    .execute(&mut *conn)
     .await?;
-    let ids = IdAllocator {
-        next_lot: row.get(0),
-        next_movement: row.get(1),
-        next_purchase: row.get(2),
-        next_member: row.get(3),
-    };
-    Ok((ids, row.get(4)))
+    Ok(())
 }
 
 /// Starts the batch transaction, taking the write lock at once (no deferred upgrade that could

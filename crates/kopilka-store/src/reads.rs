@@ -117,12 +117,14 @@ impl Store {
             separated.push_bind(movement.id.0);
         }
         query.push(") ORDER BY movement_id, seq");
+        let index_of: std::collections::HashMap<MovementId, usize> =
+            movements.iter().enumerate().map(|(index, m)| (m.id, index)).collect();
         for row in query.build().fetch_all(&self.pool).await? {
             let movement_id = MovementId(row.get(0));
             let kind: String = row.get(1);
             let account = Account::from_parts(&kind, row.get::<Option<i64>, _>(2).map(MemberId))
                 .ok_or(StoreError::Corrupt { table: "postings", detail: kind })?;
-            let movement = movements.iter_mut().find(|m| m.id == movement_id).expect("postings of loaded movements");
+            let movement = &mut movements[index_of[&movement_id]];
             movement.postings.push(Posting {
                 account,
                 amount: row.get(3),

@@ -142,3 +142,12 @@ CREATE TABLE idempotency (
     PRIMARY KEY (tenant_id, key)
 ) WITHOUT ROWID;
 CREATE INDEX idempotency_member ON idempotency (tenant_id, member_id) WHERE member_id IS NOT NULL;
+
+-- The last id handed out, per kind. A writer reads these under the write lock at the start of a
+-- batch and stores what it used before committing, so two writers on one file (a server and an
+-- import) never hand out the same id. (MAX(id) would scan: ids are the second column of each key.)
+CREATE TABLE sequences (
+    name TEXT PRIMARY KEY,
+    last INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO sequences (name, last) VALUES ('lot', 0), ('movement', 0), ('purchase', 0), ('member', 0), ('event', 0);
