@@ -341,11 +341,15 @@ impl<'a> BatchState<'a> {
 
     /// The member a command names, following a merge to the survivor.
     fn member(&self, tenant: TenantId, id: MemberId) -> Result<MemberId, ApiError> {
-        let row = self
+        let mut row = self
             .members
             .get(&(tenant, id))
             .ok_or_else(|| ApiError::not_found("member_not_found", format!("member {id} does not exist")))?;
-        Ok(row.merged_into.unwrap_or(id))
+        // Stored merges are one hop, but within a batch a survivor may just have been absorbed.
+        while let Some(survivor) = row.merged_into {
+            row = self.members.get(&(tenant, survivor)).expect("survivors are loaded with the members they absorbed");
+        }
+        Ok(row.id)
     }
 
     /// The member's ledger, built from the loaded lots on first use, with the id allocator beside
@@ -508,6 +512,14 @@ impl<'a> BatchState<'a> {
         row.merged_into = Some(survivor);
         row.updated_at = now;
         self.dirty_members.insert((tenant, absorbed));
+        // Members the absorbed one had absorbed now point at the survivor too (one hop, always).
+        for (key, other) in self.members.iter_mut() {
+            if key.0 == tenant && other.merged_into == Some(absorbed) {
+                other.merged_into = Some(survivor);
+                self.dirty_members.insert(*key);
+            }
+        }
+        self.writes.merges.push((tenant, absorbed, survivor));
         self.event(tenant, DomainEvent::MembersMerged { survivor_id: survivor, absorbed_id: absorbed });
         let balance = self.balance(tenant, survivor, &program);
         let survivor_view = MemberView::from(self.members[&(tenant, survivor)].clone());

@@ -925,8 +925,6 @@ async fn random_workloads_in_concurrent_bursts_agree_with_the_model_and_keep_the
 }
 
 #[tokio::test]
-#[ignore = "finding: two members merged into one survivor, named in one batch, load the survivor's lots \
-            twice (see a_batch_naming_two_members_merged_into_one_survivor_sees_its_points_once)"]
 async fn random_workloads_with_survivors_of_several_merges_agree_with_the_model() {
     for seed in sim_seeds() {
         simulate(seed, Merges::Stars).await;
@@ -934,8 +932,6 @@ async fn random_workloads_with_survivors_of_several_merges_agree_with_the_model(
 }
 
 #[tokio::test]
-#[ignore = "finding: merging a member that absorbed others leaves a two-hop chain; later commands for the \
-            first absorbed member credit a merged member (see merged_member_chains_strand_points)"]
 async fn random_workloads_with_chained_merges_agree_with_the_model() {
     for seed in sim_seeds() {
         simulate(seed, Merges::Chains).await;
@@ -1116,8 +1112,6 @@ async fn two_writers_on_one_database_never_collide_on_ids() {
 }
 
 #[tokio::test]
-#[ignore = "finding: a merge may absorb a member that itself absorbed others; the first absorbed member \
-            then points at a merged member and its purchases credit that merged member, not the survivor"]
 async fn merged_member_chains_strand_points() {
     let dir = tempfile::tempdir().unwrap();
     let harness = Harness::fresh(dir.path()).await;
@@ -1142,9 +1136,6 @@ async fn merged_member_chains_strand_points() {
 }
 
 #[tokio::test]
-#[ignore = "finding: a batch where one member gives up a card and a new member takes it is decided in \
-            order but flushed in HashSet order, so the members INSERT can hit the unique card index and \
-            the whole batch falls back to one commit per request"]
 async fn a_card_freed_and_taken_in_one_batch_commits_as_one_batch() {
     let dir = tempfile::tempdir().unwrap();
     let harness = Harness::fresh(dir.path()).await;
@@ -1169,9 +1160,6 @@ async fn a_card_freed_and_taken_in_one_batch_commits_as_one_batch() {
 }
 
 #[tokio::test]
-#[ignore = "finding: kopilka-store batch::load does not deduplicate survivors, and the keyed CROSS JOIN \
-            returns a member's lots once per repeated key, so the survivor's lots are loaded twice and its \
-            points counted twice: a redemption beyond the real balance is accepted"]
 async fn a_batch_naming_two_members_merged_into_one_survivor_sees_its_points_once() {
     let dir = tempfile::tempdir().unwrap();
     let harness = Harness::fresh(dir.path()).await;

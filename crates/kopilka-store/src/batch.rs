@@ -54,6 +54,8 @@ pub struct Writes {
     pub idempotency: Vec<(TenantId, String, StoredResponse, Timestamp)>,
     /// Members whose personal data is erased: their stored answers are deleted.
     pub erased: Vec<(TenantId, MemberId)>,
+    /// Merges as (absorbed, survivor): members merged into the absorbed one move to the survivor.
+    pub merges: Vec<(TenantId, MemberId, MemberId)>,
 }
 
 impl Writes {
@@ -65,6 +67,7 @@ impl Writes {
             && self.events.is_empty()
             && self.idempotency.is_empty()
             && self.erased.is_empty()
+            && self.merges.is_empty()
     }
 }
 
@@ -195,15 +198,18 @@ pub async fn load(conn: &mut SqliteConnection, keys: &BatchKeys) -> Result<Loade
         }
     }
 
-    // A merged member's commands go to the survivor, so survivors are loaded too (one hop: merges
-    // always point at a member that is not itself merged).
+    // A merged member's commands go to the survivor, so survivors are loaded too. Stored merges are
+    // one hop: when a survivor is itself absorbed, `flush` re-points the members merged into it.
     members.sort();
     members.dedup();
     let mut survivors = Vec::new();
     load_members(conn, &members, &mut loaded, &mut survivors).await?;
-    let mut more = Vec::new();
+    survivors.sort();
+    survivors.dedup();
     survivors.retain(|key| !loaded.members.contains_key(key));
-    load_members(conn, &survivors, &mut loaded, &mut more).await?;
+    let mut beyond = Vec::new();
+    load_members(conn, &survivors, &mut loaded, &mut beyond).await?;
+    assert!(beyond.is_empty(), "a survivor was itself merged: stored merges must be one hop");
     Ok(loaded)
 }
 
@@ -244,6 +250,20 @@ async fn load_members(
 /// Writes everything a batch decided. Members, lots and purchases are upserted (a batch may change
 /// rows it loaded); movements, postings, events and idempotency records are only ever inserted.
 pub async fn flush(conn: &mut SqliteConnection, writes: &Writes) -> Result<()> {
+    // Identifiers may move between members within a batch (one gives up a card, another takes it).
+    // The batch's final state has no duplicates, but rows are written in no particular order, so
+    // the rows being rewritten first let go of their identifiers.
+    for chunk in writes.members.chunks(chunk_rows(2)) {
+        let mut query = QueryBuilder::<Sqlite>::new("WITH k(t, v) AS (");
+        query.push_values(chunk, |mut b, (tenant, m)| {
+            b.push_bind(tenant.0).push_bind(m.id.0);
+        });
+        query.push(
+            ") UPDATE members SET card = NULL, phone = NULL, email = NULL, external_id = NULL FROM k
+             WHERE members.tenant_id = k.t AND members.id = k.v",
+        );
+        query.build().execute(&mut *conn).await?;
+    }
     for chunk in writes.members.chunks(chunk_rows(15)) {
         let mut query = QueryBuilder::<Sqlite>::new(format!("INSERT INTO members (tenant_id, {MEMBER_COLUMNS}) "));
         query.push_values(chunk, |mut b, (tenant, m)| {
@@ -270,6 +290,16 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &Writes) -> Result<()> {
               consents = excluded.consents, merged_into = excluded.merged_into, updated_at = excluded.updated_at",
         );
         query.build().execute(&mut *conn).await?;
+    }
+
+    // A member absorbed after absorbing others hands them on, so every stored merge stays one hop.
+    for (tenant, absorbed, survivor) in &writes.merges {
+        sqlx::query("UPDATE members SET merged_into = ? WHERE tenant_id = ? AND merged_into = ?")
+            .bind(survivor.0)
+            .bind(tenant.0)
+            .bind(absorbed.0)
+            .execute(&mut *conn)
+            .await?;
     }
 
     for chunk in writes.lots.chunks(chunk_rows(11)) {
