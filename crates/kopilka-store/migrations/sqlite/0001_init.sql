@@ -114,7 +114,7 @@ CREATE TABLE purchases (
     points_earned INTEGER NOT NULL,
     record TEXT NOT NULL,
     PRIMARY KEY (tenant_id, id)
-) WITHOUT ROWID;
+); -- a rowid table: a record is a kilobyte, too large to keep in the key's b-tree
 CREATE UNIQUE INDEX purchases_external_id ON purchases (tenant_id, external_id);
 CREATE INDEX purchases_member ON purchases (tenant_id, member_id, occurred_at);
 
@@ -130,7 +130,9 @@ CREATE TABLE events (
 ) WITHOUT ROWID;
 
 -- The first answer to every mutating request, returned byte for byte on a retry. member_id names the
--- member whose personal data the answer holds, so erasing the member erases the answer too.
+-- member whose personal data the answer holds, so erasing the member erases the answer too. A rowid
+-- table: keys arrive in random order and answers are a kilobyte, so rows are appended in arrival
+-- order and only the small unique index takes random inserts.
 CREATE TABLE idempotency (
     tenant_id INTEGER NOT NULL,
     key TEXT NOT NULL,
@@ -139,8 +141,8 @@ CREATE TABLE idempotency (
     body BLOB NOT NULL,
     member_id INTEGER,
     created_at INTEGER NOT NULL,
-    PRIMARY KEY (tenant_id, key)
-) WITHOUT ROWID;
+    UNIQUE (tenant_id, key)
+);
 CREATE INDEX idempotency_member ON idempotency (tenant_id, member_id) WHERE member_id IS NOT NULL;
 
 -- The last id handed out, per kind. A writer reads these under the write lock at the start of a
