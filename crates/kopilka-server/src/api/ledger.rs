@@ -93,11 +93,7 @@ pub struct ProgramQuery {
 
 /// The member a read names, following a merge to the survivor.
 async fn resolve_member(state: &AppState, tenant: TenantId, id: i64) -> Result<MemberId, ApiError> {
-    let member = state
-        .store
-        .member(tenant, MemberId(id))
-        .await?
-        .ok_or_else(|| ApiError::not_found("member_not_found", format!("member {id} does not exist")))?;
+    let member = super::member_or_404(state, tenant, id).await?;
     Ok(member.merged_into.unwrap_or(member.id))
 }
 

@@ -37,11 +37,7 @@ pub async fn get(
     Path(id): Path<i64>,
 ) -> Result<Json<MemberView>, ApiError> {
     let tenant = caller.tenant_for(READERS)?;
-    let member = state
-        .store
-        .member(tenant, MemberId(id))
-        .await?
-        .ok_or_else(|| ApiError::not_found("member_not_found", format!("member {id} does not exist")))?;
+    let member = super::member_or_404(&state, tenant, id).await?;
     Ok(Json(member.into()))
 }
 
@@ -149,11 +145,7 @@ pub async fn export(
     Path(id): Path<i64>,
 ) -> Result<Json<MemberExport>, ApiError> {
     let tenant = caller.tenant_for(ADMINS)?;
-    let member = state
-        .store
-        .member(tenant, MemberId(id))
-        .await?
-        .ok_or_else(|| ApiError::not_found("member_not_found", format!("member {id} does not exist")))?;
+    let member = super::member_or_404(&state, tenant, id).await?;
     let mut merged_members = Vec::new();
     for merged in state.store.merged_into(tenant, member.id).await? {
         merged_members.extend(state.store.member(tenant, merged).await?.map(MemberView::from));

@@ -76,6 +76,19 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The member a request names, or `member_not_found`.
+pub(crate) async fn member_or_404(
+    state: &AppState,
+    tenant: kopilka_core::TenantId,
+    id: i64,
+) -> Result<kopilka_store::MemberRow, ApiError> {
+    state
+        .store
+        .member(tenant, kopilka_core::MemberId(id))
+        .await?
+        .ok_or_else(|| ApiError::not_found("member_not_found", format!("member {id} does not exist")))
+}
+
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }
