@@ -13,6 +13,7 @@ pub mod ledger;
 pub mod member;
 pub mod program;
 pub mod purchase;
+pub mod rules;
 
 pub use currency::{Currency, Money, PointCurrency};
 pub use error::DomainError;

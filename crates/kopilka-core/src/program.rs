@@ -1,5 +1,5 @@
-//! A loyalty program as data: currencies, the base earn rate, what a point is worth, how much of a
-//! bill points may pay, the return window and the expiry policy.
+//! A loyalty program as data: currencies, the base earn rate and the earn rules on top of it, what a
+//! point is worth, how much of a bill points may pay, the return window and the expiry policy.
 //!
 //! Programs arrive as JSON (API) or TOML/JSON files (`kopilka program validate`); `validate` names
 //! every problem by its path so the author can fix all of them in one pass.
@@ -9,6 +9,7 @@ use jiff::tz::TimeZone;
 use jiff::{Timestamp, ToSpan};
 use serde::{Deserialize, Serialize};
 
+use crate::rules::EarnRule;
 use crate::{Currency, PointCurrency};
 
 /// Points given per amount spent: `points` for every `per_minor` minor units.
@@ -67,6 +68,11 @@ pub struct Program {
     /// IANA time zone of the program, for calendar rules (expiry at year end, days).
     #[serde(default = "default_time_zone")]
     pub time_zone: String,
+    /// Bonuses on top of the base rate (see `rules`): the base rate applies to every line no
+    /// exclusive rule matched, and the rules' points are added to it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Object>))]
+    pub earn_rules: Vec<EarnRule>,
 }
 
 fn default_true() -> bool {
@@ -111,6 +117,7 @@ impl Program {
             expiry: ExpiryPolicy::MonthsAfterEarn { months: 12 },
             earn_on_paid_amount: true,
             time_zone: "Europe/Moscow".into(),
+            earn_rules: Vec::new(),
         }
     }
 
@@ -173,6 +180,7 @@ impl Program {
                 format!("unknown time zone {:?}: use an IANA name such as Europe/Moscow", self.time_zone),
             );
         }
+        crate::rules::validate(&self.earn_rules, &mut issues);
         if issues.is_empty() {
             Ok(())
         } else {
@@ -180,7 +188,7 @@ impl Program {
         }
     }
 
-    fn tz(&self) -> TimeZone {
+    pub(crate) fn tz(&self) -> TimeZone {
         // validate() checked the name; a program that reached the ledger has a known zone.
         TimeZone::get(&self.time_zone).unwrap_or(TimeZone::UTC)
     }

@@ -9,6 +9,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::ledger::Credit;
+use crate::rules::{self, Basket, MemberContext};
 use crate::{
     Account, Currency, DomainError, DomainEvent, IdAllocator, LotId, MemberId, MemberLedger, Movement, MovementKind,
     Program, PurchaseId,
@@ -64,6 +65,8 @@ pub struct LineInput {
     pub sku: String,
     #[serde(default)]
     pub category: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brand: Option<String>,
     pub quantity: i64,
     pub unit_price_minor: i64,
     #[serde(default)]
@@ -90,6 +93,8 @@ pub struct PurchaseCommand {
 pub struct RecordedLine {
     pub sku: String,
     pub category: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brand: Option<String>,
     pub quantity: i64,
     pub unit_price_minor: i64,
     pub discount_minor: i64,
@@ -97,6 +102,17 @@ pub struct RecordedLine {
     pub points_earned: i64,
     pub points_redeemed: i64,
     pub quantity_returned: i64,
+    /// The part of `points_earned` each earn rule gave (the rest is the base rate's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rule_points: Vec<RulePoints>,
+}
+
+/// Points one earn rule gave on a recorded line.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RulePoints {
+    pub rule_id: String,
+    pub points: i64,
 }
 
 /// A recorded purchase and what has been returned of it.
@@ -205,6 +221,9 @@ fn line_totals(lines: &[LineInput]) -> Result<Vec<i64>, DomainError> {
         if let Some(category) = &line.category {
             check_text(&field("category"), category)?;
         }
+        if let Some(brand) = &line.brand {
+            check_text(&field("brand"), brand)?;
+        }
         if !(1..=QUANTITY_MAX).contains(&line.quantity) {
             return Err(DomainError::invalid(field("quantity"), format!("must be between 1 and {QUANTITY_MAX}")));
         }
@@ -232,12 +251,15 @@ fn line_totals(lines: &[LineInput]) -> Result<Vec<i64>, DomainError> {
 }
 
 /// Records a purchase: optional payment with points (within the program's share), then points
-/// earned on the bill (or on what was paid in money), held pending for the return window.
+/// earned on the bill (or on what was paid in money) by the base rate and the earn rules
+/// (`rules::evaluate`), held pending for the return window. `member` is what the rules may ask
+/// about the member.
 pub fn decide_purchase(
     program: &Program,
     program_version: i64,
     ledger: &mut MemberLedger,
     command: PurchaseCommand,
+    member: &MemberContext,
     now: Timestamp,
     ids: &mut IdAllocator,
 ) -> Result<(PurchaseRecord, Outcome), DomainError> {
@@ -287,9 +309,15 @@ pub fn decide_purchase(
             .expect("balance was checked above");
         outcome.push(movement, None);
     }
-    let earn_base = if program.earn_on_paid_amount { total_minor - redeemed_value_minor } else { total_minor };
-    let points_earned = program.earn_rate.points_for(earn_base);
-    let line_points = allocate(points_earned, &totals);
+    let basket = Basket {
+        lines: &command.lines,
+        channel: command.channel,
+        store: command.store.as_deref(),
+        redeemed_value_minor,
+    };
+    let evaluation = rules::evaluate(program, &basket, member, command.occurred_at);
+    let points_earned = evaluation.total;
+    assert_eq!(evaluation.line_points.iter().sum::<i64>(), points_earned);
     let line_redeemed = allocate(redeem, &totals);
     let mut earn_lot_id = None;
     if points_earned > 0 {
@@ -308,10 +336,12 @@ pub fn decide_purchase(
     let lines = command
         .lines
         .into_iter()
-        .zip(totals.iter().zip(line_points.iter().zip(&line_redeemed)))
-        .map(|(line, (total, (earned, redeemed)))| RecordedLine {
+        .zip(totals.iter().zip(evaluation.line_points.iter().zip(&line_redeemed)))
+        .zip(evaluation.explanation)
+        .map(|((line, (total, (earned, redeemed))), explanation)| RecordedLine {
             sku: line.sku,
             category: line.category,
+            brand: line.brand,
             quantity: line.quantity,
             unit_price_minor: line.unit_price_minor,
             discount_minor: line.discount_minor,
@@ -319,6 +349,11 @@ pub fn decide_purchase(
             points_earned: *earned,
             points_redeemed: *redeemed,
             quantity_returned: 0,
+            rule_points: explanation
+                .rules_applied
+                .into_iter()
+                .map(|rule| RulePoints { rule_id: rule.rule_id, points: rule.points })
+                .collect(),
         })
         .collect();
     let record = PurchaseRecord {

@@ -16,6 +16,7 @@ use kopilka_core::purchase::{
     allocate, decide_adjust, decide_purchase, decide_redeem, decide_return, Channel, LineInput, PurchaseCommand,
     PurchaseRecord, ReturnLine, ReturnSummary,
 };
+use kopilka_core::rules::MemberContext;
 use kopilka_core::{
     Balance, Currency, DomainEvent, EarnRate, ExpiryPolicy, IdAllocator, MemberLedger, Movement, MovementKind,
     PointCurrency, Program, Timestamp,
@@ -198,6 +199,7 @@ fn step(world: &mut World, op: &Op) {
                     LineInput {
                         sku: format!("sku-{index}"),
                         category: None,
+                        brand: None,
                         quantity: spec.quantity,
                         unit_price_minor: spec.unit_price_minor,
                         discount_minor: gross * spec.discount_percent / 100,
@@ -216,7 +218,15 @@ fn step(world: &mut World, op: &Op) {
                 lines,
                 redeem_points: points_wanted(redeem, affordable),
             };
-            match decide_purchase(&program, 1, &mut world.active[*member], command, now, &mut ids) {
+            match decide_purchase(
+                &program,
+                1,
+                &mut world.active[*member],
+                command,
+                &MemberContext::default(),
+                now,
+                &mut ids,
+            ) {
                 Err(_) => true,
                 Ok((record, outcome)) => {
                     check_events(&outcome.movements, &outcome.events);
@@ -495,6 +505,7 @@ fn program_strategy() -> impl Strategy<Value = Program> {
             expiry,
             earn_on_paid_amount,
             time_zone: zone.into(),
+            earn_rules: Vec::new(),
         })
         .prop_filter("valid program", |program| program.validate().is_ok())
 }

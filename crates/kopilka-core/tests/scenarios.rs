@@ -29,6 +29,7 @@ use kopilka_core::purchase::{
     decide_adjust, decide_purchase, decide_redeem, decide_return, Channel, LineInput, PurchaseCommand, PurchaseRecord,
     ReturnLine,
 };
+use kopilka_core::rules::MemberContext;
 use kopilka_core::{
     Account, Currency, DomainError, ExpiryPolicy, IdAllocator, LotState, MemberId, MemberLedger, Movement, Program,
     Timestamp,
@@ -187,7 +188,8 @@ impl World {
         };
         let (now, program) = (self.now, self.program.clone());
         let mut ids = self.ids.clone();
-        let (record, outcome) = decide_purchase(&program, 1, self.member(member), command, now, &mut ids)?;
+        let (record, outcome) =
+            decide_purchase(&program, 1, self.member(member), command, &MemberContext::default(), now, &mut ids)?;
         self.ids = ids;
         writeln!(
             self.out,
@@ -306,7 +308,14 @@ fn check(program: Program, script: &str, expect: Expect) {
 }
 
 fn line(sku: &str, quantity: i64, price: &str) -> LineInput {
-    LineInput { sku: sku.to_string(), category: None, quantity, unit_price_minor: minor(price), discount_minor: 0 }
+    LineInput {
+        sku: sku.to_string(),
+        category: None,
+        brand: None,
+        quantity,
+        unit_price_minor: minor(price),
+        discount_minor: 0,
+    }
 }
 
 fn timestamp(text: &str) -> Timestamp {

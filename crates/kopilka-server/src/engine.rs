@@ -11,6 +11,7 @@ use std::sync::Arc;
 use jiff::{SignedDuration, Timestamp};
 use kopilka_core::member::{IdentifierKind, Profile};
 use kopilka_core::purchase::{self, PurchaseCommand, PurchaseRecord};
+use kopilka_core::rules::MemberContext;
 use kopilka_core::{
     Currency, DomainError, DomainEvent, IdAllocator, Lot, MemberId, MemberLedger, Program, ProgramId, PurchaseId,
     TenantId,
@@ -552,9 +553,15 @@ impl<'a> BatchState<'a> {
             lines: request.lines.clone(),
             redeem_points: request.redeem_points,
         };
+        // Earn rules may ask about the member; what the engine does not know yet (tier, segments,
+        // campaigns, first purchase, points each rule already gave) stays empty.
+        let context = MemberContext {
+            birth_date: self.members[&(tenant, member)].profile.birth_date,
+            ..MemberContext::default()
+        };
         let now = self.now;
         let (ledger, ids) = self.ledger(tenant, member);
-        let (record, outcome) = purchase::decide_purchase(&program, version, ledger, command, now, ids)?;
+        let (record, outcome) = purchase::decide_purchase(&program, version, ledger, command, &context, now, ids)?;
         self.record(tenant, outcome);
         let balance = self.balance(tenant, member, &program);
         self.purchase_by_external_id.insert((tenant, record.external_id.clone()), record.id);

@@ -163,7 +163,7 @@ fn purchase_command(member: i64, receipt: &str, lines: Vec<LineInput>, redeem_po
 }
 
 fn line(sku: &str, quantity: i64, unit_price_minor: i64) -> LineInput {
-    LineInput { sku: sku.into(), category: None, quantity, unit_price_minor, discount_minor: 0 }
+    LineInput { sku: sku.into(), category: None, brand: None, quantity, unit_price_minor, discount_minor: 0 }
 }
 
 fn create_member_command(card: &str) -> Command {

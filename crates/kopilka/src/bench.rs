@@ -26,6 +26,7 @@ use clap::Args;
 use jiff::Timestamp;
 use kopilka_core::member::Profile;
 use kopilka_core::purchase::{self, Channel, LineInput, PurchaseCommand};
+use kopilka_core::rules::MemberContext;
 use kopilka_core::{Currency, IdAllocator, MemberId, MemberLedger, Program, TenantId};
 use kopilka_server::app::{self, Config};
 use kopilka_server::clock::SystemClock;
@@ -261,6 +262,7 @@ impl Workload {
                         LineInput {
                             sku: format!("SKU-{sku:05}"),
                             category: Some(CATEGORIES[sku % CATEGORIES.len()].to_string()),
+                            brand: None,
                             quantity: rng.gen_range(1..=3),
                             unit_price_minor: rng.gen_range(49..=4_999) * 100,
                             discount_minor: 0,
@@ -474,8 +476,9 @@ impl RowTemplate {
             lines: spec.lines.clone(),
             redeem_points: 0,
         };
-        let (record, outcome) = purchase::decide_purchase(&program, 1, &mut ledger, command, now, &mut ids)
-            .map_err(|e| anyhow::anyhow!("the template purchase: {e}"))?;
+        let (record, outcome) =
+            purchase::decide_purchase(&program, 1, &mut ledger, command, &MemberContext::default(), now, &mut ids)
+                .map_err(|e| anyhow::anyhow!("the template purchase: {e}"))?;
         let balance = BalanceView {
             member_id: 1,
             currency: program.point_currency.to_string(),

@@ -555,6 +555,7 @@ fn basket(rng: &mut StdRng) -> Vec<LineInput> {
             LineInput {
                 sku: sku.to_string(),
                 category: Some(category.to_string()),
+                brand: None,
                 quantity,
                 unit_price_minor: *price,
                 discount_minor,

@@ -567,7 +567,8 @@ fn parse_transaction(row: &Row) -> Result<TransactionRow, Problem> {
                     format!("{discount_minor} must be between 0 and the line's price {gross} (quantity × unit price)"),
                 ));
             }
-            parsed.line_input = Some(LineInput { sku, category, quantity, unit_price_minor, discount_minor });
+            parsed.line_input =
+                Some(LineInput { sku, category, brand: None, quantity, unit_price_minor, discount_minor });
         }
         ReceiptKind::Return => {
             for column in ["unit_price_minor", "discount_minor", "currency", "redeem_points", "channel", "store"] {
