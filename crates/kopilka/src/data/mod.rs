@@ -52,9 +52,12 @@ pub enum DataKind {
 pub enum InputFormat {
     /// Kopilka's own CSV (what `kopilka export` writes); see the column lists below.
     Kopilka,
-    /// (Not written yet.) The UCI Online Retail file (InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,
-    /// CustomerID,Country; .csv or .csv.gz). Creates the customers as members and their invoices as
-    /// purchases; invoices starting with C become returns. Give `members` or `transactions`: both
+    /// The UCI Online Retail file (InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,
+    /// CustomerID,Country; .csv or .csv.gz; prices in GBP). Customers become members (external_id
+    /// uci-<CustomerID>), invoices purchases at their InvoiceDate (UTC), and cancellations (InvoiceNo
+    /// C…) returns of the customer's earlier purchases of the same StockCode, most recent first.
+    /// Rows that cannot be lines (no CustomerID, zero prices, ...) are skipped and counted. The tenant's
+    /// program must bill in GBP; --new-tenant makes one so. Give `members` or `transactions`: both
     /// import the whole file.
     OnlineRetail,
 }
