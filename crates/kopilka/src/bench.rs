@@ -25,16 +25,20 @@ use anyhow::{bail, ensure, Context};
 use clap::Args;
 use jiff::Timestamp;
 use kopilka_core::member::Profile;
-use kopilka_core::purchase::{self, Channel, LineInput, PurchaseCommand};
+use kopilka_core::purchase::{self, Channel, LineInput, PurchaseCommand, PurchaseRecord};
 use kopilka_core::rules::MemberContext;
-use kopilka_core::{Currency, IdAllocator, MemberId, MemberLedger, Program, TenantId};
+use kopilka_core::{
+    Account, Currency, DomainEvent, IdAllocator, Lot, LotId, MemberId, MemberLedger, Movement, Posting, Program,
+    ProgramId, TenantId,
+};
 use kopilka_server::app::{self, Config};
 use kopilka_server::clock::SystemClock;
 use kopilka_server::dto::{BalanceView, PurchaseRequest, PurchaseResponse};
 use kopilka_server::engine::{Command, Idempotency, Request};
 use kopilka_server::writer::{Writer, BATCH_SIZE_MAX};
+use kopilka_store::batch::{self, Writes};
 use kopilka_store::sqlite::hash_api_key;
-use kopilka_store::{micros, Store};
+use kopilka_store::{micros, Store, StoredResponse};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
@@ -451,12 +455,10 @@ async fn create_members_in_process(
 
 /// The rows the writer writes for one purchase of the workload's kind, decided once by the core.
 struct RowTemplate {
-    movements: Vec<kopilka_core::Movement>,
-    lots: Vec<kopilka_core::Lot>,
-    record: String,
-    total_minor: i64,
-    points_earned: i64,
-    events: Vec<(String, String)>,
+    movements: Vec<Movement>,
+    lots: Vec<Lot>,
+    record: PurchaseRecord,
+    events: Vec<DomainEvent>,
     reply_body: Vec<u8>,
 }
 
@@ -488,23 +490,68 @@ impl RowTemplate {
         let reply_body = serde_json::to_vec(&PurchaseResponse { purchase: record.clone(), balance })?;
         Ok(RowTemplate {
             lots: ledger.take_dirty(),
-            events: outcome.events.iter().map(|e| (e.kind(), serde_json::to_string(e).expect("serializes"))).collect(),
+            events: outcome.events,
             movements: outcome.movements,
-            record: serde_json::to_string(&record)?,
-            total_minor: record.total_minor,
-            points_earned: record.points_earned,
+            record,
             reply_body,
         })
     }
-}
 
-impl RowTemplate {
-    fn movement_index(&self, id: kopilka_core::MovementId) -> usize {
-        self.movements.iter().position(|m| m.id == id).expect("the template's lots come from its movements")
-    }
-
-    fn lot_index(&self, id: kopilka_core::LotId) -> usize {
-        self.lots.iter().position(|l| l.id == id).expect("the template's postings name its lots")
+    /// The template's rows for purchase `index` of the workload, with the ids the writer would
+    /// have handed out next.
+    fn rows_for(
+        &self,
+        workload: &Workload,
+        index: usize,
+        hash: &[u8],
+        ids: &mut (IdAllocator, i64),
+        writes: &mut Writes,
+    ) {
+        let (ids, last_event_id) = (&mut ids.0, &mut ids.1);
+        let (tenant, now) = (TenantId(1), Timestamp::now());
+        let member = MemberId(workload.purchases[index].member as i64 + 1);
+        let purchase = ids.purchase();
+        let movement_ids: Vec<_> = self.movements.iter().map(|m| (m.id, ids.movement())).collect();
+        let lot_ids: Vec<_> = self.lots.iter().map(|l| (l.id, ids.lot())).collect();
+        let new_lot = |id: LotId| lot_ids.iter().find(|(old, _)| *old == id).expect("the template's lots").1;
+        for lot in &self.lots {
+            let movement_id = movement_ids.iter().find(|(old, _)| *old == lot.movement_id).expect("its movement").1;
+            let lot =
+                Lot { id: new_lot(lot.id), member_id: member, movement_id, purchase_id: Some(purchase), ..lot.clone() };
+            writes.lots.push((tenant, lot));
+        }
+        for (movement, (_, id)) in self.movements.iter().zip(&movement_ids) {
+            let postings = movement
+                .postings
+                .iter()
+                .map(|p| Posting {
+                    account: match p.account {
+                        Account::MemberPending(_) => Account::MemberPending(member),
+                        Account::MemberAvailable(_) => Account::MemberAvailable(member),
+                        system => system,
+                    },
+                    amount: p.amount,
+                    lot_id: p.lot_id.map(new_lot),
+                })
+                .collect();
+            let movement =
+                Movement { id: *id, member_id: member, purchase_id: Some(purchase), postings, ..movement.clone() };
+            writes.movements.push((tenant, movement));
+        }
+        let record = PurchaseRecord {
+            id: purchase,
+            member_id: member,
+            external_id: workload.purchases[index].external_id.clone(),
+            ..self.record.clone()
+        };
+        writes.purchases.push((tenant, ProgramId(1), record));
+        for event in &self.events {
+            *last_event_id += 1;
+            writes.events.push((tenant, *last_event_id, event.clone(), now));
+        }
+        let answer =
+            StoredResponse { request_hash: hash.to_vec(), status: 201, body: self.reply_body.clone(), member_id: None };
+        writes.idempotency.push((tenant, workload.purchases[index].idempotency_key.clone(), answer, now));
     }
 }
 
@@ -543,15 +590,25 @@ async fn anchor_phase(dir: &Path, workload: &Workload, sizes: Sizes, batch: usiz
     let hashes: Vec<Vec<u8>> =
         (0..sizes.purchases).map(|i| request_hash("/v1/purchases", &workload.purchase_body(i, &member_ids))).collect();
 
-    let mut ids = Ids::default();
-    let mut transactions = 0usize;
-    let started = Instant::now();
+    // The rows are built before the clock starts: the anchor times only the store's writes.
+    let mut ids = (IdAllocator::default(), 0);
     let indices: Vec<usize> = (0..sizes.purchases).collect();
-    for chunk in indices.chunks(batch) {
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await?;
-        write_purchase_rows(&mut conn, workload, &template, &hashes, chunk, tenant, &mut ids).await?;
-        sqlx::query("COMMIT").execute(&mut conn).await?;
-        transactions += 1;
+    let batches: Vec<Writes> = indices
+        .chunks(batch)
+        .map(|chunk| {
+            let mut writes = Writes::default();
+            for &index in chunk {
+                template.rows_for(workload, index, &hashes[index], &mut ids, &mut writes);
+            }
+            writes
+        })
+        .collect();
+    let transactions = batches.len();
+    let started = Instant::now();
+    for writes in &batches {
+        batch::begin(&mut conn).await?;
+        batch::flush(&mut conn, writes).await?;
+        batch::commit(&mut conn).await?;
     }
     let elapsed = started.elapsed();
 
@@ -576,168 +633,6 @@ async fn anchor_phase(dir: &Path, workload: &Workload, sizes: Sizes, batch: usiz
         p99: None,
         mean_batch: sizes.purchases as f64 / transactions as f64,
     })
-}
-
-#[derive(Default)]
-struct Ids {
-    lot: i64,
-    movement: i64,
-    purchase: i64,
-    event: i64,
-}
-
-/// One transaction's purchases: the statements of `kopilka_store::batch::flush`, in its order.
-async fn write_purchase_rows(
-    conn: &mut SqliteConnection,
-    workload: &Workload,
-    t: &RowTemplate,
-    hashes: &[Vec<u8>],
-    chunk: &[usize],
-    tenant: i64,
-    ids: &mut Ids,
-) -> anyhow::Result<()> {
-    let now = micros::of(Timestamp::now());
-    // Ids as the writer hands them out: purchase, then for each movement its id and lots.
-    struct Planned {
-        index: usize,
-        member: i64,
-        purchase: i64,
-        movements: Vec<i64>,
-        lots: Vec<i64>,
-        events: Vec<i64>,
-    }
-    let planned: Vec<Planned> = chunk
-        .iter()
-        .map(|&index| {
-            ids.purchase += 1;
-            Planned {
-                index,
-                member: workload.purchases[index].member as i64 + 1,
-                purchase: ids.purchase,
-                movements: t.movements.iter().map(|_| bump(&mut ids.movement)).collect(),
-                lots: t.lots.iter().map(|_| bump(&mut ids.lot)).collect(),
-                events: t.events.iter().map(|_| bump(&mut ids.event)).collect(),
-            }
-        })
-        .collect();
-
-    let lots: Vec<_> = planned.iter().flat_map(|p| t.lots.iter().zip(&p.lots).map(move |(l, id)| (p, l, id))).collect();
-    for rows in lots.chunks(BIND_VALUES_MAX / 11) {
-        let mut query = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO lots (tenant_id, id, member_id, currency, amount, remaining, available_from, expires_at, state, movement_id, purchase_id) ",
-        );
-        query.push_values(rows, |mut b, (p, lot, id)| {
-            b.push_bind(tenant)
-                .push_bind(**id)
-                .push_bind(p.member)
-                .push_bind(lot.currency.as_str())
-                .push_bind(lot.amount)
-                .push_bind(lot.remaining)
-                .push_bind(micros::of(lot.available_from))
-                .push_bind(micros::of(lot.expires_at))
-                .push_bind(lot.state.as_str())
-                .push_bind(p.movements[t.movement_index(lot.movement_id)])
-                .push_bind(p.purchase);
-        });
-        query.push(
-            " ON CONFLICT (tenant_id, id) DO UPDATE SET member_id = excluded.member_id, remaining = excluded.remaining,
-              state = excluded.state",
-        );
-        query.build().execute(&mut *conn).await?;
-    }
-
-    let movements: Vec<_> =
-        planned.iter().flat_map(|p| t.movements.iter().zip(&p.movements).map(move |(m, id)| (p, m, id))).collect();
-    for rows in movements.chunks(BIND_VALUES_MAX / 8) {
-        let mut query = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO movements (tenant_id, id, member_id, kind, currency, occurred_at, purchase_id, reason) ",
-        );
-        query.push_values(rows, |mut b, (p, m, id)| {
-            b.push_bind(tenant)
-                .push_bind(**id)
-                .push_bind(p.member)
-                .push_bind(m.kind.as_str())
-                .push_bind(m.currency.as_str())
-                .push_bind(now)
-                .push_bind(p.purchase)
-                .push_bind(&m.reason);
-        });
-        query.build().execute(&mut *conn).await?;
-    }
-
-    let postings: Vec<_> = movements
-        .iter()
-        .flat_map(|(p, m, id)| m.postings.iter().enumerate().map(move |(seq, posting)| (p, m, id, seq, posting)))
-        .collect();
-    for rows in postings.chunks(BIND_VALUES_MAX / 8) {
-        let mut query = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO postings (tenant_id, movement_id, seq, account, member_id, currency, amount, lot_id) ",
-        );
-        query.push_values(rows, |mut b, (p, m, id, seq, posting)| {
-            b.push_bind(tenant)
-                .push_bind(***id)
-                .push_bind(*seq as i64)
-                .push_bind(posting.account.kind())
-                .push_bind(posting.account.member_id().map(|_| p.member))
-                .push_bind(m.currency.as_str())
-                .push_bind(posting.amount)
-                .push_bind(posting.lot_id.map(|lot| p.lots[t.lot_index(lot)]));
-        });
-        query.build().execute(&mut *conn).await?;
-    }
-
-    for rows in planned.chunks(BIND_VALUES_MAX / 9) {
-        let mut query = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO purchases (tenant_id, id, member_id, external_id, program_id, occurred_at, total_minor, points_earned, record) ",
-        );
-        query.push_values(rows, |mut b, p| {
-            b.push_bind(tenant)
-                .push_bind(p.purchase)
-                .push_bind(p.member)
-                .push_bind(&workload.purchases[p.index].external_id)
-                .push_bind(1i64)
-                .push_bind(now)
-                .push_bind(t.total_minor)
-                .push_bind(t.points_earned)
-                .push_bind(&t.record);
-        });
-        query.push(
-            " ON CONFLICT (tenant_id, id) DO UPDATE SET member_id = excluded.member_id, record = excluded.record",
-        );
-        query.build().execute(&mut *conn).await?;
-    }
-
-    let events: Vec<_> =
-        planned.iter().flat_map(|p| t.events.iter().zip(&p.events).map(move |(e, id)| (p, e, id))).collect();
-    for rows in events.chunks(BIND_VALUES_MAX / 6) {
-        let mut query =
-            QueryBuilder::<Sqlite>::new("INSERT INTO events (tenant_id, id, kind, member_id, payload, occurred_at) ");
-        query.push_values(rows, |mut b, (p, (kind, payload), id)| {
-            b.push_bind(tenant).push_bind(**id).push_bind(kind).push_bind(p.member).push_bind(payload).push_bind(now);
-        });
-        query.build().execute(&mut *conn).await?;
-    }
-
-    for rows in planned.chunks(BIND_VALUES_MAX / 6) {
-        let mut query = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO idempotency (tenant_id, key, request_hash, status, body, created_at) ",
-        );
-        query.push_values(rows, |mut b, p| {
-            b.push_bind(tenant)
-                .push_bind(&workload.purchases[p.index].idempotency_key)
-                .push_bind(&hashes[p.index])
-                .push_bind(201i64)
-                .push_bind(&t.reply_body)
-                .push_bind(now);
-        });
-        query.build().execute(&mut *conn).await?;
-    }
-    Ok(())
-}
-
-fn bump(id: &mut i64) -> i64 {
-    *id += 1;
-    *id
 }
 
 async fn table_counts(conn: &mut SqliteConnection) -> anyhow::Result<Vec<(&'static str, i64)>> {
