@@ -61,6 +61,7 @@ impl Channel {
 /// One line of a receipt as the POS sends it.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LineInput {
     pub sku: String,
     #[serde(default)]

@@ -263,6 +263,13 @@ async fn bad_input_gets_its_problem_code_and_writes_nothing() {
             400,
             "validation_failed",
         ),
+        (
+            "/v1/purchases",
+            json!({ "member_id": member, "external_id": "X10", "currency": "RUB",
+                    "lines": [{ "sku": "A", "quantity": 1, "unit_price_minor": 100, "discount": 5 }] }),
+            400,
+            "validation_failed",
+        ),
         ("/v1/redemptions", json!({ "member_id": member, "points": 101 }), 422, "insufficient_points"),
         ("/v1/redemptions", json!({ "member_id": member, "points": 0 }), 400, "validation_failed"),
         ("/v1/redemptions", json!({ "member_id": member, "points": -5 }), 400, "validation_failed"),
