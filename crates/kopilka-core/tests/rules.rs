@@ -256,7 +256,7 @@ fn channel_and_store_gate_the_whole_rule() {
         expect![[r#"
             total 30
             0 shoes 1x3000.00: 30 = base 30
-                - app: channel Pos is not one of [App, Web]
+                - app: channel pos is not one of [app, web]
                 - flagship: store "s2" is not one of ["s1"]
         "#]],
     );
@@ -638,7 +638,7 @@ fn validation_names_every_problem_in_the_rules_by_its_path() {
         earn_rules[2].id: must be 1 to 64 letters, digits or - _ .
         earn_rules[2].active: an empty window: from 2026-02-01T00:00:00Z is not before until 2026-01-01T00:00:00Z
         earn_rules[2].condition.all[2]: contradicts earn_rules[2].condition.all[0]: category in ["dairy"] and category in ["tyres"] never hold together
-        earn_rules[2].condition.all[3]: contradicts earn_rules[2].condition.all[1]: channel in [Web] and channel in [Pos] never hold together
+        earn_rules[2].condition.all[3]: contradicts earn_rules[2].condition.all[1]: channel in [web] and channel in [pos] never hold together
         earn_rules[2].condition.all[5]: contradicts earn_rules[2].condition.all[4]: date 2026-01-01 to 2026-01-31 and date 2026-02-01 to 2026-02-28 never hold together
         earn_rules[2].effect.rate.per_minor: must be a positive amount of minor units, e.g. 10000 for 100.00
         earn_rules[2].caps.per_purchase: 100 is more than the cap per day 50, which always wins

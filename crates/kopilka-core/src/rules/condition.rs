@@ -198,7 +198,9 @@ impl Condition {
             Condition::Brand(values) => format!("brand {} is not one of {values:?}", shown(line.line.brand.as_deref())),
             Condition::MinLineSumMinor(min) => format!("line sum {} is below {min}", line.total_minor),
             Condition::MinQuantity(min) => format!("quantity {} is below {min}", line.line.quantity),
-            Condition::Channel(channels) => format!("channel {:?} is not one of {channels:?}", facts.channel),
+            Condition::Channel(channels) => {
+                format!("channel {} is not one of [{}]", facts.channel.as_str(), channel_names(channels))
+            }
             Condition::Store(values) => format!("store {} is not one of {values:?}", shown(facts.store)),
             Condition::MinBasketSumMinor(min) => format!("basket sum {} is below {min}", facts.basket_total_minor),
             Condition::DayOfWeek(days) => format!("{:?} is not one of {days:?}", facts.weekday),
@@ -237,7 +239,7 @@ impl Condition {
             Condition::Brand(values) => format!("brand in {values:?}"),
             Condition::MinLineSumMinor(min) => format!("line sum >= {min}"),
             Condition::MinQuantity(min) => format!("quantity >= {min}"),
-            Condition::Channel(channels) => format!("channel in {channels:?}"),
+            Condition::Channel(channels) => format!("channel in [{}]", channel_names(channels)),
             Condition::Store(values) => format!("store in {values:?}"),
             Condition::MinBasketSumMinor(min) => format!("basket sum >= {min}"),
             Condition::DayOfWeek(days) => format!("day in {days:?}"),
@@ -443,4 +445,9 @@ mod tests {
         assert!(in_birthday_window(leap, date(2028, 2, 29), 0, 0));
         assert!(!in_birthday_window(leap, date(2028, 2, 28), 0, 0));
     }
+}
+
+/// Channels as the API spells them (`pos, web`), for explanations.
+fn channel_names(channels: &[Channel]) -> String {
+    channels.iter().map(Channel::as_str).collect::<Vec<_>>().join(", ")
 }
