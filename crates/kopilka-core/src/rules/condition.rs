@@ -427,6 +427,11 @@ fn contradictions(conditions: &[Condition], path: &str, issues: &mut Vec<Validat
     }
 }
 
+/// Channels as the API spells them (`pos, web`), for explanations.
+fn channel_names(channels: &[Channel]) -> String {
+    channels.iter().map(Channel::as_str).collect::<Vec<_>>().join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -445,9 +450,4 @@ mod tests {
         assert!(in_birthday_window(leap, date(2028, 2, 29), 0, 0));
         assert!(!in_birthday_window(leap, date(2028, 2, 28), 0, 0));
     }
-}
-
-/// Channels as the API spells them (`pos, web`), for explanations.
-fn channel_names(channels: &[Channel]) -> String {
-    channels.iter().map(Channel::as_str).collect::<Vec<_>>().join(", ")
 }
