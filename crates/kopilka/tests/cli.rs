@@ -1,65 +1,15 @@
 //! The data commands run as the real binary on a fresh data directory: demo, import, export.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod support;
 
 use jiff::Timestamp;
+use support::{p, text, Kopilka};
 
 const MEMBERS_HEADER: &str = "card,phone,email,external_id,name,birth_date,gender,city,signup_at,consent_email,\
                               consent_sms,consent_push,consent_messenger";
 const TRANSACTIONS_HEADER: &str = "type,external_id,occurred_at,member_external_id,member_card,member_phone,\
                                    member_email,channel,store,currency,redeem_points,purchase_external_id,line,sku,\
                                    category,quantity,unit_price_minor,discount_minor";
-
-struct Kopilka {
-    dir: tempfile::TempDir,
-}
-
-impl Kopilka {
-    fn new() -> Kopilka {
-        Kopilka { dir: tempfile::tempdir().expect("a temp dir") }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.path(name);
-        std::fs::write(&path, text).expect("writes");
-        path
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_kopilka"))
-            .arg("--data-dir")
-            .arg(self.path("data"))
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .env("RUST_BACKTRACE", "0")
-            .output()
-            .expect("the binary runs")
-    }
-
-    /// Runs and expects success; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let output = self.run(args);
-        assert!(output.status.success(), "kopilka {args:?} failed:\n{}", text(&output));
-        String::from_utf8(output.stdout).expect("utf-8")
-    }
-
-    fn export(&self, kind: &str, tenant: &str) -> String {
-        self.ok(&["export", kind, "--tenant", tenant])
-    }
-}
-
-fn text(output: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("utf-8 path")
-}
 
 fn days_ago(days: i64) -> String {
     Timestamp::from_second(Timestamp::now().as_second() - days * 86_400).expect("in range").to_string()

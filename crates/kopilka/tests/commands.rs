@@ -2,19 +2,17 @@
 //! `verify`, each run as a user would run it.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-fn kopilka(data_dir: &std::path::Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_kopilka"));
-    command.arg("--data-dir").arg(data_dir).env("RUST_LOG", "warn");
-    command
-}
+mod support;
+use support::Kopilka;
 
 #[test]
 fn serve_starts_with_no_configuration_and_prints_an_admin_key_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let start = |dir: &std::path::Path| {
-        let mut child = kopilka(dir)
+    let kopilka = Kopilka::new();
+    let start = || {
+        let mut child = kopilka
+            .command()
             .args(["serve", "--listen", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -32,7 +30,7 @@ fn serve_starts_with_no_configuration_and_prints_an_admin_key_once() {
         }
         (child, printed.join("\n"))
     };
-    let (mut first, printed) = start(dir.path());
+    let (mut first, printed) = start();
     let key = printed.split_whitespace().find(|w| w.starts_with("kpk_")).expect("the admin key is printed").to_string();
     let addr = printed.split("http://").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
     let answer =
@@ -41,7 +39,7 @@ fn serve_starts_with_no_configuration_and_prints_an_admin_key_once() {
     first.kill().unwrap();
     first.wait().unwrap();
 
-    let (mut second, printed) = start(dir.path());
+    let (mut second, printed) = start();
     assert!(!printed.contains("kpk_"), "the key is printed only on the first start: {printed}");
     second.kill().unwrap();
     second.wait().unwrap();
@@ -49,8 +47,8 @@ fn serve_starts_with_no_configuration_and_prints_an_admin_key_once() {
 
 #[test]
 fn program_validate_explains_every_problem_with_its_path() {
-    let dir = tempfile::tempdir().unwrap();
-    let good = dir.path().join("good.toml");
+    let kopilka = Kopilka::new();
+    let good = kopilka.path("good.toml");
     std::fs::write(
         &good,
         r#"
@@ -66,16 +64,16 @@ expiry = { kind = "end_of_following_year" }
 "#,
     )
     .unwrap();
-    let output = kopilka(dir.path()).args(["program", "validate"]).arg(&good).output().unwrap();
+    let output = kopilka.command().args(["program", "validate"]).arg(&good).output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 
-    let bad = dir.path().join("bad.json");
+    let bad = kopilka.path("bad.json");
     let mut program: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&good).map(|t| toml_to_json(&t)).unwrap()).unwrap();
     program["max_redeem_share_percent"] = 120.into();
     program["time_zone"] = "Mars/Base".into();
     std::fs::write(&bad, program.to_string()).unwrap();
-    let output = kopilka(dir.path()).args(["program", "validate"]).arg(&bad).output().unwrap();
+    let output = kopilka.command().args(["program", "validate"]).arg(&bad).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(stderr.contains("max_redeem_share_percent: must be between 0 and 100"), "{stderr}");
@@ -83,7 +81,7 @@ expiry = { kind = "end_of_following_year" }
 
     program["earn_rate"]["points"] = "ten".into();
     std::fs::write(&bad, program.to_string()).unwrap();
-    let output = kopilka(dir.path()).args(["program", "validate"]).arg(&bad).output().unwrap();
+    let output = kopilka.command().args(["program", "validate"]).arg(&bad).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("earn_rate.points: invalid type"), "{stderr}");
 }
@@ -95,23 +93,23 @@ fn toml_to_json(text: &str) -> String {
 
 #[test]
 fn keys_jobs_and_verify_work_on_a_fresh_store() {
-    let dir = tempfile::tempdir().unwrap();
-    let output = kopilka(dir.path()).args(["keys", "create", "--role", "pos"]).output().unwrap();
+    let kopilka = Kopilka::new();
+    let output = kopilka.command().args(["keys", "create", "--role", "pos"]).output().unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--tenant"), "names the missing flag");
-    let output = kopilka(dir.path()).args(["keys", "create", "--role", "cashier", "--tenant", "1"]).output().unwrap();
+    let output = kopilka.command().args(["keys", "create", "--role", "cashier", "--tenant", "1"]).output().unwrap();
     assert!(String::from_utf8_lossy(&output.stderr).contains("not a role"));
-    let output = kopilka(dir.path()).args(["keys", "create", "--role", "pos", "--tenant", "7"]).output().unwrap();
+    let output = kopilka.command().args(["keys", "create", "--role", "pos", "--tenant", "7"]).output().unwrap();
     assert!(String::from_utf8_lossy(&output.stderr).contains("no such tenant"));
-    let output = kopilka(dir.path()).args(["keys", "create", "--role", "operator"]).output().unwrap();
+    let output = kopilka.command().args(["keys", "create", "--role", "operator"]).output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(String::from_utf8_lossy(&output.stdout).trim().starts_with("kpk_"));
 
     for job in ["expiry", "activate"] {
-        let output = kopilka(dir.path()).args(["jobs", "run", job]).output().unwrap();
+        let output = kopilka.command().args(["jobs", "run", job]).output().unwrap();
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     }
-    let output = kopilka(dir.path()).arg("verify").output().unwrap();
+    let output = kopilka.command().arg("verify").output().unwrap();
     assert!(output.status.success());
     assert!(String::from_utf8_lossy(&output.stdout).contains("the ledger balances"));
 }

@@ -2,13 +2,15 @@
 //! the UCI Online Retail layout, checked through `kopilka export` and the store.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+
+mod support;
 
 use jiff::Timestamp;
 use kopilka_core::member::IdentifierKind;
 use kopilka_core::{MovementKind, TenantId};
 use kopilka_store::Store;
+use support::{p, text, Kopilka};
 
 /// Three customers over four days. 536365 is partly cancelled by C536379 two days later (inside
 /// the default program's 14-day return window); C536383 cancels what customer 15311 never bought
@@ -27,53 +29,12 @@ C536383,35004C,SET OF 3 COLOURED FLYING DUCKS,-1,2010-12-03T09:49:00,4.65,15311,
 536384,82484,\"WOOD BLACK BOARD, ANT WHITE FINISH\",12,2010-12-04T09:53:00,6.45,15311,United Kingdom
 ";
 
-struct Kopilka {
-    dir: tempfile::TempDir,
-}
-
 impl Kopilka {
-    fn new() -> Kopilka {
-        Kopilka { dir: tempfile::tempdir().expect("a temp dir") }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_kopilka"))
-            .arg("--data-dir")
-            .arg(self.path("data"))
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .env("RUST_BACKTRACE", "0")
-            .output()
-            .expect("the binary runs")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let output = self.run(args);
-        assert!(output.status.success(), "kopilka {args:?} failed:\n{}", text(&output));
-        String::from_utf8(output.stdout).expect("utf-8")
-    }
-
-    fn export(&self, kind: &str) -> String {
-        self.ok(&["export", kind, "--tenant", "1"])
-    }
-
     fn store(&self) -> (tokio::runtime::Runtime, Store) {
         let runtime = tokio::runtime::Runtime::new().expect("a runtime");
         let store = runtime.block_on(Store::open(&self.path("data"))).expect("the store opens");
         (runtime, store)
     }
-}
-
-fn text(output: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("utf-8 path")
 }
 
 fn ts(text: &str) -> Timestamp {
@@ -106,7 +67,7 @@ fn the_sample_becomes_members_purchases_and_returns_at_their_own_times_and_a_rer
     assert!(out.contains("0 problem(s)"), "{out}");
     assert!(out.contains("9 rows in"), "{out}");
 
-    let members = kopilka.export("members");
+    let members = kopilka.export("members", "1");
     let signups: Vec<(&str, &str)> = members
         .lines()
         .skip(1)
@@ -125,7 +86,7 @@ fn the_sample_becomes_members_purchases_and_returns_at_their_own_times_and_a_rer
         "{members}"
     );
 
-    let transactions = kopilka.export("transactions");
+    let transactions = kopilka.export("transactions", "1");
     let lines: Vec<&str> = transactions.lines().skip(1).collect();
     assert_eq!(lines.len(), 6, "5 purchase lines and 1 return line:\n{transactions}");
     assert!(
@@ -175,7 +136,7 @@ fn the_sample_becomes_members_purchases_and_returns_at_their_own_times_and_a_rer
     }
 
     // Again, from the plain .csv into the same tenant: everything is replayed, nothing moves.
-    let before = (kopilka.export("members"), kopilka.export("transactions"), kopilka.ok(&["verify"]));
+    let before = (kopilka.export("members", "1"), kopilka.export("transactions", "1"), kopilka.ok(&["verify"]));
     let csv = kopilka.path("online_retail.csv");
     std::fs::write(&csv, SAMPLE).unwrap();
     let out = kopilka.ok(&["import", "transactions", "--format", "online-retail", p(&csv), "--tenant", "1"]);
@@ -183,7 +144,7 @@ fn the_sample_becomes_members_purchases_and_returns_at_their_own_times_and_a_rer
     assert!(out.contains("(0 imported, 4 already imported, 0 refused)"), "{out}");
     assert!(out.contains("returns: 1 (0 imported, 1 already imported, 0 refused)"), "{out}");
     assert!(out.contains("jobs moved 0"), "{out}");
-    let after = (kopilka.export("members"), kopilka.export("transactions"), kopilka.ok(&["verify"]));
+    let after = (kopilka.export("members", "1"), kopilka.export("transactions", "1"), kopilka.ok(&["verify"]));
     assert_eq!(before, after);
 }
 
@@ -191,7 +152,7 @@ fn the_sample_becomes_members_purchases_and_returns_at_their_own_times_and_a_rer
 fn a_tenant_whose_program_is_not_in_gbp_is_refused_before_anything_is_written() {
     let kopilka = Kopilka::new();
     kopilka.ok(&["demo", "--members", "3"]);
-    let before = kopilka.export("transactions");
+    let before = kopilka.export("transactions", "1");
     let csv = kopilka.path("online_retail.csv");
     std::fs::write(&csv, SAMPLE).unwrap();
     let output = kopilka.run(&["import", "transactions", "--format", "online-retail", p(&csv), "--tenant", "1"]);
@@ -204,8 +165,8 @@ fn a_tenant_whose_program_is_not_in_gbp_is_refused_before_anything_is_written() 
         ),
         "{message}"
     );
-    assert_eq!(kopilka.export("transactions"), before);
-    assert!(!kopilka.export("members").contains("uci-"));
+    assert_eq!(kopilka.export("transactions", "1"), before);
+    assert!(!kopilka.export("members", "1").contains("uci-"));
 }
 
 #[test]
