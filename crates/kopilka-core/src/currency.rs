@@ -1,4 +1,5 @@
-//! Money in integer minor units with an explicit ISO 4217 currency, and point currencies.
+//! Currencies: ISO 4217 bill currencies (amounts travel as integer minor units beside their
+//! currency, e.g. `total_minor` and `currency` of a purchase) and point currencies.
 //!
 //! Floats never hold money. A currency is parsed once at the edge (`Currency::parse`), so an unknown
 //! code cannot travel into the ledger.
@@ -216,13 +217,6 @@ impl From<Currency> for String {
     fn from(currency: Currency) -> String {
         currency.code().to_string()
     }
-}
-
-/// An amount of money in minor units (kopecks, cents) of a currency.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Money {
-    pub minor: i64,
-    pub currency: Currency,
 }
 
 /// The code of a point currency ("PTS", "MILES", a game currency): 1 to 16 upper-case ASCII letters,

@@ -15,7 +15,7 @@ pub mod program;
 pub mod purchase;
 pub mod rules;
 
-pub use currency::{Currency, Money, PointCurrency};
+pub use currency::{Currency, PointCurrency};
 pub use error::DomainError;
 pub use events::DomainEvent;
 pub use ids::{IdAllocator, LotId, MemberId, MovementId, ProgramId, PurchaseId, TenantId};
