@@ -50,13 +50,24 @@ pub enum DomainEvent {
 
 impl DomainEvent {
     /// The event's type name, as stored and filtered on.
-    pub fn kind(&self) -> String {
+    pub fn kind(&self) -> &'static str {
         match self {
-            DomainEvent::Points { movement, .. } => format!("points_{}", movement.as_str()),
-            other => serde_json::to_value(other)
-                .ok()
-                .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_string))
-                .unwrap_or_default(),
+            DomainEvent::MemberCreated { .. } => "member_created",
+            DomainEvent::MemberUpdated { .. } => "member_updated",
+            DomainEvent::MemberErased { .. } => "member_erased",
+            DomainEvent::MembersMerged { .. } => "members_merged",
+            DomainEvent::PurchaseRecorded { .. } => "purchase_recorded",
+            DomainEvent::PurchaseReturned { .. } => "purchase_returned",
+            DomainEvent::Points { movement, .. } => match movement {
+                MovementKind::Earn => "points_earn",
+                MovementKind::Activate => "points_activate",
+                MovementKind::Redeem => "points_redeem",
+                MovementKind::Reverse => "points_reverse",
+                MovementKind::Restore => "points_restore",
+                MovementKind::Expire => "points_expire",
+                MovementKind::Adjust => "points_adjust",
+                MovementKind::Merge => "points_merge",
+            },
         }
     }
 
@@ -95,5 +106,38 @@ impl DomainEvent {
             lot_id,
             expires_at,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_kind_is_its_serialized_type_and_points_events_name_their_movement() {
+        let member_id = MemberId(1);
+        let purchase_id = PurchaseId(2);
+        let events = [
+            DomainEvent::MemberCreated { member_id },
+            DomainEvent::MemberUpdated { member_id },
+            DomainEvent::MemberErased { member_id },
+            DomainEvent::MembersMerged { survivor_id: member_id, absorbed_id: MemberId(3) },
+            DomainEvent::PurchaseRecorded { member_id, purchase_id, total_minor: 1, currency: "RUB".into() },
+            DomainEvent::PurchaseReturned { member_id, purchase_id, returned_minor: 1, points_unrecovered: 0 },
+        ];
+        for event in events {
+            let json = serde_json::to_value(&event).unwrap();
+            assert_eq!(json["type"], event.kind());
+        }
+        let points = DomainEvent::Points {
+            member_id,
+            movement: MovementKind::Expire,
+            points: 5,
+            currency: "PTS".into(),
+            purchase_id: None,
+            lot_id: None,
+            expires_at: None,
+        };
+        assert_eq!(points.kind(), format!("points_{}", MovementKind::Expire.as_str()));
     }
 }

@@ -90,11 +90,11 @@ impl<T: DeserializeOwned> FromRequestParts<AppState> for Query<T> {
 
     async fn from_request_parts(parts: &mut Parts, _state: &AppState) -> Result<Self, ApiError> {
         let query = parts.uri.query().unwrap_or_default();
-        serde_urlencoded_from_str(query).map(Query)
+        parse_query(query).map(Query)
     }
 }
 
-fn serde_urlencoded_from_str<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
+fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
     axum::extract::Query::<T>::try_from_uri(&format!("/?{query}").parse().expect("a path and query form a URI"))
         .map(|q| q.0)
         .map_err(|rejection| ApiError::bad_request("validation_failed", "query", rejection.body_text()))
