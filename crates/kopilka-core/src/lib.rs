@@ -11,6 +11,7 @@ pub mod events;
 pub mod ids;
 pub mod ledger;
 pub mod member;
+pub mod member_state;
 pub mod program;
 pub mod purchase;
 pub mod rules;

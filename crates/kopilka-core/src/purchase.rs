@@ -9,7 +9,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::ledger::Credit;
-use crate::rules::{self, Basket, MemberContext};
+use crate::rules::{self, Basket, LineExplanation, MemberContext};
 use crate::{
     Account, Currency, DomainError, DomainEvent, IdAllocator, LotId, MemberId, MemberLedger, Movement, MovementKind,
     Program, PurchaseId,
@@ -145,17 +145,19 @@ pub struct PurchaseRecord {
 }
 
 /// What a decided command produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Outcome {
     pub movements: Vec<Movement>,
     pub events: Vec<DomainEvent>,
+    /// For a purchase: how each line's points came about, for callers that show it.
+    pub explanation: Vec<LineExplanation>,
 }
 
 impl Outcome {
     /// Starts an outcome with the ledger caught up to `now`: lots due are activated or expired
     /// before the command looks at them.
     fn caught_up(ledger: &mut MemberLedger, now: Timestamp, ids: &mut IdAllocator) -> Outcome {
-        let mut outcome = Outcome { movements: Vec::new(), events: Vec::new() };
+        let mut outcome = Outcome::default();
         for movement in ledger.catch_up(now, ids) {
             outcome.push(movement, None);
         }
@@ -338,7 +340,7 @@ pub fn decide_purchase(
         .lines
         .into_iter()
         .zip(totals.iter().zip(evaluation.line_points.iter().zip(&line_redeemed)))
-        .zip(evaluation.explanation)
+        .zip(&evaluation.explanation)
         .map(|((line, (total, (earned, redeemed))), explanation)| RecordedLine {
             sku: line.sku,
             category: line.category,
@@ -352,8 +354,8 @@ pub fn decide_purchase(
             quantity_returned: 0,
             rule_points: explanation
                 .rules_applied
-                .into_iter()
-                .map(|rule| RulePoints { rule_id: rule.rule_id, points: rule.points })
+                .iter()
+                .map(|rule| RulePoints { rule_id: rule.rule_id.clone(), points: rule.points })
                 .collect(),
         })
         .collect();
@@ -378,6 +380,7 @@ pub fn decide_purchase(
         points_lapsed: 0,
         program_version,
     };
+    outcome.explanation = evaluation.explanation;
     outcome.events.push(DomainEvent::PurchaseRecorded {
         member_id: record.member_id,
         purchase_id,

@@ -3,7 +3,9 @@
 
 use jiff::Timestamp;
 use kopilka_core::member::Profile;
+use kopilka_core::member_state::MemberState;
 use kopilka_core::purchase::{Channel, LineInput, PurchaseRecord, ReturnLine};
+use kopilka_core::rules::LineExplanation;
 use kopilka_core::{Balance, Lot, Movement, Program};
 use kopilka_store::{MemberRow, Role};
 use serde::{Deserialize, Serialize};
@@ -19,6 +21,8 @@ pub struct MemberView {
     pub signup_at: Timestamp,
     /// Set when this member was merged into another: the survivor's id.
     pub merged_into: Option<i64>,
+    /// Tier, segments, campaigns and purchase statistics.
+    pub loyalty: MemberState,
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
     #[schema(value_type = String, format = DateTime)]
@@ -32,6 +36,7 @@ impl From<MemberRow> for MemberView {
             profile: row.profile,
             signup_at: row.signup_at,
             merged_into: row.merged_into.map(|m| m.0),
+            loyalty: row.state,
             created_at: row.created_at,
             updated_at: row.updated_at,
         }
@@ -85,12 +90,19 @@ pub struct PurchaseRequest {
     /// Defaults to the tenant's first program.
     #[serde(default)]
     pub program_id: Option<i64>,
+    /// Return, line by line, which earn rules gave how many points and why the others did not.
+    #[serde(default)]
+    pub explain: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct PurchaseResponse {
     pub purchase: PurchaseRecord,
     pub balance: BalanceView,
+    /// Present when the request asked to `explain`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub explanation: Option<Vec<LineExplanation>>,
 }
 
 /// A return of a whole purchase (no `lines`) or of some of its lines.

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
 use kopilka_core::member::{IdentifierKind, Profile};
+use kopilka_core::member_state::{MemberState, StateChange};
 use kopilka_core::purchase::{self, PurchaseCommand, PurchaseRecord};
-use kopilka_core::rules::MemberContext;
 use kopilka_core::{
     Currency, DomainError, DomainEvent, IdAllocator, Lot, MemberId, MemberLedger, Program, ProgramId, PurchaseId,
     TenantId,
@@ -49,6 +49,11 @@ pub enum Command {
     /// by the member's id alone.
     EraseMember {
         member_id: MemberId,
+    },
+    /// An admin sets the member's tier, segments or campaigns.
+    ChangeMemberState {
+        member_id: MemberId,
+        change: StateChange,
     },
     Purchase(PurchaseRequest),
     Return(ReturnRequest),
@@ -201,7 +206,9 @@ pub fn keys(requests: &[&Request]) -> BatchKeys {
                 keys.members.push((tenant, *survivor_id));
                 keys.members.push((tenant, *absorbed_id));
             }
-            Command::EraseMember { member_id } => keys.members.push((tenant, *member_id)),
+            Command::EraseMember { member_id } | Command::ChangeMemberState { member_id, .. } => {
+                keys.members.push((tenant, *member_id))
+            }
             Command::Purchase(purchase) => {
                 keys.members.push((tenant, MemberId(purchase.member_id)));
                 keys.purchase_external_ids.push((tenant, purchase.external_id.clone()));
@@ -242,6 +249,8 @@ pub struct BatchState<'a> {
     idempotency: HashMap<(TenantId, String), StoredResponse>,
     members: HashMap<MemberKey, MemberRow>,
     dirty_members: HashSet<MemberKey>,
+    /// Members whose loyalty state changed but not their profile.
+    dirty_states: HashSet<MemberKey>,
     loaded_lots: HashMap<MemberKey, Vec<Lot>>,
     ledgers: HashMap<MemberKey, MemberLedger>,
     purchases: HashMap<(TenantId, PurchaseId), (ProgramId, PurchaseRecord)>,
@@ -273,6 +282,7 @@ impl<'a> BatchState<'a> {
             idempotency: loaded.idempotency,
             members: loaded.members,
             dirty_members: HashSet::new(),
+            dirty_states: HashSet::new(),
             loaded_lots: loaded.lots,
             ledgers: HashMap::new(),
             purchases,
@@ -314,6 +324,7 @@ impl<'a> BatchState<'a> {
             Command::UpdateMember { member_id, patch } => self.update_member(tenant, *member_id, patch),
             Command::MergeMembers { survivor_id, absorbed_id } => self.merge(tenant, *survivor_id, *absorbed_id),
             Command::EraseMember { member_id } => self.erase(tenant, *member_id),
+            Command::ChangeMemberState { member_id, change } => self.change_state(tenant, *member_id, change),
             Command::Purchase(request) => self.purchase(tenant, request),
             Command::Return(request) => self.return_purchase(tenant, request),
             Command::Redeem(request) => self.redeem(tenant, request),
@@ -332,6 +343,9 @@ impl<'a> BatchState<'a> {
         }
         for key in &self.dirty_members {
             self.writes.members.push((key.0, self.members[key].clone()));
+        }
+        for key in self.dirty_states.difference(&self.dirty_members) {
+            self.writes.member_states.push((key.0, key.1, self.members[key].state.clone()));
         }
         for key in &self.dirty_purchases {
             let (program, record) = &self.purchases[key];
@@ -423,6 +437,7 @@ impl<'a> BatchState<'a> {
         let row = MemberRow {
             id,
             profile,
+            state: MemberState::default(),
             signup_at: signup_at.unwrap_or(self.now),
             merged_into: None,
             created_at: self.now,
@@ -486,6 +501,23 @@ impl<'a> BatchState<'a> {
         Ok(Reply::json(200, &view))
     }
 
+    fn change_state(&mut self, tenant: TenantId, id: MemberId, change: &StateChange) -> Result<Reply, ApiError> {
+        let member = self.member(tenant, id)?;
+        if member != id {
+            return Err(DomainError::MemberMerged { member_id: id.0, survivor_id: member.0 }.into());
+        }
+        let now = self.now;
+        let row = self.members.get_mut(&(tenant, id)).expect("resolved above");
+        let mut state = row.state.clone();
+        state.apply(change, now)?;
+        row.state = state;
+        row.updated_at = now;
+        let view = MemberView::from(row.clone());
+        self.dirty_members.insert((tenant, id));
+        self.event(tenant, DomainEvent::MemberUpdated { member_id: id });
+        Ok(Reply::json(200, &view).about(id))
+    }
+
     fn merge(&mut self, tenant: TenantId, survivor: MemberId, absorbed: MemberId) -> Result<Reply, ApiError> {
         if survivor == absorbed {
             return Err(DomainError::MergeIntoSelf.into());
@@ -508,7 +540,10 @@ impl<'a> BatchState<'a> {
         movements.extend(merged);
         self.ledgers.insert((tenant, absorbed), absorbed_ledger);
         let events = movements.iter().map(|m| DomainEvent::of_movement(m, None)).collect();
-        self.record(tenant, purchase::Outcome { movements, events });
+        self.record(tenant, purchase::Outcome { movements, events, ..Default::default() });
+        let absorbed_state = self.members[&(tenant, absorbed)].state.clone();
+        self.members.get_mut(&(tenant, survivor)).expect("resolved above").state.absorb(&absorbed_state);
+        self.dirty_states.insert((tenant, survivor));
         let row = self.members.get_mut(&(tenant, absorbed)).expect("resolved above");
         row.merged_into = Some(survivor);
         row.updated_at = now;
@@ -553,21 +588,20 @@ impl<'a> BatchState<'a> {
             lines: request.lines.clone(),
             redeem_points: request.redeem_points,
         };
-        // Earn rules may ask about the member; what the engine does not know yet (tier, segments,
-        // campaigns, first purchase, points each rule already gave) stays empty.
-        let context = MemberContext {
-            birth_date: self.members[&(tenant, member)].profile.birth_date,
-            ..MemberContext::default()
-        };
+        let row = &self.members[&(tenant, member)];
+        let context = row.state.context(&program, row.profile.birth_date, occurred_at);
         let now = self.now;
         let (ledger, ids) = self.ledger(tenant, member);
-        let (record, outcome) = purchase::decide_purchase(&program, version, ledger, command, &context, now, ids)?;
+        let (record, mut outcome) = purchase::decide_purchase(&program, version, ledger, command, &context, now, ids)?;
+        let explanation = request.explain.then(|| std::mem::take(&mut outcome.explanation));
         self.record(tenant, outcome);
+        self.members.get_mut(&(tenant, member)).expect("resolved above").state.record_purchase(&program, &record);
+        self.dirty_states.insert((tenant, member));
         let balance = self.balance(tenant, member, &program);
         self.purchase_by_external_id.insert((tenant, record.external_id.clone()), record.id);
         self.purchases.insert((tenant, record.id), (program_id, record.clone()));
         self.dirty_purchases.insert((tenant, record.id));
-        Ok(Reply::json(201, &PurchaseResponse { purchase: record, balance }))
+        Ok(Reply::json(201, &PurchaseResponse { purchase: record, balance, explanation }))
     }
 
     fn return_purchase(&mut self, tenant: TenantId, request: &ReturnRequest) -> Result<Reply, ApiError> {
@@ -599,6 +633,9 @@ impl<'a> BatchState<'a> {
         let (summary, outcome) =
             purchase::decide_return(&program, ledger, &mut record, request.lines.as_deref(), now, ids)?;
         self.record(tenant, outcome);
+        let state = &mut self.members.get_mut(&(tenant, member)).expect("resolved above").state;
+        state.record_return(&program, record.occurred_at, summary.returned_minor);
+        self.dirty_states.insert((tenant, member));
         let balance = self.balance(tenant, member, &program);
         self.purchases.insert((tenant, id), (program_id, record.clone()));
         self.dirty_purchases.insert((tenant, id));
@@ -661,7 +698,7 @@ impl<'a> BatchState<'a> {
         }
         let count = movements.len();
         let events = movements.iter().map(|m| DomainEvent::of_movement(m, None)).collect();
-        self.record(tenant, purchase::Outcome { movements, events });
+        self.record(tenant, purchase::Outcome { movements, events, ..Default::default() });
         Ok(Reply::json(200, &serde_json::json!({ "members": members.len(), "movements": count })))
     }
 }

@@ -458,3 +458,60 @@ async fn a_member_can_get_all_their_data_and_have_it_erased() {
     app.assert_ledger_sound().await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn rules_see_the_members_tier_first_purchase_and_what_capped_rules_gave_today() {
+    let app = spawn_app().await;
+    let mut program = app.get("/v1/programs/1").await.body["program"].clone();
+    program["earn_rules"] = json!([
+        { "id": "welcome", "name": "First purchase", "condition": "first_purchase", "effect": { "bonus_per_basket": 50 } },
+        { "id": "gold", "name": "Gold doubles", "condition": { "tier": ["gold"] }, "effect": { "multiplier_percent": 200 } },
+        { "id": "daily", "name": "Daily visit", "effect": { "bonus_per_basket": 20 }, "caps": { "per_day": 30 } },
+    ]);
+    let body = Some(program.to_string().into_bytes());
+    assert_eq!(app.send("PUT", "/v1/programs/1", &app.admin_key, Some("rules"), body).await.status, 200);
+    let member = app.create_member("C-1").await;
+    let buy = |receipt: &'static str| {
+        let mut body = purchase_body(member, receipt, 1_000_00, 0);
+        body["explain"] = json!(true);
+        body
+    };
+
+    let first = app.post("/v1/purchases", buy("R-1")).await;
+    assert_eq!(first.status, 201, "{:?}", first.body);
+    // 10 base + 50 welcome + 20 daily.
+    assert_eq!(first.body["purchase"]["points_earned"], 80);
+    let why_not = &first.body["explanation"][0]["rules_not_applied"];
+    assert_eq!(why_not[0]["rule_id"], "gold", "{why_not}");
+    assert!(why_not[0]["reason"].as_str().unwrap().contains("tier"), "{why_not}");
+
+    let pos = app.create_key("pos").await;
+    let change = json!({ "tier": "gold", "segments": ["coffee-lovers"] });
+    let path = format!("/v1/members/{member}/loyalty");
+    let forbidden = app.send("PATCH", &path, &pos, Some("t-0"), Some(change.to_string().into_bytes())).await;
+    assert_eq!(forbidden.code(), "forbidden_role");
+    let changed = app.send("PATCH", &path, &app.admin_key, Some("t-1"), Some(change.to_string().into_bytes())).await;
+    assert_eq!(changed.status, 200, "{:?}", changed.body);
+    assert_eq!(changed.body["loyalty"]["tier"]["tier"], "gold");
+    let bad = json!({ "tier": "gold level" }).to_string().into_bytes();
+    let refused = app.send("PATCH", &path, &app.admin_key, Some("t-2"), Some(bad)).await;
+    assert_eq!((refused.status.as_u16(), refused.code()), (400, "validation_failed"), "{:?}", refused.body);
+
+    // 10 base + 10 gold + what is left of the daily cap (10); no welcome bonus any more.
+    let second = app.post("/v1/purchases", buy("R-2")).await;
+    assert_eq!(second.body["purchase"]["points_earned"], 30, "{:?}", second.body);
+    let third = app.post("/v1/purchases", buy("R-3")).await;
+    assert_eq!(third.body["purchase"]["points_earned"], 20, "the daily cap is used up");
+    app.advance_days(1);
+    let next_day = app.post("/v1/purchases", buy("R-4")).await;
+    assert_eq!(next_day.body["purchase"]["points_earned"], 40);
+
+    let returned = app.post("/v1/returns", json!({ "purchase_external_id": "R-4" })).await;
+    assert_eq!(returned.status, 201, "{:?}", returned.body);
+    let view = app.get(&format!("/v1/members/{member}")).await;
+    assert_eq!(view.body["loyalty"]["stats"]["purchases"], 4);
+    assert_eq!(view.body["loyalty"]["stats"]["spend_lifetime_minor"], 3_000_00, "a return takes its spend back");
+    assert_eq!(view.body["loyalty"]["segments"], json!(["coffee-lovers"]));
+    app.assert_ledger_sound().await;
+    app.stop().await;
+}

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 
 use jiff::Timestamp;
 use kopilka_core::member::{Consents, Gender, IdentifierKind, Profile};
+use kopilka_core::member_state::MemberState;
 use kopilka_core::purchase::PurchaseRecord;
 use kopilka_core::{
     DomainEvent, IdAllocator, Lot, LotId, LotState, MemberId, Movement, MovementId, PointCurrency, ProgramId,
@@ -47,6 +48,8 @@ pub struct Loaded {
 #[derive(Debug, Default)]
 pub struct Writes {
     pub members: Vec<(TenantId, MemberRow)>,
+    /// Members whose loyalty state alone changed (a purchase counted): a narrower write than `members`.
+    pub member_states: Vec<(TenantId, MemberId, MemberState)>,
     pub lots: Vec<(TenantId, Lot)>,
     pub movements: Vec<(TenantId, Movement)>,
     pub purchases: Vec<(TenantId, ProgramId, PurchaseRecord)>,
@@ -61,6 +64,7 @@ pub struct Writes {
 impl Writes {
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
+            && self.member_states.is_empty()
             && self.lots.is_empty()
             && self.movements.is_empty()
             && self.purchases.is_empty()
@@ -75,13 +79,14 @@ fn chunk_rows(columns: usize) -> usize {
     BIND_VALUES_MAX / columns
 }
 
-pub(crate) const MEMBER_COLUMNS: &str = "id, card, phone, email, external_id, name, birth_date, gender, city, consents, signup_at, merged_into, created_at, updated_at";
+pub(crate) const MEMBER_COLUMNS: &str = "id, card, phone, email, external_id, name, birth_date, gender, city, consents, state, signup_at, merged_into, created_at, updated_at";
 
 pub(crate) fn member_of_row(row: &SqliteRow) -> Result<MemberRow> {
     let corrupt = |detail: String| StoreError::Corrupt { table: "members", detail };
     let birth_date: Option<String> = row.get("birth_date");
     let gender: Option<String> = row.get("gender");
     let consents: String = row.get("consents");
+    let state: String = row.get("state");
     Ok(MemberRow {
         id: MemberId(row.get("id")),
         profile: Profile {
@@ -95,6 +100,7 @@ pub(crate) fn member_of_row(row: &SqliteRow) -> Result<MemberRow> {
             city: row.get("city"),
             consents: serde_json::from_str::<Consents>(&consents).map_err(|e| corrupt(e.to_string()))?,
         },
+        state: serde_json::from_str(&state).map_err(|e| corrupt(e.to_string()))?,
         signup_at: micros::to_ts(row.get("signup_at")),
         merged_into: row.get::<Option<i64>, _>("merged_into").map(MemberId),
         created_at: micros::to_ts(row.get("created_at")),
@@ -264,7 +270,7 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &Writes) -> Result<()> {
         );
         query.build().execute(&mut *conn).await?;
     }
-    for chunk in writes.members.chunks(chunk_rows(15)) {
+    for chunk in writes.members.chunks(chunk_rows(16)) {
         let mut query = QueryBuilder::<Sqlite>::new(format!("INSERT INTO members (tenant_id, {MEMBER_COLUMNS}) "));
         query.push_values(chunk, |mut b, (tenant, m)| {
             b.push_bind(tenant.0)
@@ -278,6 +284,7 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &Writes) -> Result<()> {
                 .push_bind(m.profile.gender.map(|g| g.as_str()))
                 .push_bind(&m.profile.city)
                 .push_bind(serde_json::to_string(&m.profile.consents).expect("consents serialize"))
+                .push_bind(serde_json::to_string(&m.state).expect("member states serialize"))
                 .push_bind(micros::of(m.signup_at))
                 .push_bind(m.merged_into.map(|s| s.0))
                 .push_bind(micros::of(m.created_at))
@@ -287,8 +294,19 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &Writes) -> Result<()> {
             " ON CONFLICT (tenant_id, id) DO UPDATE SET card = excluded.card, phone = excluded.phone,
               email = excluded.email, external_id = excluded.external_id, name = excluded.name,
               birth_date = excluded.birth_date, gender = excluded.gender, city = excluded.city,
-              consents = excluded.consents, merged_into = excluded.merged_into, updated_at = excluded.updated_at",
+              consents = excluded.consents, state = excluded.state, merged_into = excluded.merged_into, updated_at = excluded.updated_at",
         );
+        query.build().execute(&mut *conn).await?;
+    }
+
+    for chunk in writes.member_states.chunks(chunk_rows(3)) {
+        let mut query = QueryBuilder::<Sqlite>::new("WITH k(t, v, s) AS (");
+        query.push_values(chunk, |mut b, (tenant, member, state)| {
+            b.push_bind(tenant.0)
+                .push_bind(member.0)
+                .push_bind(serde_json::to_string(state).expect("member states serialize"));
+        });
+        query.push(") UPDATE members SET state = k.s FROM k WHERE members.tenant_id = k.t AND members.id = k.v");
         query.build().execute(&mut *conn).await?;
     }
 

@@ -2,6 +2,7 @@
 
 use jiff::Timestamp;
 use kopilka_core::member::Profile;
+use kopilka_core::member_state::MemberState;
 use kopilka_core::{MemberId, TenantId};
 use serde::{Deserialize, Serialize};
 
@@ -11,6 +12,8 @@ use serde::{Deserialize, Serialize};
 pub struct MemberRow {
     pub id: MemberId,
     pub profile: Profile,
+    /// Tier, segments, campaigns, purchase statistics and rule counters.
+    pub state: MemberState,
     pub signup_at: Timestamp,
     pub merged_into: Option<MemberId>,
     pub created_at: Timestamp,

@@ -299,6 +299,7 @@ impl Workload {
             lines: spec.lines.clone(),
             redeem_points: 0,
             program_id: None,
+            explain: false,
         })
         .expect("requests serialize")
     }
@@ -487,7 +488,8 @@ impl RowTemplate {
             balance: ledger.balance(&program.point_currency, now),
             as_of: now,
         };
-        let reply_body = serde_json::to_vec(&PurchaseResponse { purchase: record.clone(), balance })?;
+        let reply_body =
+            serde_json::to_vec(&PurchaseResponse { purchase: record.clone(), balance, explanation: None })?;
         Ok(RowTemplate {
             lots: ledger.take_dirty(),
             events: outcome.events,

@@ -3,6 +3,7 @@
 use axum::extract::{Path, State};
 use axum::Json;
 use kopilka_core::member::{IdentifierKind, Profile};
+use kopilka_core::member_state::StateChange;
 use kopilka_core::MemberId;
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -53,6 +54,22 @@ pub async fn update(
 ) -> Result<Reply, ApiError> {
     let tenant = caller.tenant_for(TILLS)?;
     let command = Command::UpdateMember { member_id: MemberId(id), patch: mutation.body };
+    state.submit(tenant, mutation.idempotency, command).await
+}
+
+/// Sets the member's tier (optionally until a date), segments or campaigns; fields left out stay.
+/// Earn rules, discounts and coupons that ask about them see the change from the next purchase on.
+#[utoipa::path(patch, path = "/v1/members/{id}/loyalty", tag = "members", request_body = StateChange,
+    params(("Idempotency-Key" = String, Header, description = "unique per intended change")),
+    responses((status = 200, body = MemberView), (status = 404, body = Problem), (status = 422, body = Problem)))]
+pub async fn change_loyalty(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    mutation: Mutation<StateChange>,
+) -> Result<Reply, ApiError> {
+    let tenant = caller.tenant_for(ADMINS)?;
+    let command = Command::ChangeMemberState { member_id: MemberId(id), change: mutation.body };
     state.submit(tenant, mutation.idempotency, command).await
 }
 

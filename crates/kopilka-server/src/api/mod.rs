@@ -24,7 +24,7 @@ use crate::extract::BODY_BYTES_MAX;
     info(title = "Kopilka", description = "A customer loyalty platform: members, points ledger, purchases and returns."),
     paths(
         members::create, members::get, members::update, members::search, members::merge,
-        members::export, members::erase,
+        members::export, members::erase, members::change_loyalty,
         ledger::purchase, ledger::get_purchase, ledger::return_purchase, ledger::redeem, ledger::adjust,
         ledger::balance, ledger::history, ledger::lots,
         admin::create_tenant, admin::create_api_key, admin::create_program, admin::update_program,
@@ -56,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route("/members", post(members::create).get(members::search))
         .route("/members/{id}", get(members::get).patch(members::update))
         .route("/members/{id}/merge", post(members::merge))
+        .route("/members/{id}/loyalty", axum::routing::patch(members::change_loyalty))
         .route("/members/{id}/export", get(members::export))
         .route("/members/{id}/erase", post(members::erase))
         .route("/members/{id}/balance", get(ledger::balance))

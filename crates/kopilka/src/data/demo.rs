@@ -675,6 +675,7 @@ impl Chain {
                     lines: lines.clone(),
                     redeem_points,
                     program_id: None,
+                    explain: false,
                 })
             }
             Action::Return { purchase_external_id, lines } => Command::Return(ReturnRequest {

@@ -1021,6 +1021,7 @@ async fn plan_transactions(
                         lines: receipt.lines,
                         redeem_points: receipt.redeem_points,
                         program_id: None,
+                        explain: false,
                     }),
                 ),
                 ReceiptKind::Return => {

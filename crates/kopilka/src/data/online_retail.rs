@@ -425,6 +425,7 @@ impl Receipt {
                     lines: lines.clone(),
                     redeem_points: 0,
                     program_id: None,
+                    explain: false,
                 };
                 let idempotency = idempotency(key, &purchase);
                 Request { tenant, idempotency: Some(idempotency), command: Command::Purchase(purchase) }
