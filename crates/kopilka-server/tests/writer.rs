@@ -159,6 +159,7 @@ fn purchase_command(member: i64, receipt: &str, lines: Vec<LineInput>, redeem_po
         lines,
         redeem_points,
         program_id: None,
+        explain: false,
     })
 }
 
