@@ -36,6 +36,14 @@ pub enum DomainEvent {
         returned_minor: i64,
         points_unrecovered: i64,
     },
+    /// A coupon was used on a purchase.
+    CouponRedeemed {
+        member_id: MemberId,
+        code: String,
+        campaign_id: i64,
+        purchase_id: PurchaseId,
+        discount_minor: i64,
+    },
     /// Any movement of points: earned, activated, redeemed, reversed, restored, expired, adjusted, merged.
     Points {
         member_id: MemberId,
@@ -58,6 +66,7 @@ impl DomainEvent {
             DomainEvent::MembersMerged { .. } => "members_merged",
             DomainEvent::PurchaseRecorded { .. } => "purchase_recorded",
             DomainEvent::PurchaseReturned { .. } => "purchase_returned",
+            DomainEvent::CouponRedeemed { .. } => "coupon_redeemed",
             DomainEvent::Points { movement, .. } => match movement {
                 MovementKind::Earn => "points_earn",
                 MovementKind::Activate => "points_activate",
@@ -78,6 +87,7 @@ impl DomainEvent {
             | DomainEvent::MemberErased { member_id }
             | DomainEvent::PurchaseRecorded { member_id, .. }
             | DomainEvent::PurchaseReturned { member_id, .. }
+            | DomainEvent::CouponRedeemed { member_id, .. }
             | DomainEvent::Points { member_id, .. } => *member_id,
             DomainEvent::MembersMerged { survivor_id, .. } => *survivor_id,
         }

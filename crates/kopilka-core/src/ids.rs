@@ -52,6 +52,7 @@ pub struct IdAllocator {
     pub next_movement: i64,
     pub next_purchase: i64,
     pub next_member: i64,
+    pub next_checkout: i64,
 }
 
 impl IdAllocator {
@@ -70,5 +71,9 @@ impl IdAllocator {
     pub fn member(&mut self) -> MemberId {
         self.next_member += 1;
         MemberId(self.next_member)
+    }
+    pub fn checkout(&mut self) -> i64 {
+        self.next_checkout += 1;
+        self.next_checkout
     }
 }

@@ -239,12 +239,13 @@ impl MemberState {
             }
         }
         for (rule_id, points) in by_rule {
-            let period_start = program
-                .earn_rules
-                .iter()
-                .find(|rule| rule.id == rule_id)
-                .and_then(|rule| rule.caps.per_member)
-                .map_or(day, |cap| cap.period.start(day));
+            // Only caps per day or per period read the counters: other rules are not counted, so
+            // the state stays small however many rules (or coupons) a member meets.
+            let Some(rule) = program.earn_rules.iter().find(|rule| rule.id == rule_id) else { continue };
+            if rule.caps.per_day.is_none() && rule.caps.per_member.is_none() {
+                continue;
+            }
+            let period_start = rule.caps.per_member.map_or(day, |cap| cap.period.start(day));
             let counter = self.rule_points.entry(rule_id.to_string()).or_insert(RuleCounter {
                 day,
                 day_points: 0,

@@ -9,6 +9,7 @@ use jiff::tz::TimeZone;
 use jiff::{Timestamp, ToSpan};
 use serde::{Deserialize, Serialize};
 
+use crate::checkout::discount::{Discount, Restriction};
 use crate::rules::EarnRule;
 use crate::{Currency, PointCurrency};
 
@@ -73,6 +74,28 @@ pub struct Program {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[cfg_attr(feature = "openapi", schema(value_type = Vec<Object>))]
     pub earn_rules: Vec<EarnRule>,
+    /// Discounts for members (see `checkout::discount`), applied by checkout quotes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Object>))]
+    pub discounts: Vec<Discount>,
+    /// Goods only some members may buy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Object>))]
+    pub restricted_goods: Vec<Restriction>,
+    /// The most a line's discounts from the program may add up to, in percent.
+    #[serde(default = "default_discount_percent_max")]
+    pub discount_percent_max: i64,
+    /// How long a checkout quote holds its coupons before they go back.
+    #[serde(default = "default_checkout_hold_minutes")]
+    pub checkout_hold_minutes: i64,
+}
+
+fn default_discount_percent_max() -> i64 {
+    100
+}
+
+fn default_checkout_hold_minutes() -> i64 {
+    15
 }
 
 fn default_true() -> bool {
@@ -102,6 +125,7 @@ impl Program {
     pub const PENDING_DAYS_MAX: i32 = 366;
     pub const EXPIRY_MONTHS_MAX: i32 = 120;
     pub const NAME_LEN_MAX: usize = 200;
+    pub const CHECKOUT_HOLD_MINUTES_MAX: i64 = 24 * 60;
 
     /// A sensible default: 1 point per 100 RUB, 1 point = 1 RUB, up to 50% of a bill, 14-day
     /// return window, points last 12 months.
@@ -118,6 +142,10 @@ impl Program {
             earn_on_paid_amount: true,
             time_zone: "Europe/Moscow".into(),
             earn_rules: Vec::new(),
+            discounts: Vec::new(),
+            restricted_goods: Vec::new(),
+            discount_percent_max: default_discount_percent_max(),
+            checkout_hold_minutes: default_checkout_hold_minutes(),
         }
     }
 
@@ -181,6 +209,18 @@ impl Program {
             );
         }
         crate::rules::validate(&self.earn_rules, &mut issues);
+        crate::checkout::discount::validate(
+            &self.discounts,
+            &self.restricted_goods,
+            self.discount_percent_max,
+            &mut issues,
+        );
+        if !(1..=Self::CHECKOUT_HOLD_MINUTES_MAX).contains(&self.checkout_hold_minutes) {
+            issues.push(ValidationIssue {
+                path: "checkout_hold_minutes".into(),
+                message: format!("must be between 1 and {}", Self::CHECKOUT_HOLD_MINUTES_MAX),
+            });
+        }
         if issues.is_empty() {
             Ok(())
         } else {

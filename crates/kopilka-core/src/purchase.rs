@@ -210,7 +210,8 @@ pub fn allocate(total: i64, weights: &[i64]) -> Vec<i64> {
     parts
 }
 
-fn line_totals(lines: &[LineInput]) -> Result<Vec<i64>, DomainError> {
+/// Each line's amount after its discount, or the first line that is not a valid line.
+pub fn line_totals(lines: &[LineInput]) -> Result<Vec<i64>, DomainError> {
     if lines.is_empty() {
         return Err(DomainError::invalid("lines", "a purchase needs at least one line"));
     }

@@ -89,7 +89,7 @@ impl World {
     // The allocator is not comparable, so the world keeps its counters and lends it out.
     fn allocator(&self) -> IdAllocator {
         let (next_lot, next_movement, next_purchase, next_member) = self.ids;
-        IdAllocator { next_lot, next_movement, next_purchase, next_member }
+        IdAllocator { next_lot, next_movement, next_purchase, next_member, next_checkout: 0 }
     }
 
     fn keep(&mut self, ids: IdAllocator) {
@@ -505,7 +505,7 @@ fn program_strategy() -> impl Strategy<Value = Program> {
             expiry,
             earn_on_paid_amount,
             time_zone: zone.into(),
-            earn_rules: Vec::new(),
+            ..Program::example()
         })
         .prop_filter("valid program", |program| program.validate().is_ok())
 }

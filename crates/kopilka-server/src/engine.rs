@@ -12,6 +12,7 @@ use jiff::{SignedDuration, Timestamp};
 use kopilka_core::member::{IdentifierKind, Profile};
 use kopilka_core::member_state::{MemberState, StateChange};
 use kopilka_core::purchase::{self, PurchaseCommand, PurchaseRecord};
+use kopilka_core::rules::LineExplanation;
 use kopilka_core::{
     Currency, DomainError, DomainEvent, IdAllocator, Lot, MemberId, MemberLedger, Program, ProgramId, PurchaseId,
     TenantId,
@@ -20,6 +21,7 @@ use kopilka_store::batch::{BatchKeys, Loaded, Writes};
 use kopilka_store::{MemberRow, Role, StoredResponse};
 use serde::Serialize;
 
+use crate::checkout::{CampaignCommand, CheckoutCommand, CheckoutState};
 use crate::dto::{
     AdjustmentRequest, BalanceView, MemberView, MergeResponse, MovementResponse, PurchaseRequest, PurchaseResponse,
     RedemptionRequest, ReturnRequest, ReturnResponse,
@@ -59,6 +61,10 @@ pub enum Command {
     Return(ReturnRequest),
     Redeem(RedemptionRequest),
     Adjust(AdjustmentRequest),
+    /// Quote, confirm or cancel a checkout.
+    Checkout(CheckoutCommand),
+    /// Create or stop a coupon campaign, or add codes to it (runs alone).
+    Campaign(CampaignCommand),
     /// Activation and expiry of due lots for these members (the jobs).
     CatchUp {
         members: Vec<MemberId>,
@@ -82,7 +88,13 @@ pub enum Command {
 impl Command {
     /// Administrative commands are rare and touch other tables; the writer runs each alone.
     pub fn runs_alone(&self) -> bool {
-        matches!(self, Command::CreateTenant { .. } | Command::SaveProgram { .. } | Command::CreateApiKey { .. })
+        matches!(
+            self,
+            Command::CreateTenant { .. }
+                | Command::SaveProgram { .. }
+                | Command::CreateApiKey { .. }
+                | Command::Campaign(_)
+        )
     }
 }
 
@@ -126,7 +138,7 @@ impl Reply {
         }
     }
 
-    fn about(mut self, member: MemberId) -> Reply {
+    pub(crate) fn about(mut self, member: MemberId) -> Reply {
         self.member_id = Some(member);
         self
     }
@@ -224,7 +236,11 @@ pub fn keys(requests: &[&Request]) -> BatchKeys {
             Command::Redeem(redeem) => keys.members.push((tenant, MemberId(redeem.member_id))),
             Command::Adjust(adjust) => keys.members.push((tenant, MemberId(adjust.member_id))),
             Command::CatchUp { members } => keys.members.extend(members.iter().map(|m| (tenant, *m))),
-            Command::CreateTenant { .. } | Command::SaveProgram { .. } | Command::CreateApiKey { .. } => {}
+            Command::Checkout(command) => crate::checkout::push_keys(&mut keys, tenant, command),
+            Command::CreateTenant { .. }
+            | Command::SaveProgram { .. }
+            | Command::CreateApiKey { .. }
+            | Command::Campaign(_) => {}
         }
     }
     keys
@@ -242,12 +258,12 @@ type MemberKey = (TenantId, MemberId);
 
 /// The in-memory state of a batch: what was loaded, changed by each command in turn.
 pub struct BatchState<'a> {
-    now: Timestamp,
-    programs: &'a Programs,
-    ids: &'a mut IdAllocator,
+    pub(crate) now: Timestamp,
+    pub(crate) programs: &'a Programs,
+    pub(crate) ids: &'a mut IdAllocator,
     next_event_id: &'a mut i64,
     idempotency: HashMap<(TenantId, String), StoredResponse>,
-    members: HashMap<MemberKey, MemberRow>,
+    pub(crate) members: HashMap<MemberKey, MemberRow>,
     dirty_members: HashSet<MemberKey>,
     /// Members whose loyalty state changed but not their profile.
     dirty_states: HashSet<MemberKey>,
@@ -257,17 +273,19 @@ pub struct BatchState<'a> {
     purchase_by_external_id: HashMap<(TenantId, String), PurchaseId>,
     dirty_purchases: HashSet<(TenantId, PurchaseId)>,
     identifiers: HashMap<(TenantId, IdentifierKind, String), MemberId>,
+    pub(crate) checkout: CheckoutState,
     writes: Writes,
 }
 
 impl<'a> BatchState<'a> {
     pub fn new(
-        loaded: Loaded,
+        mut loaded: Loaded,
         programs: &'a Programs,
         ids: &'a mut IdAllocator,
         next_event_id: &'a mut i64,
         now: Timestamp,
     ) -> BatchState<'a> {
+        let checkout = CheckoutState::new(&mut loaded);
         let mut purchases = HashMap::new();
         let mut purchase_by_external_id = HashMap::new();
         for (tenant, program, record) in loaded.purchases {
@@ -275,6 +293,7 @@ impl<'a> BatchState<'a> {
             purchases.insert((tenant, record.id), (program, record));
         }
         BatchState {
+            checkout,
             now,
             programs,
             ids,
@@ -330,7 +349,11 @@ impl<'a> BatchState<'a> {
             Command::Redeem(request) => self.redeem(tenant, request),
             Command::Adjust(request) => self.adjust(tenant, request),
             Command::CatchUp { members } => self.catch_up(tenant, members),
-            Command::CreateTenant { .. } | Command::SaveProgram { .. } | Command::CreateApiKey { .. } => {
+            Command::Checkout(command) => self.decide_checkout(tenant, command),
+            Command::CreateTenant { .. }
+            | Command::SaveProgram { .. }
+            | Command::CreateApiKey { .. }
+            | Command::Campaign(_) => {
                 unreachable!("the writer runs administrative commands alone")
             }
         }
@@ -338,6 +361,7 @@ impl<'a> BatchState<'a> {
 
     /// Everything the batch decided, ready for the store.
     pub fn into_writes(mut self) -> Writes {
+        self.writes.checkout = std::mem::take(&mut self.checkout).into_writes();
         for ((tenant, _), ledger) in self.ledgers.iter_mut() {
             self.writes.lots.extend(ledger.take_dirty().into_iter().map(|lot| (*tenant, lot)));
         }
@@ -355,7 +379,7 @@ impl<'a> BatchState<'a> {
     }
 
     /// The member a command names, following a merge to the survivor.
-    fn member(&self, tenant: TenantId, id: MemberId) -> Result<MemberId, ApiError> {
+    pub(crate) fn member(&self, tenant: TenantId, id: MemberId) -> Result<MemberId, ApiError> {
         let mut row = self
             .members
             .get(&(tenant, id))
@@ -369,7 +393,7 @@ impl<'a> BatchState<'a> {
 
     /// The member's ledger, built from the loaded lots on first use, with the id allocator beside
     /// it (a pair, so both can be borrowed at once).
-    fn ledger(&mut self, tenant: TenantId, member: MemberId) -> (&mut MemberLedger, &mut IdAllocator) {
+    pub(crate) fn ledger(&mut self, tenant: TenantId, member: MemberId) -> (&mut MemberLedger, &mut IdAllocator) {
         let loaded_lots = &mut self.loaded_lots;
         let ledger = self
             .ledgers
@@ -378,7 +402,7 @@ impl<'a> BatchState<'a> {
         (ledger, &mut *self.ids)
     }
 
-    fn balance(&mut self, tenant: TenantId, member: MemberId, program: &Program) -> BalanceView {
+    pub(crate) fn balance(&mut self, tenant: TenantId, member: MemberId, program: &Program) -> BalanceView {
         let now = self.now;
         let balance = self.ledger(tenant, member).0.balance(&program.point_currency, now);
         BalanceView { member_id: member.0, currency: program.point_currency.to_string(), balance, as_of: now }
@@ -392,7 +416,7 @@ impl<'a> BatchState<'a> {
         self.writes.movements.extend(outcome.movements.into_iter().map(|m| (tenant, m)));
     }
 
-    fn event(&mut self, tenant: TenantId, event: DomainEvent) {
+    pub(crate) fn event(&mut self, tenant: TenantId, event: DomainEvent) {
         *self.next_event_id += 1;
         self.writes.events.push((tenant, *self.next_event_id, event, self.now));
     }
@@ -565,15 +589,7 @@ impl<'a> BatchState<'a> {
 
     fn purchase(&mut self, tenant: TenantId, request: &PurchaseRequest) -> Result<Reply, ApiError> {
         let member = self.member(tenant, MemberId(request.member_id))?;
-        let entry = self.programs.get(tenant, request.program_id)?;
-        let (program_id, version, program) = (entry.id, entry.version, entry.program.clone());
-        if let Some(existing) = self.purchase_by_external_id.get(&(tenant, request.external_id.clone())) {
-            return Err(ApiError::Conflict {
-                code: "duplicate_purchase",
-                detail: format!("receipt {:?} is already recorded as purchase {existing}", request.external_id),
-                field: Some("external_id".into()),
-            });
-        }
+        let entry = self.programs.get(tenant, request.program_id)?.clone();
         let currency = Currency::parse(&request.currency)?;
         let occurred_at = request.occurred_at.unwrap_or(self.now);
         if occurred_at > self.now + CLOCK_SKEW_MAX {
@@ -588,20 +604,43 @@ impl<'a> BatchState<'a> {
             lines: request.lines.clone(),
             redeem_points: request.redeem_points,
         };
+        let (record, explanation) = self.commit_purchase(tenant, member, &entry, &entry.program, command)?;
+        let balance = self.balance(tenant, member, &entry.program);
+        let explanation = request.explain.then_some(explanation);
+        Ok(Reply::json(201, &PurchaseResponse { purchase: record, balance, explanation }))
+    }
+
+    /// Records a purchase for `member` under `entry`'s program, earning by `earn_program` (the
+    /// program, or the program with a checkout's coupon rules), and counts it in the member's state.
+    pub(crate) fn commit_purchase(
+        &mut self,
+        tenant: TenantId,
+        member: MemberId,
+        entry: &ProgramEntry,
+        earn_program: &Program,
+        command: PurchaseCommand,
+    ) -> Result<(PurchaseRecord, Vec<LineExplanation>), ApiError> {
+        if let Some(existing) = self.purchase_by_external_id.get(&(tenant, command.external_id.clone())) {
+            return Err(ApiError::Conflict {
+                code: "duplicate_purchase",
+                detail: format!("receipt {:?} is already recorded as purchase {existing}", command.external_id),
+                field: Some("external_id".into()),
+            });
+        }
         let row = &self.members[&(tenant, member)];
-        let context = row.state.context(&program, row.profile.birth_date, occurred_at);
+        let context = row.state.context(&entry.program, row.profile.birth_date, command.occurred_at);
         let now = self.now;
         let (ledger, ids) = self.ledger(tenant, member);
-        let (record, mut outcome) = purchase::decide_purchase(&program, version, ledger, command, &context, now, ids)?;
-        let explanation = request.explain.then(|| std::mem::take(&mut outcome.explanation));
+        let (record, mut outcome) =
+            purchase::decide_purchase(earn_program, entry.version, ledger, command, &context, now, ids)?;
+        let explanation = std::mem::take(&mut outcome.explanation);
         self.record(tenant, outcome);
-        self.members.get_mut(&(tenant, member)).expect("resolved above").state.record_purchase(&program, &record);
+        self.members.get_mut(&(tenant, member)).expect("resolved above").state.record_purchase(&entry.program, &record);
         self.dirty_states.insert((tenant, member));
-        let balance = self.balance(tenant, member, &program);
         self.purchase_by_external_id.insert((tenant, record.external_id.clone()), record.id);
-        self.purchases.insert((tenant, record.id), (program_id, record.clone()));
+        self.purchases.insert((tenant, record.id), (entry.id, record.clone()));
         self.dirty_purchases.insert((tenant, record.id));
-        Ok(Reply::json(201, &PurchaseResponse { purchase: record, balance, explanation }))
+        Ok((record, explanation))
     }
 
     fn return_purchase(&mut self, tenant: TenantId, request: &ReturnRequest) -> Result<Reply, ApiError> {

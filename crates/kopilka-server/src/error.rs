@@ -43,6 +43,9 @@ pub enum ApiError {
     #[error("{detail}")]
     Conflict { code: &'static str, detail: String, field: Option<String> },
     /// 413: the body is larger than the limit.
+    /// Well-formed, but the state of things refuses it (a coupon used up, goods the member may not buy).
+    #[error("{detail}")]
+    Unprocessable { code: &'static str, detail: String, field: Option<String> },
     #[error("request body is larger than {limit_bytes} bytes")]
     PayloadTooLarge { limit_bytes: usize },
     /// 422: well-formed but refused by the program's rules (balance, share, returns).
@@ -81,6 +84,7 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden_role", None),
             ApiError::NotFound { code, .. } => (StatusCode::NOT_FOUND, *code, None),
             ApiError::Conflict { code, field, .. } => (StatusCode::CONFLICT, *code, field.clone()),
+            ApiError::Unprocessable { code, field, .. } => (StatusCode::UNPROCESSABLE_ENTITY, *code, field.clone()),
             ApiError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None),
             ApiError::Domain(error) => {
                 let field = match error {

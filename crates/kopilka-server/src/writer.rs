@@ -242,6 +242,12 @@ impl WriterTask {
                 reply.stored_body = Some(serde_json::to_vec(&redacted).expect("serializes"));
                 reply
             }
+            Command::Campaign(command) => {
+                match crate::checkout::run_campaign_command(conn, request.tenant, command, now).await? {
+                    Ok(reply) => reply,
+                    Err(refusal) => return Ok(Err(refusal)),
+                }
+            }
             _ => unreachable!("only administrative commands run alone"),
         };
         if let Some(idempotency) = &request.idempotency {

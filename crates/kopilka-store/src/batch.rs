@@ -18,6 +18,7 @@ use kopilka_core::{
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
+use crate::checkout::{CheckoutWrites, LoadedCheckout};
 use crate::{micros, MemberRow, Result, StoreError, StoredResponse};
 
 /// SQLite allows 32,766 bound values per statement; rows are chunked to stay under it.
@@ -31,6 +32,9 @@ pub struct BatchKeys {
     pub purchase_ids: Vec<(TenantId, PurchaseId)>,
     pub purchase_external_ids: Vec<(TenantId, String)>,
     pub identifiers: Vec<(TenantId, IdentifierKind, String)>,
+    pub checkouts: Vec<(TenantId, i64)>,
+    /// Coupon codes; the codes loaded checkouts hold are added by `load`.
+    pub coupons: Vec<(TenantId, String)>,
 }
 
 /// What `load` found.
@@ -42,6 +46,7 @@ pub struct Loaded {
     pub lots: HashMap<(TenantId, MemberId), Vec<Lot>>,
     pub purchases: Vec<(TenantId, ProgramId, PurchaseRecord)>,
     pub identifiers: HashMap<(TenantId, IdentifierKind, String), MemberId>,
+    pub checkout: LoadedCheckout,
 }
 
 /// Everything a batch writes.
@@ -59,6 +64,7 @@ pub struct Writes {
     pub erased: Vec<(TenantId, MemberId)>,
     /// Merges as (absorbed, survivor): members merged into the absorbed one move to the survivor.
     pub merges: Vec<(TenantId, MemberId, MemberId)>,
+    pub checkout: CheckoutWrites,
 }
 
 impl Writes {
@@ -72,6 +78,7 @@ impl Writes {
             && self.idempotency.is_empty()
             && self.erased.is_empty()
             && self.merges.is_empty()
+            && self.checkout.is_empty()
     }
 }
 
@@ -184,6 +191,9 @@ pub async fn load(conn: &mut SqliteConnection, keys: &BatchKeys) -> Result<Loade
         }
     }
     members.extend(loaded.purchases.iter().map(|(tenant, _, record)| (*tenant, record.member_id)));
+    let (checkout, checkout_members) = crate::checkout::load(&mut *conn, &keys.checkouts, &keys.coupons).await?;
+    loaded.checkout = checkout;
+    members.extend(checkout_members);
 
     for kind in IdentifierKind::ALL {
         let wanted: Vec<_> = keys.identifiers.iter().filter(|(_, k, _)| *k == kind).collect();
@@ -440,6 +450,7 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &Writes) -> Result<()> {
         });
         query.build().execute(&mut *conn).await?;
     }
+    crate::checkout::flush(&mut *conn, &writes.checkout).await?;
     Ok(())
 }
 
@@ -458,6 +469,7 @@ pub async fn id_seeds(conn: &mut Connection) -> Result<(IdAllocator, i64)> {
             "movement" => ids.next_movement = last,
             "purchase" => ids.next_purchase = last,
             "member" => ids.next_member = last,
+            "checkout" => ids.next_checkout = last,
             "event" => last_event_id = last,
             other => return Err(StoreError::Corrupt { table: "sequences", detail: other.to_string() }),
         }
@@ -469,13 +481,14 @@ pub async fn id_seeds(conn: &mut Connection) -> Result<(IdAllocator, i64)> {
 pub async fn save_id_seeds(conn: &mut Connection, ids: &IdAllocator, last_event_id: i64) -> Result<()> {
     sqlx::query(
         "UPDATE sequences SET last = CASE name WHEN 'lot' THEN ?1 WHEN 'movement' THEN ?2 WHEN 'purchase' THEN ?3
-         WHEN 'member' THEN ?4 WHEN 'event' THEN ?5 END",
+         WHEN 'member' THEN ?4 WHEN 'event' THEN ?5 WHEN 'checkout' THEN ?6 ELSE last END",
     )
     .bind(ids.next_lot)
     .bind(ids.next_movement)
     .bind(ids.next_purchase)
     .bind(ids.next_member)
     .bind(last_event_id)
+    .bind(ids.next_checkout)
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -142,16 +142,7 @@ pub fn evaluate(program: &Program, basket: &Basket, member: &MemberContext, occu
         })
         .collect();
 
-    let zoned = occurred_at.to_zoned(program.tz());
-    let facts = Facts {
-        basket_total_minor: total_minor,
-        channel: basket.channel,
-        store: basket.store,
-        date: zoned.date(),
-        weekday: Weekday::of(zoned.weekday()),
-        hour: zoned.hour(),
-        member,
-    };
+    let facts = facts(program, total_minor, basket.channel, basket.store, member, occurred_at);
     let mut order: Vec<usize> = (0..program.earn_rules.len()).collect();
     order.sort_by_key(|index| std::cmp::Reverse(program.earn_rules[*index].priority));
     // Per line: the exclusive rule that stopped lower rules on it.
@@ -241,6 +232,27 @@ pub fn evaluate(program: &Program, basket: &Basket, member: &MemberContext, occu
         .collect();
     let total = line_points.iter().sum();
     Evaluation { line_points, total, explanation }
+}
+
+/// What conditions are asked against, for a basket of `total_minor` at `at` in the program's zone.
+pub(crate) fn facts<'a>(
+    program: &Program,
+    total_minor: i64,
+    channel: Channel,
+    store: Option<&'a str>,
+    member: &'a MemberContext,
+    at: Timestamp,
+) -> Facts<'a> {
+    let zoned = at.to_zoned(program.tz());
+    Facts {
+        basket_total_minor: total_minor,
+        channel,
+        store,
+        date: zoned.date(),
+        weekday: Weekday::of(zoned.weekday()),
+        hour: zoned.hour(),
+        member,
+    }
 }
 
 /// Shares `bonus` among the matched lines by their earn amounts (all to the first matched line when

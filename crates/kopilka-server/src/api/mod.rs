@@ -1,6 +1,7 @@
 //! The HTTP API under `/v1`, its OpenAPI document, and the operational endpoints.
 
 pub mod admin;
+pub mod checkout;
 pub mod ledger;
 pub mod members;
 
@@ -29,6 +30,9 @@ use crate::extract::BODY_BYTES_MAX;
         ledger::balance, ledger::history, ledger::lots,
         admin::create_tenant, admin::create_api_key, admin::create_program, admin::update_program,
         admin::list_programs, admin::get_program, admin::run_job,
+        checkout::quote, checkout::get, checkout::confirm, checkout::cancel,
+        checkout::create_campaign, checkout::list_campaigns, checkout::get_campaign, checkout::patch_campaign,
+        checkout::add_codes, checkout::list_codes, checkout::get_coupon,
     ),
     components(schemas(Problem)),
     modifiers(&BearerAuth),
@@ -66,7 +70,15 @@ pub fn router(state: AppState) -> Router {
         .route("/purchases/{id}", get(ledger::get_purchase))
         .route("/returns", post(ledger::return_purchase))
         .route("/redemptions", post(ledger::redeem))
-        .route("/adjustments", post(ledger::adjust));
+        .route("/adjustments", post(ledger::adjust))
+        .route("/checkouts", post(checkout::quote))
+        .route("/checkouts/{id}", get(checkout::get))
+        .route("/checkouts/{id}/confirm", post(checkout::confirm))
+        .route("/checkouts/{id}/cancel", post(checkout::cancel))
+        .route("/coupon-campaigns", post(checkout::create_campaign).get(checkout::list_campaigns))
+        .route("/coupon-campaigns/{id}", get(checkout::get_campaign).patch(checkout::patch_campaign))
+        .route("/coupon-campaigns/{id}/codes", post(checkout::add_codes).get(checkout::list_codes))
+        .route("/coupons/{code}", get(checkout::get_coupon));
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(healthz))
