@@ -85,6 +85,11 @@ pub struct Program {
     /// The most a line's discounts from the program may add up to, in percent.
     #[serde(default = "default_discount_percent_max")]
     pub discount_percent_max: i64,
+    /// The categories of goods the program knows. When set, every condition naming a category
+    /// must name one of these, so a typo ("tyres" for "tires") is an error, not a rule that
+    /// silently never applies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub categories: Vec<String>,
     /// How long a checkout quote holds its coupons before they go back.
     #[serde(default = "default_checkout_hold_minutes")]
     pub checkout_hold_minutes: i64,
@@ -145,6 +150,7 @@ impl Program {
             discounts: Vec::new(),
             restricted_goods: Vec::new(),
             discount_percent_max: default_discount_percent_max(),
+            categories: Vec::new(),
             checkout_hold_minutes: default_checkout_hold_minutes(),
         }
     }
@@ -215,6 +221,9 @@ impl Program {
             self.discount_percent_max,
             &mut issues,
         );
+        if !self.categories.is_empty() {
+            self.check_categories(&mut issues);
+        }
         if !(1..=Self::CHECKOUT_HOLD_MINUTES_MAX).contains(&self.checkout_hold_minutes) {
             issues.push(ValidationIssue {
                 path: "checkout_hold_minutes".into(),
@@ -225,6 +234,21 @@ impl Program {
             Ok(())
         } else {
             Err(issues)
+        }
+    }
+
+    /// Every condition of the program against its category catalogue.
+    pub fn check_categories(&self, issues: &mut Vec<ValidationIssue>) {
+        for (index, rule) in self.earn_rules.iter().enumerate() {
+            rule.condition.check_categories(&format!("earn_rules[{index}].condition"), &self.categories, issues);
+        }
+        for (index, discount) in self.discounts.iter().enumerate() {
+            discount.condition.check_categories(&format!("discounts[{index}].condition"), &self.categories, issues);
+        }
+        for (index, restriction) in self.restricted_goods.iter().enumerate() {
+            let path = format!("restricted_goods[{index}]");
+            restriction.goods.check_categories(&format!("{path}.goods"), &self.categories, issues);
+            restriction.allowed.check_categories(&format!("{path}.allowed"), &self.categories, issues);
         }
     }
 

@@ -264,6 +264,20 @@ pub fn check_code(
 }
 
 impl CouponCampaign {
+    /// The categories the campaign's condition names that `program`'s catalogue lacks (none when
+    /// the program keeps no catalogue).
+    pub fn check_categories(&self, program: &crate::Program) -> Result<(), Vec<ValidationIssue>> {
+        let mut issues = Vec::new();
+        if !program.categories.is_empty() {
+            self.condition.check_categories("condition", &program.categories, &mut issues);
+        }
+        if issues.is_empty() {
+            Ok(())
+        } else {
+            Err(issues)
+        }
+    }
+
     /// Every problem of the campaign, with its path.
     pub fn validate(&self) -> Result<(), Vec<ValidationIssue>> {
         let mut issues = Vec::new();

@@ -255,6 +255,30 @@ impl Condition {
         }
     }
 
+    /// Reports every category the condition names that `known` does not hold, under `path`.
+    pub(crate) fn check_categories(&self, path: &str, known: &[String], issues: &mut Vec<ValidationIssue>) {
+        match self {
+            Condition::All(conditions) | Condition::Any(conditions) => {
+                let field = self.field();
+                for (index, condition) in conditions.iter().enumerate() {
+                    condition.check_categories(&format!("{path}.{field}[{index}]"), known, issues);
+                }
+            }
+            Condition::Not(condition) => condition.check_categories(&format!("{path}.not"), known, issues),
+            Condition::Category(values) => {
+                for value in values.iter().filter(|value| !known.contains(value)) {
+                    issues.push(ValidationIssue {
+                        path: format!("{path}.category"),
+                        message: format!(
+                            "unknown category {value:?}: add it to the program's categories or fix the name"
+                        ),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Checks the condition's values and reports conditions that can never hold, each under `path`.
     pub(crate) fn validate(&self, path: &str, depth: usize, issues: &mut Vec<ValidationIssue>) {
         let mut issue = |field: &str, message: String| {

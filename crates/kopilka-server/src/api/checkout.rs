@@ -96,10 +96,14 @@ pub async fn create_campaign(
     m: Mutation<CouponCampaign>,
 ) -> Result<Reply, ApiError> {
     let tenant = caller.tenant_for(ADMINS)?;
-    m.body.validate().map_err(|issues| {
+    let invalid = |issues: Vec<kopilka_core::ValidationIssue>| {
         let all: Vec<String> = issues.iter().map(ToString::to_string).collect();
         ApiError::BadRequest { code: "validation_failed", detail: all.join("; "), field: Some(issues[0].path.clone()) }
-    })?;
+    };
+    m.body.validate().map_err(invalid)?;
+    if let Some((_, _, program)) = state.store.program(tenant, None).await? {
+        m.body.check_categories(&program).map_err(invalid)?;
+    }
     state.submit(tenant, m.idempotency, Command::Campaign(CampaignCommand::Create(m.body))).await
 }
 
