@@ -549,14 +549,14 @@ pub(crate) async fn run_campaign_command(
             let mut listed = Vec::new();
             let mut added = 0;
             for _round in 0..100 {
-                let mut seen = HashSet::with_capacity(pending.len());
+                // Sorted, duplicates sit side by side (and the store inserts in key order anyway).
+                pending.sort_unstable_by(|a, b| a.0.cmp(&b.0));
                 let mut retry: Vec<Option<MemberId>> = Vec::new();
-                let mut kept = Vec::with_capacity(pending.len());
+                let mut kept: Vec<(String, Option<MemberId>)> = Vec::with_capacity(pending.len());
                 for (code, member) in pending {
-                    if seen.insert(code.clone()) {
-                        kept.push((code, member));
-                    } else {
-                        retry.push(member);
+                    match kept.last() {
+                        Some((last, _)) if *last == code => retry.push(member),
+                        _ => kept.push((code, member)),
                     }
                 }
                 if check_existing {

@@ -264,8 +264,12 @@ pub mod admin {
         codes: &[(String, Option<MemberId>)],
         now: Timestamp,
     ) -> Result<u64> {
+        // In key order the B-trees grow at their right edge instead of splitting pages all over:
+        // a million random codes go in several times faster sorted than as generated.
+        let mut sorted: Vec<&(String, Option<MemberId>)> = codes.iter().collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut inserted = 0;
-        for chunk in codes.chunks(BIND_VALUES_MAX / 3) {
+        for chunk in sorted.chunks(BIND_VALUES_MAX / 3) {
             let mut query = QueryBuilder::<Sqlite>::new(
                 "INSERT OR IGNORE INTO coupons (tenant_id, code, campaign_id, member_id, created_at) ",
             );
@@ -278,7 +282,7 @@ pub mod admin {
             query.push_bind(micros::of(now));
             query.push(" FROM (VALUES ");
             let mut values = query.separated(", ");
-            for (code, member) in chunk {
+            for (code, member) in chunk.iter().copied() {
                 values.push("(");
                 values.push_bind_unseparated(code);
                 values.push_unseparated(", ");

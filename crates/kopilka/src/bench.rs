@@ -85,6 +85,9 @@ pub struct BenchArgs {
     /// Keeps the data directories instead of deleting them.
     #[arg(long)]
     pub keep: bool,
+    /// Measures only the bulk generation of this many coupon codes (with its anchor).
+    #[arg(long)]
+    pub coupons: Option<usize>,
     /// Seed of the workload (members chosen, baskets, idempotency keys).
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -157,6 +160,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         thousands(sizes.http_purchases as f64),
         thousands(sizes.http_clients as f64),
     );
+    if let Some(codes) = args.coupons {
+        let figures =
+            with_run_dir(&args, |dir| async move { crate::bench_coupons::measure(&dir, codes.max(1)).await }).await?;
+        println!("{}", figures.line());
+        return Ok(());
+    }
     if args.anchor_only {
         let anchor = with_run_dir(&args, |dir| async move {
             let workload = Workload::generate(sizes.members, sizes.purchases, args.seed);

@@ -2,6 +2,7 @@
 //! serve until a signal, stop in order.
 
 mod bench;
+mod bench_coupons;
 mod data;
 
 use std::net::SocketAddr;
