@@ -468,6 +468,18 @@ async fn rules_see_the_members_tier_first_purchase_and_what_capped_rules_gave_to
         { "id": "gold", "name": "Gold doubles", "condition": { "tier": ["gold"] }, "effect": { "multiplier_percent": 200 } },
         { "id": "daily", "name": "Daily visit", "effect": { "bonus_per_basket": 20 }, "caps": { "per_day": 30 } },
     ]);
+    let mut misspelt = program.clone();
+    misspelt["earn_rules"][2]["cap"] = json!({ "per_day": 30 });
+    let body = Some(misspelt.to_string().into_bytes());
+    let refused = app.send("PUT", "/v1/programs/1", &app.admin_key, Some("typo"), body).await;
+    assert_eq!((refused.status.as_u16(), refused.code()), (400, "validation_failed"));
+    assert!(refused.body["detail"].as_str().unwrap().contains("unknown field `cap`"), "{:?}", refused.body);
+    let mut contradiction = program.clone();
+    contradiction["earn_rules"][0]["condition"] = json!({ "all": [{ "channel": ["web"] }, { "channel": ["pos"] }] });
+    let body = Some(contradiction.to_string().into_bytes());
+    let refused = app.send("PUT", "/v1/programs/1", &app.admin_key, Some("never"), body).await;
+    assert_eq!(refused.body["field"], "earn_rules[0].condition.all[1]", "{:?}", refused.body);
+    assert_eq!(app.get("/v1/programs/1").await.body["version"], 1, "refused programs change nothing");
     let body = Some(program.to_string().into_bytes());
     assert_eq!(app.send("PUT", "/v1/programs/1", &app.admin_key, Some("rules"), body).await.status, 200);
     let member = app.create_member("C-1").await;
