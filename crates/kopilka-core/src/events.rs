@@ -36,6 +36,13 @@ pub enum DomainEvent {
         returned_minor: i64,
         points_unrecovered: i64,
     },
+    /// The member's tier changed: `reason` is `qualified`, `review` or `manual`.
+    TierChanged {
+        member_id: MemberId,
+        from: Option<String>,
+        to: Option<String>,
+        reason: String,
+    },
     /// A coupon was used on a purchase.
     CouponRedeemed {
         member_id: MemberId,
@@ -67,6 +74,7 @@ impl DomainEvent {
             DomainEvent::PurchaseRecorded { .. } => "purchase_recorded",
             DomainEvent::PurchaseReturned { .. } => "purchase_returned",
             DomainEvent::CouponRedeemed { .. } => "coupon_redeemed",
+            DomainEvent::TierChanged { .. } => "tier_changed",
             DomainEvent::Points { movement, .. } => match movement {
                 MovementKind::Earn => "points_earn",
                 MovementKind::Activate => "points_activate",
@@ -88,6 +96,7 @@ impl DomainEvent {
             | DomainEvent::PurchaseRecorded { member_id, .. }
             | DomainEvent::PurchaseReturned { member_id, .. }
             | DomainEvent::CouponRedeemed { member_id, .. }
+            | DomainEvent::TierChanged { member_id, .. }
             | DomainEvent::Points { member_id, .. } => *member_id,
             DomainEvent::MembersMerged { survivor_id, .. } => *survivor_id,
         }

@@ -16,6 +16,7 @@ pub mod member_state;
 pub mod program;
 pub mod purchase;
 pub mod rules;
+pub mod tiers;
 
 pub use currency::{Currency, PointCurrency};
 pub use error::DomainError;

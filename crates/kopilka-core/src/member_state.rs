@@ -21,6 +21,8 @@ pub const SPEND_MONTHS_KEPT: usize = 24;
 pub const TAGS_MAX: usize = 100;
 /// The longest tier, segment or campaign name.
 pub const TAG_LEN_MAX: usize = 64;
+/// How many tier changes a member's history keeps.
+pub const TIER_HISTORY_KEPT: usize = 50;
 
 /// The loyalty side of a member.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -28,6 +30,13 @@ pub const TAG_LEN_MAX: usize = 64;
 pub struct MemberState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier: Option<TierAssignment>,
+    /// The start of the last tier window the member's tier was reviewed for (or earned in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = Date))]
+    pub tier_reviewed: Option<Date>,
+    /// Tier changes, newest last, the last [`TIER_HISTORY_KEPT`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tier_history: Vec<TierChange>,
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub segments: BTreeSet<String>,
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
@@ -52,6 +61,21 @@ pub struct TierAssignment {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub until: Option<Timestamp>,
+    /// Set by an admin: reviews do not take it away before `until`.
+    #[serde(default)]
+    pub manual: bool,
+}
+
+/// One change of a member's tier.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TierChange {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub at: Timestamp,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    /// `qualified`, `review`, `manual`.
+    pub reason: String,
 }
 
 /// Purchases and spend, net of returns, in the program's bill currency.
@@ -66,10 +90,38 @@ pub struct PurchaseStats {
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub last_purchase_at: Option<Timestamp>,
     pub spend_lifetime_minor: i64,
-    /// Spend per calendar month ("2026-11") in the program's time zone, the last
-    /// [`SPEND_MONTHS_KEPT`] months.
+    #[serde(default)]
+    pub points_earned_lifetime: i64,
+    /// Per calendar month ("2026-11") in the program's time zone, the last [`SPEND_MONTHS_KEPT`].
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub spend_by_month: BTreeMap<String, i64>,
+    pub months: BTreeMap<String, MonthStats>,
+}
+
+/// A month of a member's purchases, net of returns.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonthStats {
+    pub spend_minor: i64,
+    pub points_earned: i64,
+    pub purchases: i64,
+}
+
+/// Which of a month's figures to sum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MonthFigure {
+    Spend,
+    PointsEarned,
+    Purchases,
+}
+
+impl MonthFigure {
+    fn of(&self, month: &MonthStats) -> i64 {
+        match self {
+            MonthFigure::Spend => month.spend_minor,
+            MonthFigure::PointsEarned => month.points_earned,
+            MonthFigure::Purchases => month.purchases,
+        }
+    }
 }
 
 /// Points a rule gave on the counter's day and in the period that starts on `period_start`.
@@ -93,6 +145,7 @@ pub enum SpendWindow {
     /// The calendar year so far, in the program's time zone.
     CalendarYear,
     /// This month and the eleven before it.
+    #[serde(rename = "rolling_12_months")]
     Rolling12Months,
 }
 
@@ -161,9 +214,11 @@ impl MemberState {
                 tags.iter().try_for_each(|tag| check_tag(field, tag))?;
             }
         }
+        let before = self.tier_at(now).map(str::to_string);
         match &change.tier {
             Some(Some(tier)) => {
-                self.tier = Some(TierAssignment { tier: tier.clone(), since: now, until: change.tier_until })
+                self.tier =
+                    Some(TierAssignment { tier: tier.clone(), since: now, until: change.tier_until, manual: true })
             }
             Some(None) => self.tier = None,
             None => {
@@ -178,7 +233,18 @@ impl MemberState {
         if let Some(campaigns) = &change.campaigns {
             self.campaigns = campaigns.clone();
         }
+        let after = self.tier_at(now).map(str::to_string);
+        if before != after {
+            self.push_tier_change(TierChange { at: now, from: before, to: after, reason: "manual".into() });
+        }
         Ok(())
+    }
+
+    pub(crate) fn push_tier_change(&mut self, change: TierChange) {
+        self.tier_history.push(change);
+        if self.tier_history.len() > TIER_HISTORY_KEPT {
+            self.tier_history.remove(0);
+        }
     }
 
     /// What the earn rules of `program` may ask about the member for a purchase at `at`.
@@ -208,19 +274,27 @@ impl MemberState {
 
     /// The member's spend over `window`, as of `at`.
     pub fn spend(&self, program: &Program, window: SpendWindow, at: Timestamp) -> i64 {
+        self.sum(program, MonthFigure::Spend, window, at)
+    }
+
+    /// `figure` summed over the window that contains `at` (in the program's time zone).
+    pub fn sum(&self, program: &Program, figure: MonthFigure, window: SpendWindow, at: Timestamp) -> i64 {
         let today = at.to_zoned(program.tz()).date();
-        let months = &self.stats.spend_by_month;
-        match window {
-            SpendWindow::Lifetime => self.stats.spend_lifetime_minor,
-            SpendWindow::CalendarYear => {
-                let from = month_key(today.first_of_year());
-                months.range(from..=month_key(today)).map(|(_, v)| v).sum()
-            }
-            SpendWindow::Rolling12Months => {
+        match (window, figure) {
+            (SpendWindow::Lifetime, MonthFigure::Spend) => self.stats.spend_lifetime_minor,
+            (SpendWindow::Lifetime, MonthFigure::PointsEarned) => self.stats.points_earned_lifetime,
+            (SpendWindow::Lifetime, MonthFigure::Purchases) => self.stats.purchases as i64,
+            (SpendWindow::CalendarYear, _) => self.sum_months(figure, today.first_of_year(), today),
+            (SpendWindow::Rolling12Months, _) => {
                 let from = today.first_of_month().checked_sub(jiff::Span::new().months(11)).unwrap_or(today);
-                months.range(month_key(from)..=month_key(today)).map(|(_, v)| v).sum()
+                self.sum_months(figure, from, today)
             }
         }
+    }
+
+    /// `figure` summed over the months from the one holding `from` to the one holding `to`.
+    pub fn sum_months(&self, figure: MonthFigure, from: Date, to: Date) -> i64 {
+        self.stats.months.range(month_key(from)..=month_key(to)).map(|(_, month)| figure.of(month)).sum()
     }
 
     /// Counts a recorded purchase: statistics, spend, and the points each rule gave.
@@ -230,7 +304,12 @@ impl MemberState {
         stats.first_purchase_at =
             Some(stats.first_purchase_at.map_or(record.occurred_at, |t| t.min(record.occurred_at)));
         stats.last_purchase_at = Some(stats.last_purchase_at.map_or(record.occurred_at, |t| t.max(record.occurred_at)));
-        self.add_spend(program, record.occurred_at, record.total_minor);
+        self.stats.points_earned_lifetime += record.points_earned;
+        self.add_month(
+            program,
+            record.occurred_at,
+            MonthStats { spend_minor: record.total_minor, points_earned: record.points_earned, purchases: 1 },
+        );
         let day = record.occurred_at.to_zoned(program.tz()).date();
         let mut by_rule: BTreeMap<&str, i64> = BTreeMap::new();
         for line in &record.lines {
@@ -283,11 +362,15 @@ impl MemberState {
         mine.first_purchase_at = mine.first_purchase_at.into_iter().chain(theirs.first_purchase_at).min();
         mine.last_purchase_at = mine.last_purchase_at.into_iter().chain(theirs.last_purchase_at).max();
         mine.spend_lifetime_minor += theirs.spend_lifetime_minor;
-        for (month, minor) in &theirs.spend_by_month {
-            *mine.spend_by_month.entry(month.clone()).or_default() += minor;
+        mine.points_earned_lifetime += theirs.points_earned_lifetime;
+        for (month, figures) in &theirs.months {
+            let into = mine.months.entry(month.clone()).or_default();
+            into.spend_minor += figures.spend_minor;
+            into.points_earned += figures.points_earned;
+            into.purchases += figures.purchases;
         }
-        while mine.spend_by_month.len() > SPEND_MONTHS_KEPT {
-            mine.spend_by_month.pop_first();
+        while mine.months.len() > SPEND_MONTHS_KEPT {
+            mine.months.pop_first();
         }
         if self.tier.is_none() {
             self.tier = other.tier.clone();
@@ -315,18 +398,25 @@ impl MemberState {
         }
     }
 
-    /// Takes a return off the spend of the month the purchase was made in.
-    pub fn record_return(&mut self, program: &Program, purchased_at: Timestamp, returned_minor: i64) {
-        self.add_spend(program, purchased_at, -returned_minor);
+    /// Takes a return off the month the purchase was made in: its amount and the points reversed.
+    pub fn record_return(&mut self, program: &Program, purchased_at: Timestamp, returned_minor: i64, points: i64) {
+        self.stats.points_earned_lifetime -= points;
+        self.add_month(
+            program,
+            purchased_at,
+            MonthStats { spend_minor: -returned_minor, points_earned: -points, purchases: 0 },
+        );
     }
 
-    fn add_spend(&mut self, program: &Program, at: Timestamp, minor: i64) {
+    fn add_month(&mut self, program: &Program, at: Timestamp, figures: MonthStats) {
         let stats = &mut self.stats;
-        stats.spend_lifetime_minor += minor;
-        let key = month_key(at.to_zoned(program.tz()).date());
-        *stats.spend_by_month.entry(key).or_default() += minor;
-        while stats.spend_by_month.len() > SPEND_MONTHS_KEPT {
-            stats.spend_by_month.pop_first();
+        stats.spend_lifetime_minor += figures.spend_minor;
+        let month = stats.months.entry(month_key(at.to_zoned(program.tz()).date())).or_default();
+        month.spend_minor += figures.spend_minor;
+        month.points_earned += figures.points_earned;
+        month.purchases += figures.purchases;
+        while stats.months.len() > SPEND_MONTHS_KEPT {
+            stats.months.pop_first();
         }
     }
 }
@@ -347,14 +437,15 @@ mod tests {
     fn spend_windows_follow_the_calendar() {
         let program = Program::example();
         let mut state = MemberState::default();
-        state.add_spend(&program, at("2025-10-15T10:00:00Z"), 100);
-        state.add_spend(&program, at("2025-12-31T23:00:00Z"), 200);
-        state.add_spend(&program, at("2026-01-01T01:00:00Z"), 400);
+        let spend = |minor| MonthStats { spend_minor: minor, ..MonthStats::default() };
+        state.add_month(&program, at("2025-10-15T10:00:00Z"), spend(100));
+        state.add_month(&program, at("2025-12-31T20:00:00Z"), spend(200));
+        state.add_month(&program, at("2026-01-01T01:00:00Z"), spend(400));
         let now = at("2026-10-20T00:00:00Z");
         assert_eq!(state.spend(&program, SpendWindow::Lifetime, now), 700);
         assert_eq!(state.spend(&program, SpendWindow::CalendarYear, now), 400);
         assert_eq!(state.spend(&program, SpendWindow::Rolling12Months, now), 600);
-        state.record_return(&program, at("2025-12-31T23:00:00Z"), 50);
+        state.record_return(&program, at("2025-12-31T20:00:00Z"), 50, 0);
         assert_eq!(state.spend(&program, SpendWindow::Rolling12Months, now), 550);
     }
 

@@ -9,8 +9,9 @@ use jiff::tz::TimeZone;
 use jiff::{Timestamp, ToSpan};
 use serde::{Deserialize, Serialize};
 
-use crate::checkout::discount::{Discount, Restriction};
+use crate::checkout::discount::{Discount, DiscountKind, Restriction};
 use crate::rules::EarnRule;
+use crate::tiers::TierProgram;
 use crate::{Currency, PointCurrency};
 
 /// Points given per amount spent: `points` for every `per_minor` minor units.
@@ -85,6 +86,10 @@ pub struct Program {
     /// The most a line's discounts from the program may add up to, in percent.
     #[serde(default = "default_discount_percent_max")]
     pub discount_percent_max: i64,
+    /// VIP tiers: levels, what qualifies for them, their benefits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub tiers: Option<TierProgram>,
     /// The categories of goods the program knows. When set, every condition naming a category
     /// must name one of these, so a typo ("tyres" for "tires") is an error, not a rule that
     /// silently never applies.
@@ -151,6 +156,7 @@ impl Program {
             restricted_goods: Vec::new(),
             discount_percent_max: default_discount_percent_max(),
             categories: Vec::new(),
+            tiers: None,
             checkout_hold_minutes: default_checkout_hold_minutes(),
         }
     }
@@ -224,6 +230,10 @@ impl Program {
         if !self.categories.is_empty() {
             self.check_categories(&mut issues);
         }
+        if let Some(tiers) = &self.tiers {
+            tiers.validate(&mut issues);
+            self.check_tiers(tiers, &mut issues);
+        }
         if !(1..=Self::CHECKOUT_HOLD_MINUTES_MAX).contains(&self.checkout_hold_minutes) {
             issues.push(ValidationIssue {
                 path: "checkout_hold_minutes".into(),
@@ -250,6 +260,33 @@ impl Program {
             restriction.goods.check_categories(&format!("{path}.goods"), &self.categories, issues);
             restriction.allowed.check_categories(&format!("{path}.allowed"), &self.categories, issues);
         }
+    }
+
+    /// Every tier the program's conditions and discounts name must be one of its levels.
+    fn check_tiers(&self, tiers: &TierProgram, issues: &mut Vec<ValidationIssue>) {
+        let known: Vec<String> = tiers.levels.iter().map(|l| l.id.clone()).collect();
+        for (index, rule) in self.earn_rules.iter().enumerate() {
+            rule.condition.check_tiers(&format!("earn_rules[{index}].condition"), &known, issues);
+        }
+        for (index, discount) in self.discounts.iter().enumerate() {
+            discount.condition.check_tiers(&format!("discounts[{index}].condition"), &known, issues);
+            if let DiscountKind::Tier(by_tier) = &discount.kind {
+                for tier in by_tier.keys().filter(|tier| !known.contains(tier)) {
+                    issues.push(ValidationIssue {
+                        path: format!("discounts[{index}].kind.tier.{tier}"),
+                        message: format!("unknown tier {tier:?}: the program's tiers are {known:?}"),
+                    });
+                }
+            }
+        }
+        for (index, restriction) in self.restricted_goods.iter().enumerate() {
+            restriction.allowed.check_tiers(&format!("restricted_goods[{index}].allowed"), &known, issues);
+        }
+    }
+
+    /// The program's time zone (UTC if the name is unknown, which validation prevents).
+    pub fn tz_or_utc(&self) -> TimeZone {
+        self.tz()
     }
 
     pub(crate) fn tz(&self) -> TimeZone {

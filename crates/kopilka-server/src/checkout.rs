@@ -260,6 +260,7 @@ impl BatchState<'_> {
         let row = &self.members[&(tenant, member)];
         let state = row.state.clone();
         let context = state.context(program, row.profile.birth_date, now);
+        let program = &*program.for_tier(state.tier_at(now));
         let spend = Spend {
             lifetime_minor: state.spend(program, SpendWindow::Lifetime, now),
             calendar_year_minor: state.spend(program, SpendWindow::CalendarYear, now),
@@ -406,7 +407,8 @@ impl BatchState<'_> {
             // The points asked for, not the quote's clamp: more than allowed is refused with the reason.
             redeem_points: basket.redeem_points,
         };
-        let earn_program = quote.earn_program(&entry.program);
+        let tier = self.members[&(tenant, member)].state.tier_at(self.now).map(str::to_string);
+        let earn_program = quote.earn_program(&entry.program.for_tier(tier.as_deref()));
         let (record, explanation) = self.commit_purchase(tenant, member, &entry, &earn_program, command)?;
 
         let now = self.now;

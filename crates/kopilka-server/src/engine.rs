@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
 use kopilka_core::member::{IdentifierKind, Profile};
-use kopilka_core::member_state::{MemberState, StateChange};
+use kopilka_core::member_state::{MemberState, StateChange, TierChange};
 use kopilka_core::purchase::{self, PurchaseCommand, PurchaseRecord};
 use kopilka_core::rules::LineExplanation;
 use kopilka_core::{
@@ -67,6 +67,10 @@ pub enum Command {
     Campaign(CampaignCommand),
     /// Activation and expiry of due lots for these members (the jobs).
     CatchUp {
+        members: Vec<MemberId>,
+    },
+    /// Tier reviews due for these members (the `tiers` job).
+    ReviewTiers {
         members: Vec<MemberId>,
     },
     /// Administrative commands run in a transaction of their own.
@@ -235,7 +239,9 @@ pub fn keys(requests: &[&Request]) -> BatchKeys {
             }
             Command::Redeem(redeem) => keys.members.push((tenant, MemberId(redeem.member_id))),
             Command::Adjust(adjust) => keys.members.push((tenant, MemberId(adjust.member_id))),
-            Command::CatchUp { members } => keys.members.extend(members.iter().map(|m| (tenant, *m))),
+            Command::CatchUp { members } | Command::ReviewTiers { members } => {
+                keys.members.extend(members.iter().map(|m| (tenant, *m)))
+            }
             Command::Checkout(command) => crate::checkout::push_keys(&mut keys, tenant, command),
             Command::CreateTenant { .. }
             | Command::SaveProgram { .. }
@@ -349,6 +355,7 @@ impl<'a> BatchState<'a> {
             Command::Redeem(request) => self.redeem(tenant, request),
             Command::Adjust(request) => self.adjust(tenant, request),
             Command::CatchUp { members } => self.catch_up(tenant, members),
+            Command::ReviewTiers { members } => self.review_tiers(tenant, members),
             Command::Checkout(command) => self.decide_checkout(tenant, command),
             Command::CreateTenant { .. }
             | Command::SaveProgram { .. }
@@ -530,16 +537,57 @@ impl<'a> BatchState<'a> {
         if member != id {
             return Err(DomainError::MemberMerged { member_id: id.0, survivor_id: member.0 }.into());
         }
+        if let (Some(Some(tier)), Some(tiers)) = (&change.tier, &self.programs.get(tenant, None)?.program.tiers) {
+            if tiers.level(tier).is_none() {
+                let known: Vec<&str> = tiers.levels.iter().map(|l| l.id.as_str()).collect();
+                return Err(ApiError::bad_request("unknown_tier", "tier", format!("{tier:?} is not one of {known:?}")));
+            }
+        }
         let now = self.now;
         let row = self.members.get_mut(&(tenant, id)).expect("resolved above");
         let mut state = row.state.clone();
+        let changes_before = state.tier_history.len();
         state.apply(change, now)?;
+        let manual_change =
+            (state.tier_history.len() > changes_before).then(|| state.tier_history.last().cloned()).flatten();
         row.state = state;
         row.updated_at = now;
         let view = MemberView::from(row.clone());
         self.dirty_members.insert((tenant, id));
         self.event(tenant, DomainEvent::MemberUpdated { member_id: id });
+        if let Some(change) = manual_change {
+            self.tier_event(tenant, id, change);
+        }
         Ok(Reply::json(200, &view).about(id))
+    }
+
+    fn tier_event(&mut self, tenant: TenantId, member: MemberId, change: TierChange) {
+        let event =
+            DomainEvent::TierChanged { member_id: member, from: change.from, to: change.to, reason: change.reason };
+        self.event(tenant, event);
+    }
+
+    /// The tier reviews due at the batch's time for these members (the `tiers` job).
+    fn review_tiers(&mut self, tenant: TenantId, members: &[MemberId]) -> Result<Reply, ApiError> {
+        let program = self.programs.get(tenant, None)?.program.clone();
+        let now = self.now;
+        let mut changed = 0;
+        for member in members {
+            let Some(row) = self.members.get_mut(&(tenant, *member)) else { continue };
+            if row.merged_into.is_some() {
+                continue;
+            }
+            let before = row.state.clone();
+            let change = row.state.review_tier(&program, now);
+            if row.state != before {
+                self.dirty_states.insert((tenant, *member));
+            }
+            if let Some(change) = change {
+                changed += 1;
+                self.tier_event(tenant, *member, change);
+            }
+        }
+        Ok(Reply::json(200, &serde_json::json!({ "members": members.len(), "changed": changed })))
     }
 
     fn merge(&mut self, tenant: TenantId, survivor: MemberId, absorbed: MemberId) -> Result<Reply, ApiError> {
@@ -604,7 +652,9 @@ impl<'a> BatchState<'a> {
             lines: request.lines.clone(),
             redeem_points: request.redeem_points,
         };
-        let (record, explanation) = self.commit_purchase(tenant, member, &entry, &entry.program, command)?;
+        let tier = self.members[&(tenant, member)].state.tier_at(occurred_at).map(str::to_string);
+        let earn_program = entry.program.for_tier(tier.as_deref()).into_owned();
+        let (record, explanation) = self.commit_purchase(tenant, member, &entry, &earn_program, command)?;
         let balance = self.balance(tenant, member, &entry.program);
         let explanation = request.explain.then_some(explanation);
         Ok(Reply::json(201, &PurchaseResponse { purchase: record, balance, explanation }))
@@ -635,8 +685,13 @@ impl<'a> BatchState<'a> {
             purchase::decide_purchase(earn_program, entry.version, ledger, command, &context, now, ids)?;
         let explanation = std::mem::take(&mut outcome.explanation);
         self.record(tenant, outcome);
-        self.members.get_mut(&(tenant, member)).expect("resolved above").state.record_purchase(&entry.program, &record);
+        let state = &mut self.members.get_mut(&(tenant, member)).expect("resolved above").state;
+        state.record_purchase(&entry.program, &record);
+        let upgrade = state.upgrade_if_qualified(&entry.program, record.occurred_at);
         self.dirty_states.insert((tenant, member));
+        if let Some(change) = upgrade {
+            self.tier_event(tenant, member, change);
+        }
         self.purchase_by_external_id.insert((tenant, record.external_id.clone()), record.id);
         self.purchases.insert((tenant, record.id), (entry.id, record.clone()));
         self.dirty_purchases.insert((tenant, record.id));
@@ -673,7 +728,9 @@ impl<'a> BatchState<'a> {
             purchase::decide_return(&program, ledger, &mut record, request.lines.as_deref(), now, ids)?;
         self.record(tenant, outcome);
         let state = &mut self.members.get_mut(&(tenant, member)).expect("resolved above").state;
-        state.record_return(&program, record.occurred_at, summary.returned_minor);
+        // The returned share of the points earned, whether taken back, already spent or lapsed.
+        let points = summary.points_reversed + summary.points_unrecovered + summary.points_lapsed;
+        state.record_return(&program, record.occurred_at, summary.returned_minor, points);
         self.dirty_states.insert((tenant, member));
         let balance = self.balance(tenant, member, &program);
         self.purchases.insert((tenant, id), (program_id, record.clone()));

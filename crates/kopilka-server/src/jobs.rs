@@ -30,6 +30,8 @@ pub const CHUNKS_PER_RUN_MAX: usize = 100_000;
 pub enum Job {
     Activate,
     Expiry,
+    /// Tier reviews at the end of each tier window.
+    Tiers,
 }
 
 impl Job {
@@ -37,6 +39,7 @@ impl Job {
         match name {
             "activate" => Some(Job::Activate),
             "expiry" => Some(Job::Expiry),
+            "tiers" => Some(Job::Tiers),
             _ => None,
         }
     }
@@ -45,13 +48,14 @@ impl Job {
         match self {
             Job::Activate => "activate",
             Job::Expiry => "expiry",
+            Job::Tiers => "tiers",
         }
     }
 
     fn due(&self) -> DueLots {
         match self {
             Job::Activate => DueLots::Activation,
-            Job::Expiry => DueLots::Expiry,
+            Job::Expiry | Job::Tiers => DueLots::Expiry,
         }
     }
 }
@@ -64,6 +68,9 @@ pub async fn run_once(
     job: Job,
     tenant: Option<TenantId>,
 ) -> Result<JobReport, ApiError> {
+    if job == Job::Tiers {
+        return review_tiers(store, writer, clock, tenant).await;
+    }
     let mut report = JobReport { job: job.name().to_string(), members: 0, movements: 0 };
     for _ in 0..CHUNKS_PER_RUN_MAX {
         let due = store.members_with_due_lots(job.due(), tenant, clock.now(), CHUNK_MEMBERS_MAX).await?;
@@ -85,7 +92,40 @@ pub async fn run_once(
     Ok(report)
 }
 
-/// Runs both jobs every `interval` until `shutdown` turns true.
+/// Reviews the tiers of every member due, tenant by tenant: each tenant's program says when its
+/// windows end. `movements` in the report counts tier changes.
+async fn review_tiers(
+    store: &Store,
+    writer: &Writer,
+    clock: &dyn Clock,
+    only: Option<TenantId>,
+) -> Result<JobReport, ApiError> {
+    let mut report = JobReport { job: Job::Tiers.name().to_string(), members: 0, movements: 0 };
+    let mut seen = std::collections::BTreeSet::new();
+    for (tenant, _, _, program) in store.programs().await? {
+        // The tenant's first program is the one members' tiers follow.
+        if only.is_some_and(|only| only != tenant) || !seen.insert(tenant) {
+            continue;
+        }
+        let Some(tiers) = &program.tiers else { continue };
+        let today = clock.now().to_zoned(program.tz_or_utc()).date();
+        let Some(due) = tiers.review_due(today) else { continue };
+        let mut after = kopilka_core::MemberId(0);
+        for _ in 0..CHUNKS_PER_RUN_MAX {
+            let members = store.members_due_tier_review(tenant, &due.to_string(), after, CHUNK_MEMBERS_MAX).await?;
+            let Some(last) = members.last() else { break };
+            after = *last;
+            report.members += members.len() as i64;
+            let command = Command::ReviewTiers { members };
+            let reply = writer.submit(Request { tenant, idempotency: None, command }).await?;
+            let body: serde_json::Value = serde_json::from_slice(&reply.body).expect("review replies are JSON");
+            report.movements += body["changed"].as_i64().unwrap_or(0);
+        }
+    }
+    Ok(report)
+}
+
+/// Runs every job every `interval` until `shutdown` turns true.
 pub async fn run_scheduled(
     store: Store,
     writer: Writer,
@@ -95,7 +135,7 @@ pub async fn run_scheduled(
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        for job in [Job::Activate, Job::Expiry] {
+        for job in [Job::Activate, Job::Expiry, Job::Tiers] {
             match run_once(&store, &writer, &*clock, job, None).await {
                 Ok(report) => {
                     metrics.job_movements.fetch_add(report.movements as u64, Ordering::Relaxed);

@@ -527,3 +527,58 @@ async fn rules_see_the_members_tier_first_purchase_and_what_capped_rules_gave_to
     app.assert_ledger_sound().await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn tiers_rise_with_spend_bring_their_benefits_at_once_and_fall_one_level_at_a_review() {
+    let app = spawn_app().await;
+    let mut program = app.get("/v1/programs/1").await.body["program"].clone();
+    program["tiers"] = json!({ "metric": "spend", "window": "calendar_year", "levels": [
+        { "id": "silver", "name": "Silver", "threshold": 1_000_00 },
+        { "id": "gold", "name": "Gold", "threshold": 5_000_00, "benefits": { "earn_multiplier_percent": 200, "entitlements": ["free-coffee"] } },
+    ] });
+    let body = Some(program.to_string().into_bytes());
+    assert_eq!(app.send("PUT", "/v1/programs/1", &app.admin_key, Some("tiers"), body).await.status, 200);
+    let member = app.create_member("C-1").await;
+
+    app.purchase(member, "R-1", 1_200_00).await;
+    let progress = app.get(&format!("/v1/members/{member}/tier")).await;
+    assert_eq!(progress.status, 200, "{:?}", progress.body);
+    assert_eq!(progress.body["tier"]["id"], "silver");
+    assert_eq!(
+        (progress.body["next"]["id"].as_str(), progress.body["next"]["left"].as_i64()),
+        (Some("gold"), Some(3_800_00))
+    );
+    assert_eq!(progress.body["review_on"], "2027-01-01");
+
+    assert_eq!(app.purchase(member, "R-2", 4_000_00).await.body["purchase"]["points_earned"], 40);
+    // Gold from that purchase on: double points on the next one.
+    assert_eq!(app.purchase(member, "R-3", 1_000_00).await.body["purchase"]["points_earned"], 20);
+    let progress = app.get(&format!("/v1/members/{member}/tier")).await;
+    assert_eq!(progress.body["tier"]["benefits"]["entitlements"], json!(["free-coffee"]));
+    assert!(progress.body["next"].is_null());
+
+    let path = format!("/v1/members/{member}/loyalty");
+    let bronze = json!({ "tier": "bronze" }).to_string().into_bytes();
+    let refused = app.send("PATCH", &path, &app.admin_key, Some("bronze"), Some(bronze)).await;
+    assert_eq!((refused.status.as_u16(), refused.code()), (400, "unknown_tier"));
+
+    // 2026 qualified for gold, so it holds through 2027; 2027 brings nothing, so 2028 starts silver.
+    app.advance_days(352);
+    assert_eq!(app.run_job("tiers").await["movements"], 0);
+    app.advance_days(365);
+    let review = app.run_job("tiers").await;
+    assert_eq!((review["members"].as_i64(), review["movements"].as_i64()), (Some(1), Some(1)));
+    assert_eq!(app.run_job("tiers").await["members"], 0, "a second run finds nobody due");
+    let progress = app.get(&format!("/v1/members/{member}/tier")).await;
+    assert_eq!(progress.body["tier"]["id"], "silver");
+    let history: Vec<&str> =
+        progress.body["history"].as_array().unwrap().iter().map(|c| c["reason"].as_str().unwrap()).collect();
+    assert_eq!(history, ["qualified", "qualified", "review"]);
+    let store = &app.running.as_ref().unwrap().state.store;
+    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE kind = 'tier_changed'")
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 3);
+    app.stop().await;
+}

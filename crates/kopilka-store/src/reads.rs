@@ -241,3 +241,30 @@ pub(crate) fn program_of_row(row: &sqlx::sqlite::SqliteRow) -> Result<(ProgramId
         .map_err(|error| StoreError::Corrupt { table: "programs", detail: error.to_string() })?;
     Ok((ProgramId(row.get("id")), row.get("version"), program))
 }
+
+impl Store {
+    /// Members of `tenant` holding a tier whose last review is before `due` (a date, ISO 8601),
+    /// after `after` in id order: the tier review job's work list.
+    pub async fn members_due_tier_review(
+        &self,
+        tenant: TenantId,
+        due: &str,
+        after: MemberId,
+        limit: i64,
+    ) -> Result<Vec<MemberId>> {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM members INDEXED BY members_tier_review
+             WHERE tenant_id = ? AND json_extract(state, '$.tier') IS NOT NULL
+               AND (json_extract(state, '$.tier_reviewed') IS NULL OR json_extract(state, '$.tier_reviewed') < ?)
+               AND id > ? AND merged_into IS NULL
+             ORDER BY id LIMIT ?",
+        )
+        .bind(tenant.0)
+        .bind(due)
+        .bind(after.0)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.into_iter().map(MemberId).collect())
+    }
+}

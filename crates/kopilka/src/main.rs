@@ -80,14 +80,21 @@ enum ProgramCommand {
 
 #[derive(Subcommand)]
 enum JobsCommand {
-    /// Runs `expiry` or `activate` for every tenant at the current time.
-    Run { job: JobName },
+    /// Runs `expiry`, `activate` or `tiers` for every tenant at the current time, or as of a chosen
+    /// time (to catch up a date, or to see what a date will do to a copy of the data).
+    Run {
+        job: JobName,
+        /// Run as if it were this moment (RFC 3339, e.g. 2027-01-01T00:00:00Z).
+        #[arg(long)]
+        as_of: Option<jiff::Timestamp>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 enum JobName {
     Expiry,
     Activate,
+    Tiers,
 }
 
 #[derive(Subcommand)]
@@ -121,7 +128,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Import(args) => data::import(&cli.data_dir, args).await,
         Command::Export(args) => data::export(&cli.data_dir, args).await,
         Command::Program { command: ProgramCommand::Validate { file } } => validate_program(&file),
-        Command::Jobs { command: JobsCommand::Run { job } } => run_job(&cli.data_dir, job).await,
+        Command::Jobs { command: JobsCommand::Run { job, as_of } } => run_job(&cli.data_dir, job, as_of).await,
         Command::Keys { command: KeysCommand::Create { role, tenant, name } } => {
             create_key(&cli.data_dir, &role, tenant, &name).await
         }
@@ -168,11 +175,16 @@ fn validate_program(file: &std::path::Path) -> anyhow::Result<()> {
     }
 }
 
-async fn run_job(data_dir: &std::path::Path, job: JobName) -> anyhow::Result<()> {
-    let (state, writer_task) = app::open(data_dir, Arc::new(SystemClock)).await?;
+async fn run_job(data_dir: &std::path::Path, job: JobName, as_of: Option<jiff::Timestamp>) -> anyhow::Result<()> {
+    let clock: Arc<dyn kopilka_server::clock::Clock> = match as_of {
+        Some(at) => Arc::new(kopilka_server::clock::ManualClock::new(at)),
+        None => Arc::new(SystemClock),
+    };
+    let (state, writer_task) = app::open(data_dir, clock).await?;
     let job = match job {
         JobName::Expiry => Job::Expiry,
         JobName::Activate => Job::Activate,
+        JobName::Tiers => Job::Tiers,
     };
     let report = jobs::run_once(&state.store, &state.writer, &*state.clock, job, None).await?;
     println!("{}: {} member(s), {} movement(s)", report.job, report.members, report.movements);

@@ -279,6 +279,28 @@ impl Condition {
         }
     }
 
+    /// Reports every tier the condition names that `known` does not hold, under `path`.
+    pub(crate) fn check_tiers(&self, path: &str, known: &[String], issues: &mut Vec<ValidationIssue>) {
+        match self {
+            Condition::All(conditions) | Condition::Any(conditions) => {
+                let field = self.field();
+                for (index, condition) in conditions.iter().enumerate() {
+                    condition.check_tiers(&format!("{path}.{field}[{index}]"), known, issues);
+                }
+            }
+            Condition::Not(condition) => condition.check_tiers(&format!("{path}.not"), known, issues),
+            Condition::Tier(values) => {
+                for value in values.iter().filter(|value| !known.contains(value)) {
+                    issues.push(ValidationIssue {
+                        path: format!("{path}.tier"),
+                        message: format!("unknown tier {value:?}: the program's tiers are {known:?}"),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Checks the condition's values and reports conditions that can never hold, each under `path`.
     pub(crate) fn validate(&self, path: &str, depth: usize, issues: &mut Vec<ValidationIssue>) {
         let mut issue = |field: &str, message: String| {
