@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod ledger;
 pub mod members;
+pub mod notify;
 
 use std::time::Instant;
 
@@ -65,7 +66,8 @@ pub fn router(state: AppState) -> Router {
         .route("/purchases/{id}", get(ledger::get_purchase))
         .route("/returns", post(ledger::return_purchase))
         .route("/redemptions", post(ledger::redeem))
-        .route("/adjustments", post(ledger::adjust));
+        .route("/adjustments", post(ledger::adjust))
+        .merge(notify::routes());
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(healthz))
