@@ -177,11 +177,32 @@ pub fn parse(channel: Channel, json: &Value) -> Result<ChannelConfig> {
             format!("{} cannot go through {provider:?}; use one of {:?}", channel.as_str(), providers_of(channel)),
         ));
     }
-    let config: ChannelConfig = serde_json::from_value(json.clone()).map_err(|error| {
-        let message = error.to_string();
-        let field = message.split('`').nth(1).filter(|_| message.contains("field `")).unwrap_or("provider");
-        invalid(field, message.clone())
-    })?;
+    let mut fields = json.clone();
+    if let Some(map) = fields.as_object_mut() {
+        map.remove("provider");
+    }
+    // Internally tagged enums lose the path of an error; deserializing the provider's own struct
+    // through serde_path_to_error keeps it, so the error names `config.port`, not the whole body.
+    fn typed<T: serde::de::DeserializeOwned>(fields: Value) -> Result<T> {
+        serde_path_to_error::deserialize(fields).map_err(|error| {
+            let path = error.path().to_string();
+            let inner = error.into_inner().to_string();
+            let field = if path == "." {
+                inner.split('`').nth(1).filter(|_| inner.contains("field `")).unwrap_or("provider").to_string()
+            } else {
+                path
+            };
+            invalid(&field, inner)
+        })
+    }
+    let config = match provider {
+        "smtp" => ChannelConfig::Smtp(typed(fields)?),
+        "twilio" => ChannelConfig::Twilio(typed(fields)?),
+        "fcm" => ChannelConfig::Fcm(typed(fields)?),
+        "telegram" => ChannelConfig::Telegram(typed(fields)?),
+        "http" => ChannelConfig::Http(typed(fields)?),
+        other => unreachable!("providers_of admitted {other}"),
+    };
     check(&config)?;
     Ok(config)
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use jiff::SignedDuration;
 use kopilka_core::MemberId;
-use kopilka_notify::config::{self, ChannelConfig};
+use kopilka_notify::config;
 use kopilka_notify::db::{self, TemplateRow};
 use kopilka_notify::settings::{QuietHours, Settings};
 use kopilka_notify::templates::Template;
