@@ -172,15 +172,22 @@ impl Dispatcher {
                 channels.insert(delivery.tenant_id, configs.into_iter().collect());
             }
         }
-        let results: Vec<AttemptResult> = futures::stream::iter(due.iter())
+        // Each attempt owns what it needs: a stream of borrows trips the compiler's higher-ranked
+        // lifetime check when the dispatcher's future is spawned.
+        let attempts: Vec<(DeliveryRow, Option<WebhookRow>, Option<ChannelConfig>)> = due
+            .into_iter()
             .map(|delivery| {
-                let webhook = webhooks.get(&delivery.tenant_id).and_then(|w| w.get(&delivery.target));
-                let config =
-                    Channel::parse(&delivery.channel).and_then(|c| channels.get(&delivery.tenant_id).and_then(|m| m.get(&c)));
-                async move {
-                    let outcome = self.attempt(delivery, webhook, config, now).await;
-                    self.result_of(delivery, outcome, now)
-                }
+                let webhook = webhooks.get(&delivery.tenant_id).and_then(|w| w.get(&delivery.target)).cloned();
+                let config = Channel::parse(&delivery.channel)
+                    .and_then(|c| channels.get(&delivery.tenant_id).and_then(|m| m.get(&c)))
+                    .cloned();
+                (delivery, webhook, config)
+            })
+            .collect();
+        let results: Vec<AttemptResult> = futures::stream::iter(attempts)
+            .map(|(delivery, webhook, config)| async move {
+                let outcome = self.attempt(&delivery, webhook.as_ref(), config.as_ref(), now).await;
+                self.result_of(&delivery, outcome, now)
             })
             .buffer_unordered(self.config.concurrency_max)
             .collect()
