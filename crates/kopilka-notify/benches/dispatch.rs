@@ -38,7 +38,8 @@ async fn main() {
 
     let mut tx = store.pool.begin().await.unwrap();
     for chunk in (1..=events).collect::<Vec<_>>().chunks(5_000) {
-        let mut query = QueryBuilder::<Sqlite>::new("INSERT INTO events (tenant_id, id, kind, member_id, payload, occurred_at) ");
+        let mut query =
+            QueryBuilder::<Sqlite>::new("INSERT INTO events (tenant_id, id, kind, member_id, payload, occurred_at) ");
         query.push_values(chunk, |mut b, id| {
             let event = DomainEvent::Points {
                 member_id: MemberId(id % 1_000 + 1),
@@ -65,10 +66,12 @@ async fn main() {
     let pass = dispatcher.drain().await.unwrap();
     let seconds = started.elapsed().as_secs_f64();
 
-    let delivered = db::deliveries(&store.pool, kopilka_core::TenantId(tenant), &db::DeliveryFilter {
-        status: Some(DeliveryStatus::Delivered),
-        ..Default::default()
-    }, 1)
+    let delivered = db::deliveries(
+        &store.pool,
+        kopilka_core::TenantId(tenant),
+        &db::DeliveryFilter { status: Some(DeliveryStatus::Delivered), ..Default::default() },
+        1,
+    )
     .await
     .unwrap();
     assert!(!delivered.is_empty());

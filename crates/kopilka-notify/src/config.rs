@@ -167,9 +167,10 @@ fn invalid(field: &str, detail: impl Into<String>) -> NotifyError {
 
 /// Parses a channel's configuration as sent to the API.
 pub fn parse(channel: Channel, json: &Value) -> Result<ChannelConfig> {
-    let provider = json.get("provider").and_then(Value::as_str).ok_or_else(|| {
-        invalid("provider", format!("name the provider: one of {:?}", providers_of(channel)))
-    })?;
+    let provider = json
+        .get("provider")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid("provider", format!("name the provider: one of {:?}", providers_of(channel))))?;
     if !providers_of(channel).contains(&provider) {
         return Err(NotifyError::invalid(
             "channel_provider_unsupported",
@@ -311,11 +312,7 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted_and_never_debug_printed() {
-        let config = parse(
-            Channel::Messenger,
-            &json!({"provider": "telegram", "bot_token": "123:SECRET"}),
-        )
-        .unwrap();
+        let config = parse(Channel::Messenger, &json!({"provider": "telegram", "bot_token": "123:SECRET"})).unwrap();
         assert_eq!(config.redacted()["bot_token"], "***");
         assert!(!format!("{config:?}").contains("SECRET"));
     }

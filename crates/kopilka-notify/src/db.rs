@@ -95,17 +95,15 @@ pub async fn create_webhook(
         .fetch_one(&mut *tx)
         .await?;
     let secret = signing::generate_secret();
-    sqlx::query(
-        "INSERT INTO webhooks (tenant_id, id, url, event_kinds, secret, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-    )
-    .bind(tenant.0)
-    .bind(id)
-    .bind(url)
-    .bind(serde_json::to_string(event_kinds).expect("strings serialize"))
-    .bind(&secret)
-    .bind(micros::of(now))
-    .execute(&mut *tx)
-    .await?;
+    sqlx::query("INSERT INTO webhooks (tenant_id, id, url, event_kinds, secret, created_at) VALUES (?, ?, ?, ?, ?, ?)")
+        .bind(tenant.0)
+        .bind(id)
+        .bind(url)
+        .bind(serde_json::to_string(event_kinds).expect("strings serialize"))
+        .bind(&secret)
+        .bind(micros::of(now))
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(WebhookRow {
         tenant_id: tenant,
@@ -179,7 +177,13 @@ pub async fn rotate_webhook_secret(pool: &SqlitePool, tenant: TenantId, id: i64,
     webhook(&mut conn, tenant, id).await?.ok_or_else(|| webhook_not_found(id))
 }
 
-pub async fn put_channel(pool: &SqlitePool, tenant: TenantId, channel: Channel, config: &ChannelConfig, now: Timestamp) -> Result<()> {
+pub async fn put_channel(
+    pool: &SqlitePool,
+    tenant: TenantId,
+    channel: Channel,
+    config: &ChannelConfig,
+    now: Timestamp,
+) -> Result<()> {
     sqlx::query(
         "INSERT INTO notify_channels (tenant_id, channel, config, updated_at) VALUES (?, ?, ?, ?)
          ON CONFLICT (tenant_id, channel) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at",
@@ -255,7 +259,13 @@ pub async fn put_template(pool: &SqlitePool, tenant: TenantId, row: &TemplateRow
     Ok(())
 }
 
-pub async fn delete_template(pool: &SqlitePool, tenant: TenantId, kind: &str, channel: Channel, language: &str) -> Result<bool> {
+pub async fn delete_template(
+    pool: &SqlitePool,
+    tenant: TenantId,
+    kind: &str,
+    channel: Channel,
+    language: &str,
+) -> Result<bool> {
     let done = sqlx::query(
         "DELETE FROM notify_templates WHERE tenant_id = ? AND event_kind = ? AND channel = ? AND language = ?",
     )
@@ -333,7 +343,14 @@ pub async fn put_settings(pool: &SqlitePool, tenant: TenantId, settings: &Settin
     Ok(())
 }
 
-pub async fn put_contact(pool: &SqlitePool, tenant: TenantId, member: MemberId, channel: Channel, address: &str, now: Timestamp) -> Result<()> {
+pub async fn put_contact(
+    pool: &SqlitePool,
+    tenant: TenantId,
+    member: MemberId,
+    channel: Channel,
+    address: &str,
+    now: Timestamp,
+) -> Result<()> {
     sqlx::query(
         "INSERT INTO member_contacts (tenant_id, member_id, channel, address, updated_at) VALUES (?, ?, ?, ?, ?)
          ON CONFLICT (tenant_id, member_id, channel) DO UPDATE SET address = excluded.address, updated_at = excluded.updated_at",
@@ -348,7 +365,12 @@ pub async fn put_contact(pool: &SqlitePool, tenant: TenantId, member: MemberId, 
     Ok(())
 }
 
-pub async fn contact(conn: &mut SqliteConnection, tenant: TenantId, member: MemberId, channel: Channel) -> Result<Option<String>> {
+pub async fn contact(
+    conn: &mut SqliteConnection,
+    tenant: TenantId,
+    member: MemberId,
+    channel: Channel,
+) -> Result<Option<String>> {
     Ok(sqlx::query_scalar("SELECT address FROM member_contacts WHERE tenant_id = ? AND member_id = ? AND channel = ?")
         .bind(tenant.0)
         .bind(member.0)
@@ -358,7 +380,14 @@ pub async fn contact(conn: &mut SqliteConnection, tenant: TenantId, member: Memb
 }
 
 /// Records an opt-out; repeating it changes nothing.
-pub async fn opt_out(conn: &mut SqliteConnection, tenant: TenantId, member: MemberId, channel: Channel, source: &str, now: Timestamp) -> Result<()> {
+pub async fn opt_out(
+    conn: &mut SqliteConnection,
+    tenant: TenantId,
+    member: MemberId,
+    channel: Channel,
+    source: &str,
+    now: Timestamp,
+) -> Result<()> {
     sqlx::query(
         "INSERT INTO member_opt_outs (tenant_id, member_id, channel, source, created_at) VALUES (?, ?, ?, ?, ?)
          ON CONFLICT DO NOTHING",
@@ -385,16 +414,23 @@ pub async fn opt_in(pool: &SqlitePool, tenant: TenantId, member: MemberId, chann
 }
 
 pub async fn opted_out(conn: &mut SqliteConnection, tenant: TenantId, member: MemberId) -> Result<Vec<Channel>> {
-    let rows: Vec<String> = sqlx::query_scalar("SELECT channel FROM member_opt_outs WHERE tenant_id = ? AND member_id = ?")
-        .bind(tenant.0)
-        .bind(member.0)
-        .fetch_all(&mut *conn)
-        .await?;
+    let rows: Vec<String> =
+        sqlx::query_scalar("SELECT channel FROM member_opt_outs WHERE tenant_id = ? AND member_id = ?")
+            .bind(tenant.0)
+            .bind(member.0)
+            .fetch_all(&mut *conn)
+            .await?;
     Ok(rows.iter().filter_map(|c| Channel::parse(c)).collect())
 }
 
 /// Messages (not webhooks, not suppressed) created for a member in `[from, to)`.
-pub async fn messages_in(conn: &mut SqliteConnection, tenant: TenantId, member: MemberId, from: Timestamp, to: Timestamp) -> Result<i64> {
+pub async fn messages_in(
+    conn: &mut SqliteConnection,
+    tenant: TenantId,
+    member: MemberId,
+    from: Timestamp,
+    to: Timestamp,
+) -> Result<i64> {
     Ok(sqlx::query_scalar(
         "SELECT COUNT(*) FROM deliveries WHERE tenant_id = ? AND member_id = ? AND created_at >= ? AND created_at < ?
          AND channel <> 'webhook' AND status <> 'suppressed'",
@@ -568,8 +604,14 @@ pub struct DeliveryFilter {
 }
 
 /// The delivery log, newest first.
-pub async fn deliveries(pool: &SqlitePool, tenant: TenantId, filter: &DeliveryFilter, limit: i64) -> Result<Vec<DeliveryRow>> {
-    let mut query = QueryBuilder::<Sqlite>::new(format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE tenant_id = "));
+pub async fn deliveries(
+    pool: &SqlitePool,
+    tenant: TenantId,
+    filter: &DeliveryFilter,
+    limit: i64,
+) -> Result<Vec<DeliveryRow>> {
+    let mut query =
+        QueryBuilder::<Sqlite>::new(format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE tenant_id = "));
     query.push_bind(tenant.0);
     if let Some(status) = filter.status {
         query.push(" AND status = ").push_bind(status.as_str());
@@ -595,9 +637,10 @@ pub async fn deliveries(pool: &SqlitePool, tenant: TenantId, filter: &DeliveryFi
 /// already accepted it can tell). Suppressed deliveries stay suppressed: replay is not a way
 /// around a member's consent.
 pub async fn replay(pool: &SqlitePool, tenant: TenantId, id: &str, now: Timestamp) -> Result<DeliveryRow> {
-    let current = delivery(pool, tenant, id)
-        .await?
-        .ok_or_else(|| NotifyError::NotFound { code: "delivery_not_found", detail: format!("delivery {id} does not exist") })?;
+    let current = delivery(pool, tenant, id).await?.ok_or_else(|| NotifyError::NotFound {
+        code: "delivery_not_found",
+        detail: format!("delivery {id} does not exist"),
+    })?;
     if current.status == DeliveryStatus::Suppressed {
         return Err(NotifyError::invalid(
             "delivery_suppressed",
@@ -635,7 +678,13 @@ pub async fn stored_answer(pool: &SqlitePool, tenant: TenantId, key: &str) -> Re
 }
 
 /// Stores the first answer; a concurrent first answer under the same key wins and this one is dropped.
-pub async fn store_answer(pool: &SqlitePool, tenant: TenantId, key: &str, answer: &StoredAnswer, now: Timestamp) -> Result<()> {
+pub async fn store_answer(
+    pool: &SqlitePool,
+    tenant: TenantId,
+    key: &str,
+    answer: &StoredAnswer,
+    now: Timestamp,
+) -> Result<()> {
     sqlx::query(
         "INSERT INTO notify_idempotency (tenant_id, key, request_hash, status, body, created_at) VALUES (?, ?, ?, ?, ?, ?)
          ON CONFLICT DO NOTHING",

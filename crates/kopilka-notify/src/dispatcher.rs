@@ -89,7 +89,11 @@ const CONNECTIONS_MAX: u32 = 2;
 
 impl Dispatcher {
     /// A dispatcher on the store in `data_dir`, which `Store::open` has already created.
-    pub async fn open(data_dir: &std::path::Path, clock: Arc<dyn Clock>, config: DispatcherConfig) -> Result<Dispatcher> {
+    pub async fn open(
+        data_dir: &std::path::Path,
+        clock: Arc<dyn Clock>,
+        config: DispatcherConfig,
+    ) -> Result<Dispatcher> {
         let pool = kopilka_store::outbox::open_pool(data_dir, CONNECTIONS_MAX).await?;
         Ok(Dispatcher::new(pool, clock, config))
     }
@@ -164,13 +168,11 @@ impl Dispatcher {
         }
         let mut webhooks: HashMap<TenantId, HashMap<String, WebhookRow>> = HashMap::new();
         let mut channels: HashMap<TenantId, HashMap<Channel, ChannelConfig>> = HashMap::new();
-        for delivery in &due {
-            if !webhooks.contains_key(&delivery.tenant_id) {
-                let rows = db::webhooks(conn, delivery.tenant_id).await?;
-                webhooks.insert(delivery.tenant_id, rows.into_iter().map(|w| (w.id.to_string(), w)).collect());
-                let configs = db::channels(conn, delivery.tenant_id).await?;
-                channels.insert(delivery.tenant_id, configs.into_iter().collect());
-            }
+        let tenants: std::collections::BTreeSet<TenantId> = due.iter().map(|d| d.tenant_id).collect();
+        for tenant in tenants {
+            let rows = db::webhooks(conn, tenant).await?;
+            webhooks.insert(tenant, rows.into_iter().map(|w| (w.id.to_string(), w)).collect());
+            channels.insert(tenant, db::channels(conn, tenant).await?.into_iter().collect());
         }
         // Each attempt owns what it needs: a stream of borrows trips the compiler's higher-ranked
         // lifetime check when the dispatcher's future is spawned.
@@ -222,7 +224,9 @@ impl Dispatcher {
             ChannelConfig::Smtp(smtp) => smtp::send(smtp, &delivery.id, &message).await,
             ChannelConfig::Twilio(twilio) => http::send_twilio(&self.client, twilio, &delivery.id, &message).await,
             ChannelConfig::Fcm(fcm) => http::send_fcm(&self.client, fcm, &delivery.id, &message).await,
-            ChannelConfig::Telegram(telegram) => http::send_telegram(&self.client, telegram, &delivery.id, &message).await,
+            ChannelConfig::Telegram(telegram) => {
+                http::send_telegram(&self.client, telegram, &delivery.id, &message).await
+            }
             ChannelConfig::Http(generic) => http::send_generic(&self.client, generic, &delivery.id, &message).await,
         };
         match sent {
@@ -279,8 +283,7 @@ mod tests {
     #[tokio::test]
     async fn backoff_doubles_within_jitter_and_stops_at_the_cap() {
         let pool = sqlx::SqlitePool::connect_lazy("sqlite::memory:").unwrap();
-        let dispatcher =
-            Dispatcher::new(pool, Arc::new(crate::SystemClock), DispatcherConfig::default());
+        let dispatcher = Dispatcher::new(pool, Arc::new(crate::SystemClock), DispatcherConfig::default());
         for (attempts, full_secs) in [(1, 30), (2, 60), (3, 120), (8, 3_600), (30, 3_600)] {
             for _ in 0..50 {
                 let delay = dispatcher.backoff(attempts).as_secs();

@@ -92,7 +92,14 @@ async fn load_policy(conn: &mut SqliteConnection, tenant: TenantId, now: Timesta
     })
 }
 
-fn delivery(event: &OutboxEvent, suffix: &str, channel: &str, target: String, payload: String, now: Timestamp) -> DeliveryRow {
+fn delivery(
+    event: &OutboxEvent,
+    suffix: &str,
+    channel: &str,
+    target: String,
+    payload: String,
+    now: Timestamp,
+) -> DeliveryRow {
     DeliveryRow {
         id: format!("dlv_{}_{}_{suffix}", event.tenant_id.0, event.id),
         tenant_id: event.tenant_id,
@@ -171,7 +178,14 @@ async fn member_messages(
             _ => None,
         };
         let address = member.as_ref().and_then(|m| address_of(m, channel, contact));
-        let mut row = delivery(event, channel.as_str(), channel.as_str(), address.clone().unwrap_or_default(), String::new(), now);
+        let mut row = delivery(
+            event,
+            channel.as_str(),
+            channel.as_str(),
+            address.clone().unwrap_or_default(),
+            String::new(),
+            now,
+        );
         let suppress = |row: &mut DeliveryRow, reason: String| {
             row.status = DeliveryStatus::Suppressed;
             row.reason = Some(reason);
@@ -198,7 +212,12 @@ async fn member_messages(
             if count >= i64::from(policy.settings.daily_cap_per_member) {
                 suppress(&mut row, "frequency_cap".into());
             } else {
-                let token = signing::unsubscribe_token(&policy.unsubscribe_key, event.tenant_id.0, member_id.0, channel.as_str());
+                let token = signing::unsubscribe_token(
+                    &policy.unsubscribe_key,
+                    event.tenant_id.0,
+                    member_id.0,
+                    channel.as_str(),
+                );
                 let unsubscribe_url =
                     format!("{}/v1/unsubscribe?token={token}", policy.settings.public_base_url.trim_end_matches('/'));
                 let payload: Value = serde_json::from_str(&event.payload).unwrap_or(Value::Null);
@@ -211,7 +230,8 @@ async fn member_messages(
                     city: member.profile.city.clone().unwrap_or_default(),
                 };
                 let occurred_at = event.occurred_at.to_string();
-                let context = templates::context(event.id, &event.kind, &occurred_at, &payload, &view, channel, &unsubscribe_url);
+                let context =
+                    templates::context(event.id, &event.kind, &occurred_at, &payload, &view, channel, &unsubscribe_url);
                 match templates::render(&template.template, &context) {
                     Ok(rendered) => {
                         let message = Message {

@@ -45,14 +45,20 @@ pub async fn check_response(response: reqwest::Response) -> Result<String, Strin
     Err(format!("HTTP {}: {excerpt}", status.as_u16()))
 }
 
-pub async fn send_generic(client: &reqwest::Client, config: &HttpConfig, delivery_id: &str, message: &Message) -> Result<(), String> {
+pub async fn send_generic(
+    client: &reqwest::Client,
+    config: &HttpConfig,
+    delivery_id: &str,
+    message: &Message,
+) -> Result<(), String> {
     let context = json!({ "to": message.to, "subject": message.subject.clone().unwrap_or_default(), "text": message.text, "delivery_id": delivery_id });
     let body = render_body(&config.body_template, &context)?;
     let request = match config.method {
         HttpMethod::Post => client.post(&config.url),
         HttpMethod::Put => client.put(&config.url),
     };
-    let mut request = request.header(reqwest::header::CONTENT_TYPE, &config.content_type).header(DELIVERY_ID_HEADER, delivery_id);
+    let mut request =
+        request.header(reqwest::header::CONTENT_TYPE, &config.content_type).header(DELIVERY_ID_HEADER, delivery_id);
     if let Some(auth) = &config.auth_header {
         request = request.header(auth.name.as_str(), auth.value.expose());
     }
@@ -61,8 +67,14 @@ pub async fn send_generic(client: &reqwest::Client, config: &HttpConfig, deliver
 }
 
 /// Twilio: `POST /2010-04-01/Accounts/{sid}/Messages.json`, form-encoded, basic auth.
-pub async fn send_twilio(client: &reqwest::Client, config: &TwilioConfig, delivery_id: &str, message: &Message) -> Result<(), String> {
-    let url = format!("{}/2010-04-01/Accounts/{}/Messages.json", config.base_url.trim_end_matches('/'), config.account_sid);
+pub async fn send_twilio(
+    client: &reqwest::Client,
+    config: &TwilioConfig,
+    delivery_id: &str,
+    message: &Message,
+) -> Result<(), String> {
+    let url =
+        format!("{}/2010-04-01/Accounts/{}/Messages.json", config.base_url.trim_end_matches('/'), config.account_sid);
     let response = client
         .post(url)
         .basic_auth(&config.account_sid, Some(config.auth_token.expose()))
@@ -75,7 +87,12 @@ pub async fn send_twilio(client: &reqwest::Client, config: &TwilioConfig, delive
 }
 
 /// FCM HTTP v1: `POST /v1/projects/{id}/messages:send` with a bearer token.
-pub async fn send_fcm(client: &reqwest::Client, config: &FcmConfig, delivery_id: &str, message: &Message) -> Result<(), String> {
+pub async fn send_fcm(
+    client: &reqwest::Client,
+    config: &FcmConfig,
+    delivery_id: &str,
+    message: &Message,
+) -> Result<(), String> {
     let url = format!("{}/v1/projects/{}/messages:send", config.base_url.trim_end_matches('/'), config.project_id);
     let body = json!({
         "message": {
@@ -96,7 +113,12 @@ pub async fn send_fcm(client: &reqwest::Client, config: &FcmConfig, delivery_id:
 }
 
 /// Telegram: `POST /bot{token}/sendMessage`; the answer must say `"ok": true`.
-pub async fn send_telegram(client: &reqwest::Client, config: &TelegramConfig, delivery_id: &str, message: &Message) -> Result<(), String> {
+pub async fn send_telegram(
+    client: &reqwest::Client,
+    config: &TelegramConfig,
+    delivery_id: &str,
+    message: &Message,
+) -> Result<(), String> {
     let url = format!("{}/bot{}/sendMessage", config.base_url.trim_end_matches('/'), config.bot_token.expose());
     let response = client
         .post(url)

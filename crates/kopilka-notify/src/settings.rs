@@ -71,9 +71,14 @@ impl Settings {
             NotifyError::invalid("validation_failed", "time_zone", format!("unknown time zone {:?}", self.time_zone))
         })?;
         if let Some(quiet) = &self.quiet_hours {
-            let (start, end) = (parse_time("quiet_hours.start", &quiet.start)?, parse_time("quiet_hours.end", &quiet.end)?);
+            let (start, end) =
+                (parse_time("quiet_hours.start", &quiet.start)?, parse_time("quiet_hours.end", &quiet.end)?);
             if start == end {
-                return Err(NotifyError::invalid("validation_failed", "quiet_hours.end", "quiet hours must not be empty"));
+                return Err(NotifyError::invalid(
+                    "validation_failed",
+                    "quiet_hours.end",
+                    "quiet hours must not be empty",
+                ));
             }
         }
         if self.daily_cap_per_member == 0 || self.daily_cap_per_member > DAILY_CAP_MAX {

@@ -59,7 +59,13 @@ pub enum VerifyError {
 
 /// Checks a `Kopilka-Signature` header as a receiver would: the timestamp within
 /// `tolerance_seconds` of `now_unix`, and one `v1` matching `secret` (compared in constant time).
-pub fn verify(header: &str, body: &[u8], secret: &str, now_unix: i64, tolerance_seconds: i64) -> Result<(), VerifyError> {
+pub fn verify(
+    header: &str,
+    body: &[u8],
+    secret: &str,
+    now_unix: i64,
+    tolerance_seconds: i64,
+) -> Result<(), VerifyError> {
     let mut timestamp = None;
     let mut candidates = Vec::new();
     for part in header.split(',') {
@@ -137,10 +143,7 @@ mod tests {
         assert_eq!(verify(&header, body, "old", 1_767_261_610, 300), Ok(()));
         assert_eq!(verify(&header, body, "other", 1_767_261_610, 300), Err(VerifyError::Mismatch));
         assert_eq!(verify(&header, b"{}", "new", 1_767_261_610, 300), Err(VerifyError::Mismatch));
-        assert_eq!(
-            verify(&header, body, "new", 1_767_262_600, 300),
-            Err(VerifyError::Stale { skew_seconds: 1000 })
-        );
+        assert_eq!(verify(&header, body, "new", 1_767_262_600, 300), Err(VerifyError::Stale { skew_seconds: 1000 }));
         assert_eq!(verify("v1=00", body, "new", 0, 300), Err(VerifyError::Malformed));
     }
 

@@ -70,8 +70,9 @@ pub fn build(config: &SmtpConfig, delivery_id: &str, message: &Message) -> Resul
 
 pub async fn send(config: &SmtpConfig, delivery_id: &str, message: &Message) -> Result<(), String> {
     let email = build(config, delivery_id, message)?;
-    let mut transport =
-        AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host).port(config.port).timeout(Some(SMTP_TIMEOUT));
+    let mut transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host)
+        .port(config.port)
+        .timeout(Some(SMTP_TIMEOUT));
     transport = match config.security {
         SmtpSecurity::Plain => transport.tls(Tls::None),
         SmtpSecurity::Starttls => {

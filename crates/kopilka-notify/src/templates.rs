@@ -87,7 +87,8 @@ pub fn validate(event_kind: &str, channel: Channel, language: &str, template: &T
             format!("no event of kind {event_kind:?}; known kinds: {}", EVENT_KINDS.join(", ")),
         )
     })?;
-    for (field, part) in [("subject", &template.subject), ("text", &Some(template.text.clone())), ("html", &template.html)]
+    for (field, part) in
+        [("subject", &template.subject), ("text", &Some(template.text.clone())), ("html", &template.html)]
     {
         if part.as_ref().is_some_and(|p| p.len() > TEMPLATE_BYTES_MAX) {
             return Err(NotifyError::invalid(
@@ -193,7 +194,15 @@ pub struct MemberView {
 
 /// The context a template renders against: `event` (the stored payload plus `id`, `kind` and
 /// `occurred_at`), `member`, `channel` and `unsubscribe_url`.
-pub fn context(event_id: i64, kind: &str, occurred_at: &str, payload: &Value, member: &MemberView, channel: Channel, unsubscribe_url: &str) -> Value {
+pub fn context(
+    event_id: i64,
+    kind: &str,
+    occurred_at: &str,
+    payload: &Value,
+    member: &MemberView,
+    channel: Channel,
+    unsubscribe_url: &str,
+) -> Value {
     let mut event = payload.clone();
     if let Value::Object(map) = &mut event {
         map.insert("id".into(), json!(event_id));
@@ -215,7 +224,15 @@ pub fn sample_context(kind: &str, channel: Channel) -> Option<Value> {
         city: "Kazan".into(),
     };
     let payload = serde_json::to_value(&event).expect("events serialize");
-    Some(context(1, kind, "2026-01-15T10:00:00Z", &payload, &member, channel, "https://loyalty.example/v1/unsubscribe?token=sample"))
+    Some(context(
+        1,
+        kind,
+        "2026-01-15T10:00:00Z",
+        &payload,
+        &member,
+        channel,
+        "https://loyalty.example/v1/unsubscribe?token=sample",
+    ))
 }
 
 #[cfg(test)]
@@ -252,7 +269,11 @@ mod tests {
 
     #[test]
     fn the_html_part_is_escaped_and_the_text_part_is_not() {
-        let template = Template { subject: Some("S".into()), text: "{{ member.name }}".into(), html: Some("<p>{{ member.name }}</p>".into()) };
+        let template = Template {
+            subject: Some("S".into()),
+            text: "{{ member.name }}".into(),
+            html: Some("<p>{{ member.name }}</p>".into()),
+        };
         let member = MemberView { name: "<Anna & Co>".into(), ..MemberView::default() };
         let ctx = context(1, "member_created", "t", &json!({"type": "member_created"}), &member, Channel::Email, "u");
         let rendered = render(&template, &ctx).unwrap();

@@ -7,7 +7,12 @@ use crate::db::{DeliveryRow, WebhookRow};
 use crate::http::{check_response, describe};
 use crate::signing::{self, DELIVERY_ID_HEADER, EVENT_HEADER, SIGNATURE_HEADER};
 
-pub async fn send(client: &reqwest::Client, webhook: &WebhookRow, delivery: &DeliveryRow, now: Timestamp) -> Result<(), String> {
+pub async fn send(
+    client: &reqwest::Client,
+    webhook: &WebhookRow,
+    delivery: &DeliveryRow,
+    now: Timestamp,
+) -> Result<(), String> {
     let body = delivery.payload.as_bytes().to_vec();
     let signature = signing::signature_header(&webhook.signing_secrets(now), now.as_second(), &body);
     let response = client

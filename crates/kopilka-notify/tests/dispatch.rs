@@ -166,7 +166,12 @@ async fn sms_push_and_telegram_go_out_in_their_providers_formats() {
     let provider = Receiver::start(0).await;
     configure(&h, Channel::Sms, json!({"provider": "twilio", "account_sid": "AC123", "auth_token": "tw-secret", "from": "+15550001", "base_url": provider.url})).await;
     configure(&h, Channel::Push, json!({"provider": "fcm", "project_id": "kopilka-test", "access_token": "ya29.token", "base_url": provider.url})).await;
-    configure(&h, Channel::Messenger, json!({"provider": "telegram", "bot_token": "123:ABC", "base_url": provider.url})).await;
+    configure(
+        &h,
+        Channel::Messenger,
+        json!({"provider": "telegram", "bot_token": "123:ABC", "base_url": provider.url}),
+    )
+    .await;
     for channel in [Channel::Sms, Channel::Push, Channel::Messenger] {
         template(&h, "points_earn", channel, Some("Баллы"), "+{{ event.points }} баллов", None).await;
     }
@@ -222,7 +227,12 @@ async fn the_generic_adapter_sends_the_described_request() {
 async fn consent_opt_outs_the_daily_cap_and_quiet_hours_are_respected_and_suppressions_logged() {
     let h = Harness::new().await;
     let provider = Receiver::start(0).await;
-    configure(&h, Channel::Sms, json!({"provider": "twilio", "account_sid": "AC1", "auth_token": "t", "from": "+1", "base_url": provider.url})).await;
+    configure(
+        &h,
+        Channel::Sms,
+        json!({"provider": "twilio", "account_sid": "AC1", "auth_token": "t", "from": "+1", "base_url": provider.url}),
+    )
+    .await;
     template(&h, "points_earn", Channel::Sms, None, "+{{ event.points }}", None).await;
     let settings = Settings { daily_cap_per_member: 2, ..Settings::default() };
     db::put_settings(h.pool(), h.tenant, &settings, h.now()).await.unwrap();
@@ -252,10 +262,7 @@ async fn consent_opt_outs_the_daily_cap_and_quiet_hours_are_respected_and_suppre
     assert_eq!(provider.seen().len(), 2);
 
     // The next day at 23:30 Moscow time, within quiet hours: delayed to 09:00, not dropped.
-    let quiet = Settings {
-        quiet_hours: Some(QuietHours { start: "22:00".into(), end: "09:00".into() }),
-        ..settings
-    };
+    let quiet = Settings { quiet_hours: Some(QuietHours { start: "22:00".into(), end: "09:00".into() }), ..settings };
     db::put_settings(h.pool(), h.tenant, &quiet, h.now()).await.unwrap();
     h.advance(SignedDuration::from_mins(24 * 60 + 10 * 60 + 30));
     let event = h.event(&points_earned(1, 1)).await;

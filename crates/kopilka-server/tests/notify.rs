@@ -106,7 +106,10 @@ async fn a_purchase_sends_an_email_to_a_real_smtp_server_and_a_signed_webhook() 
     configure_email(&app, &smtp).await;
     subscribe(&app, &hook, &url, json!(["purchase_recorded", "points_earn"])).await;
     let member = app
-        .post("/v1/members", json!({ "card": "C-1", "email": "anna@example.com", "name": "Anna", "consents": { "email": true } }))
+        .post(
+            "/v1/members",
+            json!({ "card": "C-1", "email": "anna@example.com", "name": "Anna", "consents": { "email": true } }),
+        )
         .await;
     assert_eq!(member.status, 201, "{:?}", member.body);
     let member = member.body["id"].as_i64().unwrap();
@@ -145,7 +148,8 @@ async fn a_purchase_sends_an_email_to_a_real_smtp_server_and_a_signed_webhook() 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let log = app.get("/v1/deliveries?event=points_earn").await;
-    let channels: Vec<&str> = log.body["items"].as_array().unwrap().iter().map(|d| d["channel"].as_str().unwrap()).collect();
+    let channels: Vec<&str> =
+        log.body["items"].as_array().unwrap().iter().map(|d| d["channel"].as_str().unwrap()).collect();
     assert_eq!(channels.len(), 2, "{:?}", log.body);
     assert!(log.body["items"].as_array().unwrap().iter().all(|d| d["status"] == "delivered"), "{:?}", log.body);
 
@@ -202,9 +206,10 @@ async fn a_server_stopped_between_commit_and_dispatch_delivers_after_restart() {
     let created = post("/v1/webhooks", "hook-1", json!({ "url": url })).await.unwrap().json::<Value>().await.unwrap();
     *hook.secret.lock().unwrap() = created["secret"].as_str().unwrap().to_string();
     let member = post("/v1/members", "m-1", json!({ "card": "C-1" })).await.unwrap().json::<Value>().await.unwrap();
-    let purchase = post("/v1/purchases", "p-1", support::purchase_body(member["id"].as_i64().unwrap(), "R-1", 1_000_00, 0))
-        .await
-        .unwrap();
+    let purchase =
+        post("/v1/purchases", "p-1", support::purchase_body(member["id"].as_i64().unwrap(), "R-1", 1_000_00, 0))
+            .await
+            .unwrap();
     assert_eq!(purchase.status(), 201);
     stop.send(()).unwrap();
     http.await.unwrap();
@@ -241,13 +246,21 @@ async fn bad_templates_and_provider_configs_are_refused_naming_the_field_and_not
     assert_eq!(app.get("/v1/templates").await.body["items"], json!([]));
 
     let preview = app
-        .post("/v1/templates/preview", json!({ "event_kind": "points_earn", "channel": "sms", "language": "ru",
-                                               "template": { "text": "{{ member.name }}: +{{ event.points }}" } }))
+        .post(
+            "/v1/templates/preview",
+            json!({ "event_kind": "points_earn", "channel": "sms", "language": "ru",
+                                               "template": { "text": "{{ member.name }}: +{{ event.points }}" } }),
+        )
         .await;
     assert_eq!(preview.status, 200, "{:?}", preview.body);
     assert_eq!(preview.body["rendered"]["text"], "Anna: +39");
 
-    let port = put(&app, "/v1/channels/email", json!({ "provider": "smtp", "host": "127.0.0.1", "port": "x", "security": "plain", "from": "a@b.c" })).await;
+    let port = put(
+        &app,
+        "/v1/channels/email",
+        json!({ "provider": "smtp", "host": "127.0.0.1", "port": "x", "security": "plain", "from": "a@b.c" }),
+    )
+    .await;
     assert_eq!(port.status, 422);
     assert_eq!(port.code(), "channel_config_invalid");
     assert_eq!(port.body["field"], "config.port");
@@ -259,7 +272,9 @@ async fn bad_templates_and_provider_configs_are_refused_naming_the_field_and_not
 
     // Secrets are shown once: not in listings, not in a retry's stored answer.
     let secret_config = json!({ "provider": "telegram", "bot_token": "123:SECRET" });
-    let saved = app.send("PUT", "/v1/channels/messenger", &app.admin_key, Some("tg"), Some(secret_config.to_string().into_bytes())).await;
+    let saved = app
+        .send("PUT", "/v1/channels/messenger", &app.admin_key, Some("tg"), Some(secret_config.to_string().into_bytes()))
+        .await;
     assert_eq!(saved.body["config"]["bot_token"], "***");
     assert!(!app.get("/v1/channels").await.bytes.windows(6).any(|w| w == b"SECRET"));
     let body = json!({ "url": "http://127.0.0.1:9/hook" }).to_string().into_bytes();
@@ -268,7 +283,9 @@ async fn bad_templates_and_provider_configs_are_refused_naming_the_field_and_not
     assert!(first.body["secret"].as_str().unwrap().starts_with("whsec_"));
     assert!(retry.replayed && retry.body["id"] == first.body["id"]);
     assert!(!retry.body["secret"].as_str().unwrap().starts_with("whsec_"));
-    let other = app.send("POST", "/v1/webhooks", &app.admin_key, Some("wh"), Some(b"{\"url\":\"http://127.0.0.1:9/x\"}".to_vec())).await;
+    let other = app
+        .send("POST", "/v1/webhooks", &app.admin_key, Some("wh"), Some(b"{\"url\":\"http://127.0.0.1:9/x\"}".to_vec()))
+        .await;
     assert_eq!(other.code(), "idempotency_key_reused");
     let listed = app.get("/v1/webhooks").await;
     assert_eq!(listed.body["items"].as_array().unwrap().len(), 1);
@@ -286,8 +303,12 @@ async fn an_unreachable_provider_leaves_the_message_queued_with_its_error() {
     drop(listener);
     let config = json!({ "provider": "twilio", "account_sid": "AC1", "auth_token": "secret-token", "from": "+1", "base_url": closed });
     assert_eq!(put(&app, "/v1/channels/sms", config).await.status, 200);
-    assert_eq!(put(&app, "/v1/templates/points_earn/sms/ru", json!({ "text": "+{{ event.points }}" })).await.status, 200);
-    let member = app.post("/v1/members", json!({ "card": "C-1", "phone": "+79120000001", "consents": { "sms": true } })).await;
+    assert_eq!(
+        put(&app, "/v1/templates/points_earn/sms/ru", json!({ "text": "+{{ event.points }}" })).await.status,
+        200
+    );
+    let member =
+        app.post("/v1/members", json!({ "card": "C-1", "phone": "+79120000001", "consents": { "sms": true } })).await;
     let member = member.body["id"].as_i64().unwrap();
     app.purchase(member, "R-1", 1_000_00).await;
     let mut failed = Value::Null;

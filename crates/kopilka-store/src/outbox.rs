@@ -112,15 +112,12 @@ pub async fn advance_cursor(
 
 /// A member as a consumer sees it inside its own transaction (`Store::member` reads through the
 /// server's pool instead).
-pub async fn member(
-    conn: &mut SqliteConnection,
-    tenant: TenantId,
-    id: MemberId,
-) -> Result<Option<crate::MemberRow>> {
-    let row = sqlx::query(&format!("SELECT {} FROM members WHERE tenant_id = ? AND id = ?", crate::batch::MEMBER_COLUMNS))
-        .bind(tenant.0)
-        .bind(id.0)
-        .fetch_optional(&mut *conn)
-        .await?;
+pub async fn member(conn: &mut SqliteConnection, tenant: TenantId, id: MemberId) -> Result<Option<crate::MemberRow>> {
+    let row =
+        sqlx::query(&format!("SELECT {} FROM members WHERE tenant_id = ? AND id = ?", crate::batch::MEMBER_COLUMNS))
+            .bind(tenant.0)
+            .bind(id.0)
+            .fetch_optional(&mut *conn)
+            .await?;
     row.as_ref().map(crate::batch::member_of_row).transpose()
 }

@@ -77,21 +77,24 @@ impl Harness {
     /// Appends an event to the outbox as the writer would; returns its id.
     pub async fn event(&self, event: &kopilka_core::DomainEvent) -> i64 {
         let id = self.next_event.fetch_add(1, Ordering::Relaxed);
-        sqlx::query("INSERT INTO events (tenant_id, id, kind, member_id, payload, occurred_at) VALUES (?, ?, ?, ?, ?, ?)")
-            .bind(self.tenant.0)
-            .bind(id)
-            .bind(event.kind())
-            .bind(event.member_id().0)
-            .bind(serde_json::to_string(event).unwrap())
-            .bind(self.now().as_microsecond())
-            .execute(self.pool())
-            .await
-            .unwrap();
+        sqlx::query(
+            "INSERT INTO events (tenant_id, id, kind, member_id, payload, occurred_at) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(self.tenant.0)
+        .bind(id)
+        .bind(event.kind())
+        .bind(event.member_id().0)
+        .bind(serde_json::to_string(event).unwrap())
+        .bind(self.now().as_microsecond())
+        .execute(self.pool())
+        .await
+        .unwrap();
         id
     }
 
     pub async fn deliveries(&self) -> Vec<kopilka_notify::db::DeliveryRow> {
-        let mut rows = kopilka_notify::db::deliveries(self.pool(), self.tenant, &Default::default(), 500).await.unwrap();
+        let mut rows =
+            kopilka_notify::db::deliveries(self.pool(), self.tenant, &Default::default(), 500).await.unwrap();
         rows.sort_by(|a, b| a.id.cmp(&b.id));
         rows
     }
@@ -170,7 +173,13 @@ impl Receiver {
     }
 }
 
-async fn record(State(state): State<ReceiverState>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> (StatusCode, String) {
+async fn record(
+    State(state): State<ReceiverState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, String) {
     let failing = state.fail_first.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
     let status = if failing { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::OK };
     state.seen.lock().unwrap().push(Recorded {

@@ -185,7 +185,12 @@ async fn list_webhooks(State(state): State<AppState>, caller: Caller) -> Answer 
     Ok(json_response(StatusCode::OK, &json!({ "items": rows.iter().map(webhook_view).collect::<Vec<_>>() })))
 }
 
-async fn delete_webhook(State(state): State<AppState>, caller: Caller, Path(id): Path<i64>, m: Mutation<Value>) -> Answer {
+async fn delete_webhook(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    m: Mutation<Value>,
+) -> Answer {
     let tenant = caller.tenant_for(ADMINS)?;
     once(&state, tenant, &m.idempotency, async {
         db::delete_webhook(&state.store.pool, tenant, id, state.clock.now()).await?;
@@ -194,7 +199,12 @@ async fn delete_webhook(State(state): State<AppState>, caller: Caller, Path(id):
     .await
 }
 
-async fn rotate_secret(State(state): State<AppState>, caller: Caller, Path(id): Path<i64>, m: Mutation<Value>) -> Answer {
+async fn rotate_secret(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    m: Mutation<Value>,
+) -> Answer {
     let tenant = caller.tenant_for(ADMINS)?;
     once(&state, tenant, &m.idempotency, async {
         let row = db::rotate_webhook_secret(&state.store.pool, tenant, id, state.clock.now()).await?;
@@ -223,20 +233,16 @@ async fn list_deliveries(State(state): State<AppState>, caller: Caller, Query(qu
     let status = match query.status.as_deref() {
         None => None,
         Some(text) => Some(DeliveryStatus::parse(text).ok_or_else(|| {
-            ApiError::bad_request(
-                "validation_failed",
-                "status",
-                "one of pending, delivered, failed, dead, suppressed",
-            )
+            ApiError::bad_request("validation_failed", "status", "one of pending, delivered, failed, dead, suppressed")
         })?),
     };
-    let mut filter = DeliveryFilter { status, member_id: query.member_id, channel: query.channel, ..Default::default() };
-    match query.event {
-        Some(event) => match event.parse::<i64>() {
+    let mut filter =
+        DeliveryFilter { status, member_id: query.member_id, channel: query.channel, ..Default::default() };
+    if let Some(event) = query.event {
+        match event.parse::<i64>() {
             Ok(id) => filter.event_id = Some(id),
             Err(_) => filter.event_kind = Some(event),
-        },
-        None => {}
+        }
     }
     let rows = db::deliveries(&state.store.pool, tenant, &filter, query.limit.unwrap_or(100)).await?;
     Ok(json_response(StatusCode::OK, &json!({ "items": rows })))
@@ -250,7 +256,12 @@ async fn get_delivery(State(state): State<AppState>, caller: Caller, Path(id): P
     Ok(json_response(StatusCode::OK, &serde_json::to_value(&row).expect("rows serialize")))
 }
 
-async fn replay_delivery(State(state): State<AppState>, caller: Caller, Path(id): Path<String>, m: Mutation<Value>) -> Answer {
+async fn replay_delivery(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    m: Mutation<Value>,
+) -> Answer {
     let tenant = caller.tenant_for(ADMINS)?;
     once(&state, tenant, &m.idempotency, async {
         let row = db::replay(&state.store.pool, tenant, &id, state.clock.now()).await?;
@@ -270,7 +281,12 @@ async fn list_channels(State(state): State<AppState>, caller: Caller) -> Answer 
     Ok(json_response(StatusCode::OK, &json!({ "items": items })))
 }
 
-async fn put_channel(State(state): State<AppState>, caller: Caller, Path(channel): Path<String>, m: Mutation<Value>) -> Answer {
+async fn put_channel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(channel): Path<String>,
+    m: Mutation<Value>,
+) -> Answer {
     let tenant = caller.tenant_for(ADMINS)?;
     let channel = channel_of(&channel)?;
     let config = channel_config::parse(channel, &m.body)?;
@@ -281,7 +297,12 @@ async fn put_channel(State(state): State<AppState>, caller: Caller, Path(channel
     .await
 }
 
-async fn delete_channel(State(state): State<AppState>, caller: Caller, Path(channel): Path<String>, m: Mutation<Value>) -> Answer {
+async fn delete_channel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(channel): Path<String>,
+    m: Mutation<Value>,
+) -> Answer {
     let tenant = caller.tenant_for(ADMINS)?;
     let channel = channel_of(&channel)?;
     once(&state, tenant, &m.idempotency, async {
@@ -408,7 +429,12 @@ async fn put_contact(
     }
     let address = m.body.address.trim().to_string();
     if address.is_empty() || address.len() > ADDRESS_LEN_MAX {
-        return Err(NotifyError::invalid("validation_failed", "address", format!("must be 1 to {ADDRESS_LEN_MAX} bytes")).into());
+        return Err(NotifyError::invalid(
+            "validation_failed",
+            "address",
+            format!("must be 1 to {ADDRESS_LEN_MAX} bytes"),
+        )
+        .into());
     }
     crate::api::member_or_404(&state, tenant, id).await?;
     once(&state, tenant, &m.idempotency, async {
@@ -432,7 +458,12 @@ async fn list_opt_outs(State(state): State<AppState>, caller: Caller, Path(id): 
     Ok(json_response(StatusCode::OK, &json!({ "member_id": id, "opted_out": channels })))
 }
 
-async fn opt_out(State(state): State<AppState>, caller: Caller, Path(id): Path<i64>, m: Mutation<OptOutRequest>) -> Answer {
+async fn opt_out(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    m: Mutation<OptOutRequest>,
+) -> Answer {
     let tenant = caller.tenant_for(TILLS)?;
     let channel = channel_of(&m.body.channel)?;
     crate::api::member_or_404(&state, tenant, id).await?;
