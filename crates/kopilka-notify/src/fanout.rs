@@ -1,7 +1,7 @@
 //! From events to deliveries: one pass over each tenant's outbox past its cursor.
 //!
-//! Everything a pass decides is written in one `BEGIN IMMEDIATE` transaction together with the
-//! cursor's advance: a crash before the commit leaves the cursor where it was and the next pass
+//! What a pass decides for a tenant is written in one `BEGIN IMMEDIATE` transaction together with
+//! that tenant's cursor advance: a crash before the commit leaves the cursor where it was and the next pass
 //! redoes the same events; after it, the deliveries exist and the events are not read again. So an
 //! event is fanned out exactly once, and a delivery's id (event and target) is stable.
 //!
@@ -44,37 +44,44 @@ impl TenantPolicy {
 }
 
 /// Fans out up to `EVENTS_PER_PASS_MAX` events of every tenant; returns how many were consumed.
+/// Each tenant is its own transaction, so the write lock is held for one tenant's batch at a
+/// time, and only when that tenant has new events (checked first without the lock).
 pub async fn pass(conn: &mut SqliteConnection, now: Timestamp) -> Result<usize> {
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-    match pass_in_transaction(conn, now).await {
-        Ok(consumed) => {
-            sqlx::query("COMMIT").execute(&mut *conn).await?;
-            Ok(consumed)
-        }
-        Err(error) => {
-            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-            Err(error)
-        }
-    }
-}
-
-async fn pass_in_transaction(conn: &mut SqliteConnection, now: Timestamp) -> Result<usize> {
     let mut consumed = 0;
     for (tenant, cursor) in outbox::cursors(conn).await? {
-        let events = outbox::events_after(conn, tenant, cursor, EVENTS_PER_PASS_MAX).await?;
-        let Some(last) = events.last().map(|e| e.id) else { continue };
-        let policy = load_policy(conn, tenant, now).await?;
-        let mut rows = Vec::new();
-        let mut sent_today: HashMap<MemberId, i64> = HashMap::new();
-        for event in &events {
-            webhook_deliveries(&policy, event, now, &mut rows);
-            member_messages(conn, &policy, event, now, &mut sent_today, &mut rows).await?;
+        if outbox::events_after(conn, tenant, cursor, 1).await?.is_empty() {
+            continue;
         }
-        db::insert_deliveries(conn, &rows).await?;
-        outbox::advance_cursor(conn, tenant, last, now).await?;
-        consumed += events.len();
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        match tenant_in_transaction(conn, tenant, now).await {
+            Ok(count) => {
+                sqlx::query("COMMIT").execute(&mut *conn).await?;
+                consumed += count;
+            }
+            Err(error) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                return Err(error);
+            }
+        }
     }
     Ok(consumed)
+}
+
+async fn tenant_in_transaction(conn: &mut SqliteConnection, tenant: TenantId, now: Timestamp) -> Result<usize> {
+    // Read again under the write lock: the cursor read before the lock may have moved since.
+    let cursor = outbox::cursors(conn).await?.into_iter().find(|(t, _)| *t == tenant).map_or(0, |(_, c)| c);
+    let events = outbox::events_after(conn, tenant, cursor, EVENTS_PER_PASS_MAX).await?;
+    let Some(last) = events.last().map(|e| e.id) else { return Ok(0) };
+    let policy = load_policy(conn, tenant, now).await?;
+    let mut rows = Vec::new();
+    let mut sent_today: HashMap<MemberId, i64> = HashMap::new();
+    for event in &events {
+        webhook_deliveries(&policy, event, now, &mut rows);
+        member_messages(conn, &policy, event, now, &mut sent_today, &mut rows).await?;
+    }
+    db::insert_deliveries(conn, &rows).await?;
+    outbox::advance_cursor(conn, tenant, last, now).await?;
+    Ok(events.len())
 }
 
 async fn load_policy(conn: &mut SqliteConnection, tenant: TenantId, now: Timestamp) -> Result<TenantPolicy> {

@@ -274,3 +274,27 @@ async fn consent_opt_outs_the_daily_cap_and_quiet_hours_are_respected_and_suppre
     h.dispatcher.drain().await.unwrap();
     assert_eq!(provider.seen().len(), 3, "sent when the quiet hours ended");
 }
+
+#[tokio::test]
+async fn after_a_rotation_deliveries_verify_with_the_old_secret_until_the_grace_period_ends() {
+    let h = Harness::new().await;
+    let receiver = Receiver::start(0).await;
+    let old = subscribe(&h, &receiver.url, &[]).await;
+    let new = db::rotate_webhook_secret(h.pool(), h.tenant, old.id, h.now()).await.unwrap();
+    assert_ne!(old.secret, new.secret);
+    h.event(&points_earned(1, 1)).await;
+    h.dispatcher.drain().await.unwrap();
+    h.advance(db::SECRET_GRACE + SignedDuration::from_secs(1));
+    h.event(&points_earned(1, 2)).await;
+    h.dispatcher.drain().await.unwrap();
+
+    let seen = receiver.wait_for(2).await;
+    let verify = |request: &support::Recorded, secret: &str, at: i64| {
+        signing::verify(&request.header("kopilka-signature"), &request.body, secret, at, 300).is_ok()
+    };
+    let first_at = support::START.parse::<jiff::Timestamp>().unwrap().as_second();
+    assert!(verify(&seen[0], new.secret.expose(), first_at) && verify(&seen[0], old.secret.expose(), first_at));
+    let later = h.now().as_second();
+    assert!(verify(&seen[1], new.secret.expose(), later));
+    assert!(!verify(&seen[1], old.secret.expose(), later), "the old secret expired with its grace period");
+}
