@@ -443,6 +443,35 @@ pub async fn messages_in(
     .await?)
 }
 
+/// Forgets what notifications hold of an erased member: the addresses and rendered messages of
+/// their deliveries (unsent ones are suppressed), their contacts. Webhook bodies hold only ids and
+/// stay; the log keeps each delivery's id, kind and status.
+pub async fn erase_member(
+    conn: &mut SqliteConnection,
+    tenant: TenantId,
+    member: MemberId,
+    now: Timestamp,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE deliveries SET target = '', payload = '{}', last_error = NULL, updated_at = ?,
+           status = CASE WHEN status IN ('pending', 'failed') THEN 'suppressed' ELSE status END,
+           reason = CASE WHEN status IN ('pending', 'failed') THEN 'member_erased' ELSE reason END,
+           next_attempt_at = CASE WHEN status IN ('pending', 'failed') THEN NULL ELSE next_attempt_at END
+         WHERE tenant_id = ? AND member_id = ? AND channel <> 'webhook'",
+    )
+    .bind(micros::of(now))
+    .bind(tenant.0)
+    .bind(member.0)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM member_contacts WHERE tenant_id = ? AND member_id = ?")
+        .bind(tenant.0)
+        .bind(member.0)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 /// A delivery as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DeliveryRow {

@@ -76,6 +76,11 @@ async fn tenant_in_transaction(conn: &mut SqliteConnection, tenant: TenantId, no
     let mut rows = Vec::new();
     let mut sent_today: HashMap<MemberId, i64> = HashMap::new();
     for event in &events {
+        if let (Some(member), "member_erased") = (event.member_id, event.kind.as_str()) {
+            db::insert_deliveries(conn, &rows).await?;
+            rows.clear();
+            db::erase_member(conn, tenant, member, now).await?;
+        }
         webhook_deliveries(&policy, event, now, &mut rows);
         member_messages(conn, &policy, event, now, &mut sent_today, &mut rows).await?;
     }

@@ -298,3 +298,23 @@ async fn after_a_rotation_deliveries_verify_with_the_old_secret_until_the_grace_
     assert!(verify(&seen[1], new.secret.expose(), later));
     assert!(!verify(&seen[1], old.secret.expose(), later), "the old secret expired with its grace period");
 }
+
+#[tokio::test]
+async fn erasing_a_member_clears_their_addresses_and_messages_from_the_delivery_log() {
+    let h = Harness::new().await;
+    configure(&h, Channel::Sms, json!({"provider": "twilio", "account_sid": "AC1", "auth_token": "t", "from": "+1", "base_url": closed_url().await})).await;
+    template(&h, "points_earn", Channel::Sms, None, "+{{ event.points }} для {{ member.name }}", None).await;
+    h.member(1, json!({"sms": true})).await;
+    h.event(&points_earned(1, 5)).await;
+    h.dispatcher.drain().await.unwrap();
+    let before = h.deliveries().await;
+    assert_eq!((before[0].status, before[0].target.as_str()), (DeliveryStatus::Failed, "+79120000001"));
+    h.event(&kopilka_core::DomainEvent::MemberErased { member_id: MemberId(1) }).await;
+    h.dispatcher.drain().await.unwrap();
+    let after = &h.deliveries().await[0];
+    assert_eq!(
+        (after.status, after.reason.as_deref(), after.target.as_str()),
+        (DeliveryStatus::Suppressed, Some("member_erased"), "")
+    );
+    assert_eq!(after.payload, "{}");
+}
