@@ -332,3 +332,45 @@ async fn an_unreachable_provider_leaves_the_message_queued_with_its_error() {
     assert_eq!(replayed.body["id"], id);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn members_opt_out_and_back_in_through_the_api_and_settings_are_validated() {
+    let app = spawn_app().await;
+    let member = app.create_member("C-1").await;
+    let out = app.post(&format!("/v1/members/{member}/opt-outs"), json!({ "channel": "sms" })).await;
+    assert_eq!(out.status, 201, "{:?}", out.body);
+    assert_eq!(app.get(&format!("/v1/members/{member}/opt-outs")).await.body["opted_out"], json!(["sms"]));
+    let key = app.fresh_key();
+    let back =
+        app.send("DELETE", &format!("/v1/members/{member}/opt-outs/sms"), &app.admin_key, Some(&key), None).await;
+    assert_eq!(back.status, 200, "{:?}", back.body);
+    assert_eq!(app.get(&format!("/v1/members/{member}/opt-outs")).await.body["opted_out"], json!([]));
+    let unknown = app.post("/v1/members/999/opt-outs", json!({ "channel": "sms" })).await;
+    assert_eq!(unknown.code(), "member_not_found");
+
+    let contact = put(&app, &format!("/v1/members/{member}/contacts/push"), json!({ "address": "fcm-token" })).await;
+    assert_eq!(contact.status, 200, "{:?}", contact.body);
+    let email_contact = put(&app, &format!("/v1/members/{member}/contacts/email"), json!({ "address": "a@b.c" })).await;
+    assert_eq!(email_contact.status, 422);
+
+    let zone = put(&app, "/v1/notifications/settings", json!({ "time_zone": "Mars/Olympus" })).await;
+    assert_eq!((zone.status.as_u16(), zone.body["field"].as_str()), (422, Some("time_zone")));
+    let quiet =
+        put(&app, "/v1/notifications/settings", json!({ "quiet_hours": { "start": "22:00", "end": "9" } })).await;
+    assert_eq!(quiet.body["field"], "quiet_hours.end");
+    let fine = put(
+        &app,
+        "/v1/notifications/settings",
+        json!({ "quiet_hours": { "start": "22:00", "end": "09:00" }, "daily_cap_per_member": 3 }),
+    )
+    .await;
+    assert_eq!(fine.status, 200, "{:?}", fine.body);
+    assert_eq!(app.get("/v1/notifications/settings").await.body["daily_cap_per_member"], 3);
+
+    let analyst = app.create_key("analyst").await;
+    let refused = app.post_as(&analyst, "/v1/webhooks", json!({ "url": "http://127.0.0.1:9/x" })).await;
+    assert_eq!(refused.code(), "forbidden_role");
+    let bad_token = app.client.get(format!("{}/v1/unsubscribe?token=1.1.email.00", app.base)).send().await.unwrap();
+    assert_eq!(bad_token.status(), 400);
+    app.stop().await;
+}
