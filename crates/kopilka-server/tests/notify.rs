@@ -374,3 +374,21 @@ async fn members_opt_out_and_back_in_through_the_api_and_settings_are_validated(
     assert_eq!(bad_token.status(), 400);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_the_notification_routes() {
+    let app = spawn_app().await;
+    let spec: Value =
+        app.client.get(format!("{}/v1/openapi.json", app.base)).send().await.unwrap().json().await.unwrap();
+    for path in [
+        "/v1/webhooks",
+        "/v1/deliveries/{id}/replay",
+        "/v1/channels/{channel}",
+        "/v1/templates/preview",
+        "/v1/unsubscribe",
+    ] {
+        assert!(spec["paths"].get(path).is_some(), "{path} is missing");
+    }
+    assert!(spec["paths"].get("/v1/purchases").is_some(), "the ledger's routes are still there");
+    app.stop().await;
+}

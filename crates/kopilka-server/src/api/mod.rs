@@ -92,7 +92,9 @@ pub(crate) async fn member_or_404(
 }
 
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+    let mut doc = ApiDoc::openapi();
+    doc.merge(notify::NotifyDoc::openapi());
+    Json(doc)
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {

@@ -30,6 +30,36 @@ use crate::extract::{parse_json, Mutation, Query};
 /// The longest contact address (push token, chat id) accepted.
 const ADDRESS_LEN_MAX: usize = 4_096;
 
+/// The OpenAPI document of these routes, merged into the API's.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(
+        create_webhook,
+        list_webhooks,
+        delete_webhook,
+        rotate_secret,
+        list_deliveries,
+        get_delivery,
+        replay_delivery,
+        list_channels,
+        put_channel,
+        delete_channel,
+        list_templates,
+        put_template,
+        delete_template,
+        preview_template,
+        get_settings,
+        put_settings,
+        put_contact,
+        list_opt_outs,
+        opt_out,
+        opt_in,
+        unsubscribe,
+    ),
+    components(schemas(WebhookRequest, ContactRequest, OptOutRequest))
+)]
+pub struct NotifyDoc;
+
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/webhooks", post(create_webhook).get(list_webhooks))
@@ -145,7 +175,7 @@ fn channel_of(text: &str) -> Result<Channel, NotifyApiError> {
     })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookRequest {
     pub url: String,
@@ -163,6 +193,9 @@ fn webhook_view(row: &db::WebhookRow) -> Value {
     })
 }
 
+#[utoipa::path(post, path = "/v1/webhooks", tag = "notifications", request_body = WebhookRequest,
+    params(("Idempotency-Key" = String, Header, description = "unique per intended change")),
+    responses((status = 201, description = "the subscription with its secret, shown this once"), (status = 422, body = Problem)))]
 async fn create_webhook(State(state): State<AppState>, caller: Caller, m: Mutation<WebhookRequest>) -> Answer {
     let tenant = caller.tenant_for(ADMINS)?;
     let url = m.body.url.trim().to_string();
@@ -178,6 +211,7 @@ async fn create_webhook(State(state): State<AppState>, caller: Caller, m: Mutati
     .await
 }
 
+#[utoipa::path(get, path = "/v1/webhooks", tag = "notifications", responses((status = 200, description = "subscriptions, without secrets")))]
 async fn list_webhooks(State(state): State<AppState>, caller: Caller) -> Answer {
     let tenant = caller.tenant_for(READERS)?;
     let mut conn = state.store.pool.acquire().await?;
@@ -185,6 +219,8 @@ async fn list_webhooks(State(state): State<AppState>, caller: Caller) -> Answer 
     Ok(json_response(StatusCode::OK, &json!({ "items": rows.iter().map(webhook_view).collect::<Vec<_>>() })))
 }
 
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "notifications",
+    params(("id" = i64, Path), ("Idempotency-Key" = String, Header, description = "unique per intended change")), responses((status = 200), (status = 404, body = Problem)))]
 async fn delete_webhook(
     State(state): State<AppState>,
     caller: Caller,
@@ -199,6 +235,9 @@ async fn delete_webhook(
     .await
 }
 
+#[utoipa::path(post, path = "/v1/webhooks/{id}/rotate-secret", tag = "notifications",
+    params(("id" = i64, Path), ("Idempotency-Key" = String, Header, description = "unique per intended change")),
+    responses((status = 200, description = "the new secret, shown this once; the old one signs too for 24 hours")))]
 async fn rotate_secret(
     State(state): State<AppState>,
     caller: Caller,
@@ -228,6 +267,10 @@ pub struct DeliveryQuery {
     pub limit: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/v1/deliveries", tag = "notifications",
+    params(("status" = Option<String>, Query), ("event" = Option<String>, Query, description = "an event kind or id"),
+           ("member_id" = Option<i64>, Query), ("channel" = Option<String>, Query), ("limit" = Option<i64>, Query)),
+    responses((status = 200, description = "the delivery log, newest first")))]
 async fn list_deliveries(State(state): State<AppState>, caller: Caller, Query(query): Query<DeliveryQuery>) -> Answer {
     let tenant = caller.tenant_for(READERS)?;
     let status = match query.status.as_deref() {
@@ -248,6 +291,8 @@ async fn list_deliveries(State(state): State<AppState>, caller: Caller, Query(qu
     Ok(json_response(StatusCode::OK, &json!({ "items": rows })))
 }
 
+#[utoipa::path(get, path = "/v1/deliveries/{id}", tag = "notifications", params(("id" = String, Path)),
+    responses((status = 200), (status = 404, body = Problem)))]
 async fn get_delivery(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Answer {
     let tenant = caller.tenant_for(READERS)?;
     let row = db::delivery(&state.store.pool, tenant, &id)
@@ -256,6 +301,8 @@ async fn get_delivery(State(state): State<AppState>, caller: Caller, Path(id): P
     Ok(json_response(StatusCode::OK, &serde_json::to_value(&row).expect("rows serialize")))
 }
 
+#[utoipa::path(post, path = "/v1/deliveries/{id}/replay", tag = "notifications",
+    params(("id" = String, Path), ("Idempotency-Key" = String, Header, description = "unique per intended change")), responses((status = 200), (status = 404, body = Problem), (status = 422, body = Problem)))]
 async fn replay_delivery(
     State(state): State<AppState>,
     caller: Caller,
@@ -270,6 +317,7 @@ async fn replay_delivery(
     .await
 }
 
+#[utoipa::path(get, path = "/v1/channels", tag = "notifications", responses((status = 200, description = "configurations with secrets as ***")))]
 async fn list_channels(State(state): State<AppState>, caller: Caller) -> Answer {
     let tenant = caller.tenant_for(ADMINS)?;
     let mut conn = state.store.pool.acquire().await?;
@@ -281,6 +329,9 @@ async fn list_channels(State(state): State<AppState>, caller: Caller) -> Answer 
     Ok(json_response(StatusCode::OK, &json!({ "items": items })))
 }
 
+#[utoipa::path(put, path = "/v1/channels/{channel}", tag = "notifications", request_body = Object,
+    params(("channel" = String, Path, description = "email, sms, push or messenger"), ("Idempotency-Key" = String, Header, description = "unique per intended change")),
+    responses((status = 200), (status = 422, body = Problem)))]
 async fn put_channel(
     State(state): State<AppState>,
     caller: Caller,
@@ -297,6 +348,8 @@ async fn put_channel(
     .await
 }
 
+#[utoipa::path(delete, path = "/v1/channels/{channel}", tag = "notifications",
+    params(("channel" = String, Path), ("Idempotency-Key" = String, Header, description = "unique per intended change")), responses((status = 200)))]
 async fn delete_channel(
     State(state): State<AppState>,
     caller: Caller,
@@ -312,6 +365,7 @@ async fn delete_channel(
     .await
 }
 
+#[utoipa::path(get, path = "/v1/templates", tag = "notifications", responses((status = 200)))]
 async fn list_templates(State(state): State<AppState>, caller: Caller) -> Answer {
     let tenant = caller.tenant_for(READERS)?;
     let mut conn = state.store.pool.acquire().await?;
@@ -319,6 +373,9 @@ async fn list_templates(State(state): State<AppState>, caller: Caller) -> Answer
     Ok(json_response(StatusCode::OK, &json!({ "items": rows })))
 }
 
+#[utoipa::path(put, path = "/v1/templates/{kind}/{channel}/{language}", tag = "notifications", request_body = Object,
+    params(("kind" = String, Path), ("channel" = String, Path), ("language" = String, Path), ("Idempotency-Key" = String, Header, description = "unique per intended change")),
+    responses((status = 200), (status = 422, body = Problem)))]
 async fn put_template(
     State(state): State<AppState>,
     caller: Caller,
@@ -336,6 +393,8 @@ async fn put_template(
     .await
 }
 
+#[utoipa::path(delete, path = "/v1/templates/{kind}/{channel}/{language}", tag = "notifications",
+    params(("kind" = String, Path), ("channel" = String, Path), ("language" = String, Path), ("Idempotency-Key" = String, Header, description = "unique per intended change")), responses((status = 200)))]
 async fn delete_template(
     State(state): State<AppState>,
     caller: Caller,
@@ -365,6 +424,8 @@ pub struct PreviewRequest {
 
 /// Renders a template against a sample event of its kind. Changes nothing, so it needs no
 /// idempotency key.
+#[utoipa::path(post, path = "/v1/templates/preview", tag = "notifications", request_body = Object,
+    responses((status = 200, description = "the template rendered against a sample event"), (status = 422, body = Problem)))]
 async fn preview_template(State(state): State<AppState>, caller: Caller, body: axum::body::Bytes) -> Answer {
     let tenant = caller.tenant_for(READERS)?;
     let request: PreviewRequest = parse_json(&body)?;
@@ -388,6 +449,7 @@ async fn preview_template(State(state): State<AppState>, caller: Caller, body: a
     Ok(json_response(StatusCode::OK, &json!({ "rendered": rendered, "context": context })))
 }
 
+#[utoipa::path(get, path = "/v1/notifications/settings", tag = "notifications", responses((status = 200)))]
 async fn get_settings(State(state): State<AppState>, caller: Caller) -> Answer {
     let tenant = caller.tenant_for(READERS)?;
     let mut conn = state.store.pool.acquire().await?;
@@ -395,6 +457,8 @@ async fn get_settings(State(state): State<AppState>, caller: Caller) -> Answer {
     Ok(json_response(StatusCode::OK, &serde_json::to_value(&settings).expect("settings serialize")))
 }
 
+#[utoipa::path(put, path = "/v1/notifications/settings", tag = "notifications", request_body = Object,
+    params(("Idempotency-Key" = String, Header, description = "unique per intended change")), responses((status = 200), (status = 422, body = Problem)))]
 async fn put_settings(State(state): State<AppState>, caller: Caller, m: Mutation<Settings>) -> Answer {
     let tenant = caller.tenant_for(ADMINS)?;
     m.body.validate()?;
@@ -405,12 +469,14 @@ async fn put_settings(State(state): State<AppState>, caller: Caller, m: Mutation
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContactRequest {
     pub address: String,
 }
 
+#[utoipa::path(put, path = "/v1/members/{id}/contacts/{channel}", tag = "notifications", request_body = ContactRequest,
+    params(("id" = i64, Path), ("channel" = String, Path, description = "push or messenger"), ("Idempotency-Key" = String, Header, description = "unique per intended change")), responses((status = 200)))]
 async fn put_contact(
     State(state): State<AppState>,
     caller: Caller,
@@ -444,12 +510,13 @@ async fn put_contact(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OptOutRequest {
     pub channel: String,
 }
 
+#[utoipa::path(get, path = "/v1/members/{id}/opt-outs", tag = "notifications", params(("id" = i64, Path)), responses((status = 200)))]
 async fn list_opt_outs(State(state): State<AppState>, caller: Caller, Path(id): Path<i64>) -> Answer {
     let tenant = caller.tenant_for(READERS)?;
     crate::api::member_or_404(&state, tenant, id).await?;
@@ -458,6 +525,8 @@ async fn list_opt_outs(State(state): State<AppState>, caller: Caller, Path(id): 
     Ok(json_response(StatusCode::OK, &json!({ "member_id": id, "opted_out": channels })))
 }
 
+#[utoipa::path(post, path = "/v1/members/{id}/opt-outs", tag = "notifications", request_body = OptOutRequest,
+    params(("id" = i64, Path), ("Idempotency-Key" = String, Header, description = "unique per intended change")), responses((status = 201)))]
 async fn opt_out(
     State(state): State<AppState>,
     caller: Caller,
@@ -475,6 +544,8 @@ async fn opt_out(
     .await
 }
 
+#[utoipa::path(delete, path = "/v1/members/{id}/opt-outs/{channel}", tag = "notifications",
+    params(("id" = i64, Path), ("channel" = String, Path), ("Idempotency-Key" = String, Header, description = "unique per intended change")), responses((status = 200)))]
 async fn opt_in(
     State(state): State<AppState>,
     caller: Caller,
@@ -498,6 +569,9 @@ pub struct UnsubscribeQuery {
 
 /// The link in every message: no API key, the signed token is the authority. Repeating it is
 /// harmless, which is what a link clicked twice (or fetched by a mail scanner) needs.
+#[utoipa::path(get, path = "/v1/unsubscribe", tag = "notifications", security(()),
+    params(("token" = String, Query, description = "the signed token of an unsubscribe link")),
+    responses((status = 200, description = "an HTML page"), (status = 400, body = Problem)))]
 async fn unsubscribe(State(state): State<AppState>, Query(query): Query<UnsubscribeQuery>) -> Answer {
     let invalid = || ApiError::bad_request("unsubscribe_token_invalid", "token", "the unsubscribe link is not valid");
     let (tenant, member, channel, signature) = signing::parse_unsubscribe_token(&query.token).ok_or_else(invalid)?;
