@@ -580,37 +580,25 @@ pub async fn record_attempts(conn: &mut SqliteConnection, results: &[AttemptResu
     if results.is_empty() {
         return Ok(());
     }
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-    let outcome = async {
-        for result in results {
-            sqlx::query(
-                "UPDATE deliveries SET status = ?, attempts = ?, next_attempt_at = ?, last_error = ?,
-                 delivered_at = COALESCE(?, delivered_at), updated_at = ? WHERE tenant_id = ? AND id = ?",
-            )
-            .bind(result.status.as_str())
-            .bind(result.attempts)
-            .bind(result.next_attempt_at.map(micros::of))
-            .bind(&result.last_error)
-            .bind(result.delivered_at.map(micros::of))
-            .bind(micros::of(now))
-            .bind(result.tenant_id.0)
-            .bind(&result.id)
-            .execute(&mut *conn)
-            .await?;
-        }
-        Ok::<_, sqlx::Error>(())
+    let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
+    for result in results {
+        sqlx::query(
+            "UPDATE deliveries SET status = ?, attempts = ?, next_attempt_at = ?, last_error = ?,
+             delivered_at = COALESCE(?, delivered_at), updated_at = ? WHERE tenant_id = ? AND id = ?",
+        )
+        .bind(result.status.as_str())
+        .bind(result.attempts)
+        .bind(result.next_attempt_at.map(micros::of))
+        .bind(&result.last_error)
+        .bind(result.delivered_at.map(micros::of))
+        .bind(micros::of(now))
+        .bind(result.tenant_id.0)
+        .bind(&result.id)
+        .execute(&mut *tx)
+        .await?;
     }
-    .await;
-    match outcome {
-        Ok(()) => {
-            sqlx::query("COMMIT").execute(&mut *conn).await?;
-            Ok(())
-        }
-        Err(error) => {
-            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-            Err(error.into())
-        }
-    }
+    tx.commit().await?;
+    Ok(())
 }
 
 pub async fn delivery(pool: &SqlitePool, tenant: TenantId, id: &str) -> Result<Option<DeliveryRow>> {

@@ -142,7 +142,14 @@ impl Dispatcher {
             if *shutdown.borrow() {
                 return;
             }
-            let worked = match self.run_once().await {
+            // Shutdown does not wait for a pass: its transactions roll back when dropped, and
+            // attempts whose outcome was not recorded are made again after the restart, under
+            // the same delivery ids.
+            let outcome = tokio::select! {
+                outcome = self.run_once() => outcome,
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            };
+            let worked = match outcome {
                 Ok(pass) => pass.events_fanned_out > 0 || pass.attempts > 0,
                 Err(error) => {
                     tracing::warn!(%error, "notification pass failed");

@@ -52,17 +52,11 @@ pub async fn pass(conn: &mut SqliteConnection, now: Timestamp) -> Result<usize> 
         if outbox::events_after(conn, tenant, cursor, 1).await?.is_empty() {
             continue;
         }
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-        match tenant_in_transaction(conn, tenant, now).await {
-            Ok(count) => {
-                sqlx::query("COMMIT").execute(&mut *conn).await?;
-                consumed += count;
-            }
-            Err(error) => {
-                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-                return Err(error);
-            }
-        }
+        // A sqlx transaction rolls back when dropped, so a pass cancelled at shutdown leaves
+        // nothing half-done and no lock held.
+        let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
+        consumed += tenant_in_transaction(&mut tx, tenant, now).await?;
+        tx.commit().await?;
     }
     Ok(consumed)
 }
