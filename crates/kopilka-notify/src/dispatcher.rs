@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use crate::config::ChannelConfig;
 use crate::db::{self, AttemptResult, DeliveryRow, WebhookRow};
 use crate::fanout::{self, Message};
+use crate::settings::Settings;
 use crate::{http, smtp, webhook, Channel, Clock, DeliveryStatus, Result};
 
 #[derive(Debug, Clone)]
@@ -175,11 +176,13 @@ impl Dispatcher {
         }
         let mut webhooks: HashMap<TenantId, HashMap<String, WebhookRow>> = HashMap::new();
         let mut channels: HashMap<TenantId, HashMap<Channel, ChannelConfig>> = HashMap::new();
+        let mut settings: HashMap<TenantId, Settings> = HashMap::new();
         let tenants: std::collections::BTreeSet<TenantId> = due.iter().map(|d| d.tenant_id).collect();
         for tenant in tenants {
             let rows = db::webhooks(conn, tenant).await?;
             webhooks.insert(tenant, rows.into_iter().map(|w| (w.id.to_string(), w)).collect());
             channels.insert(tenant, db::channels(conn, tenant).await?.into_iter().collect());
+            settings.insert(tenant, db::settings(conn, tenant, now).await?.0);
         }
         // Each attempt owns what it needs: a stream of borrows trips the compiler's higher-ranked
         // lifetime check when the dispatcher's future is spawned.
@@ -193,10 +196,18 @@ impl Dispatcher {
                 (delivery, webhook, config)
             })
             .collect();
+        let settings = &settings;
         let results: Vec<AttemptResult> = futures::stream::iter(attempts)
             .map(|(delivery, webhook, config)| async move {
                 let outcome = self.attempt(&delivery, webhook.as_ref(), config.as_ref(), now).await;
-                self.result_of(&delivery, outcome, now)
+                let mut result = self.result_of(&delivery, outcome, now);
+                // A retry of a message to a member waits out quiet hours like the first attempt.
+                if let (Some(at), Some(settings)) = (result.next_attempt_at, settings.get(&delivery.tenant_id)) {
+                    if delivery.channel != "webhook" {
+                        result.next_attempt_at = Some(settings.release_at(at));
+                    }
+                }
+                result
             })
             .buffer_unordered(self.config.concurrency_max)
             .collect()

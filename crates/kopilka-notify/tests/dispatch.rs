@@ -318,3 +318,23 @@ async fn erasing_a_member_clears_their_addresses_and_messages_from_the_delivery_
     );
     assert_eq!(after.payload, "{}");
 }
+
+#[tokio::test]
+async fn a_retry_of_a_message_that_would_fall_in_quiet_hours_waits_until_they_end() {
+    let h = Harness::new().await;
+    configure(&h, Channel::Sms, json!({"provider": "twilio", "account_sid": "AC1", "auth_token": "t", "from": "+1", "base_url": closed_url().await})).await;
+    template(&h, "points_earn", Channel::Sms, None, "+{{ event.points }}", None).await;
+    let quiet = Settings {
+        quiet_hours: Some(QuietHours { start: "22:00".into(), end: "09:00".into() }),
+        ..Settings::default()
+    };
+    db::put_settings(h.pool(), h.tenant, &quiet, h.now()).await.unwrap();
+    h.member(1, json!({"sms": true})).await;
+    // 21:59:50 in Moscow: the first attempt goes (and fails); the retry 15-30 s later is in quiet hours.
+    h.advance(SignedDuration::from_secs(8 * 3600 + 59 * 60 + 50));
+    h.event(&points_earned(1, 5)).await;
+    h.dispatcher.drain().await.unwrap();
+    let row = &h.deliveries().await[0];
+    assert_eq!((row.status, row.attempts), (DeliveryStatus::Failed, 1));
+    assert_eq!(row.next_attempt_at, Some("2026-01-16T06:00:00Z".parse().unwrap()));
+}
