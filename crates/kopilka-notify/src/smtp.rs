@@ -33,6 +33,24 @@ impl Header for ListUnsubscribe {
     }
 }
 
+/// RFC 8058 one-click: mail clients POST to the `List-Unsubscribe` URL instead of opening it.
+#[derive(Debug, Clone)]
+struct ListUnsubscribePost;
+
+impl Header for ListUnsubscribePost {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("List-Unsubscribe-Post")
+    }
+
+    fn parse(_: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(ListUnsubscribePost)
+    }
+
+    fn display(&self) -> HeaderValue {
+        HeaderValue::new(Self::name(), "List-Unsubscribe=One-Click".into())
+    }
+}
+
 #[derive(Debug, Clone)]
 struct DeliveryId(String);
 
@@ -60,6 +78,7 @@ pub fn build(config: &SmtpConfig, delivery_id: &str, message: &Message) -> Resul
         .subject(message.subject.clone().unwrap_or_default())
         .message_id(Some(format!("<{delivery_id}@kopilka>")))
         .header(ListUnsubscribe(format!("<{}>", message.unsubscribe_url)))
+        .header(ListUnsubscribePost)
         .header(DeliveryId(delivery_id.to_string()));
     let email = match &message.html {
         Some(html) => builder.multipart(MultiPart::alternative_plain_html(message.text.clone(), html.clone())),

@@ -149,6 +149,7 @@ async fn an_email_reaches_a_real_smtp_server_with_text_and_html_parts_and_an_uns
     assert_eq!(parsed.headers.get_first_value("Kopilka-Delivery-Id").unwrap(), delivery.id);
     let unsubscribe = parsed.headers.get_first_value("List-Unsubscribe").unwrap();
     assert!(unsubscribe.contains("/v1/unsubscribe?token=1.1.email."), "{unsubscribe}");
+    assert_eq!(parsed.headers.get_first_value("List-Unsubscribe-Post").unwrap(), "List-Unsubscribe=One-Click");
     assert_eq!(parsed.ctype.mimetype, "multipart/alternative");
     let parts: Vec<(String, String)> =
         parsed.subparts.iter().map(|p| (p.ctype.mimetype.clone(), p.get_body().unwrap())).collect();

@@ -158,6 +158,8 @@ async fn a_purchase_sends_an_email_to_a_real_smtp_server_and_a_signed_webhook() 
     let link = link.trim_matches(|c| c == '<' || c == '>');
     let page = reqwest::get(link).await.unwrap();
     assert_eq!(page.status(), 200);
+    let one_click = app.client.post(link).body("List-Unsubscribe=One-Click").send().await.unwrap();
+    assert_eq!(one_click.status(), 200, "RFC 8058 one-click, repeated, is harmless");
     let forged = reqwest::get(format!("{}0", link)).await.unwrap();
     assert_eq!(forged.status(), 400);
     let opt_outs = app.get(&format!("/v1/members/{member}/opt-outs")).await;

@@ -77,7 +77,7 @@ pub fn routes() -> Router<AppState> {
         .route("/members/{id}/contacts/{channel}", put(put_contact))
         .route("/members/{id}/opt-outs", get(list_opt_outs).post(opt_out))
         .route("/members/{id}/opt-outs/{channel}", delete(opt_in))
-        .route("/unsubscribe", get(unsubscribe))
+        .route("/unsubscribe", get(unsubscribe).post(unsubscribe))
 }
 
 /// An error of this module: the API's own, or a 422 naming the field at fault.
@@ -568,7 +568,8 @@ pub struct UnsubscribeQuery {
 }
 
 /// The link in every message: no API key, the signed token is the authority. Repeating it is
-/// harmless, which is what a link clicked twice (or fetched by a mail scanner) needs.
+/// harmless, which is what a link clicked twice needs. POST is RFC 8058's one-click unsubscribe
+/// (`List-Unsubscribe-Post`), which mail clients use without opening the page.
 #[utoipa::path(get, path = "/v1/unsubscribe", tag = "notifications", security(()),
     params(("token" = String, Query, description = "the signed token of an unsubscribe link")),
     responses((status = 200, description = "an HTML page"), (status = 400, body = Problem)))]
