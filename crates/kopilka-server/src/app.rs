@@ -99,6 +99,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Run
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let (shutdown, signal) = watch::channel(false);
+    let notify = crate::notify::start(&config.data_dir, clock.clone(), signal.clone()).await?;
     let jobs = tokio::spawn(crate::jobs::run_scheduled(
         state.store.clone(),
         state.writer.clone(),
@@ -117,5 +118,5 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Run
             tracing::error!(%error, "HTTP server failed");
         }
     });
-    Ok(Running { addr, state, shutdown, tasks: vec![http, jobs], writer_task })
+    Ok(Running { addr, state, shutdown, tasks: vec![http, jobs, notify], writer_task })
 }

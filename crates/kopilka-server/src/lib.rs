@@ -12,4 +12,5 @@ pub mod error;
 pub mod extract;
 pub mod jobs;
 pub mod metrics;
+pub mod notify;
 pub mod writer;

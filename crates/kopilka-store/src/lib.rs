@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod checkout;
+pub mod outbox;
 pub mod reads;
 pub mod rows;
 pub mod sqlite;

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod checkout;
 pub mod ledger;
 pub mod members;
+pub mod notify;
 pub mod tiers;
 
 use std::time::Instant;
@@ -80,7 +81,8 @@ pub fn router(state: AppState) -> Router {
         .route("/coupon-campaigns", post(checkout::create_campaign).get(checkout::list_campaigns))
         .route("/coupon-campaigns/{id}", get(checkout::get_campaign).patch(checkout::patch_campaign))
         .route("/coupon-campaigns/{id}/codes", post(checkout::add_codes).get(checkout::list_codes))
-        .route("/coupons/{code}", get(checkout::get_coupon));
+        .route("/coupons/{code}", get(checkout::get_coupon))
+        .merge(notify::routes());
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(healthz))
@@ -105,7 +107,9 @@ pub(crate) async fn member_or_404(
 }
 
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+    let mut doc = ApiDoc::openapi();
+    doc.merge(notify::NotifyDoc::openapi());
+    Json(doc)
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {

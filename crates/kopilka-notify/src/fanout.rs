@@ -1,0 +1,261 @@
+//! From events to deliveries: one pass over each tenant's outbox past its cursor.
+//!
+//! What a pass decides for a tenant is written in one `BEGIN IMMEDIATE` transaction together with
+//! that tenant's cursor advance: a crash before the commit leaves the cursor where it was and the next pass
+//! redoes the same events; after it, the deliveries exist and the events are not read again. So an
+//! event is fanned out exactly once, and a delivery's id (event and target) is stable.
+//!
+//! For each event: one delivery per webhook whose filter matches; and for each channel with a
+//! template for the event's kind, one message to the member, or a `suppressed` row saying why not.
+
+use std::collections::{BTreeMap, HashMap};
+
+use jiff::Timestamp;
+use kopilka_core::{MemberId, TenantId};
+use kopilka_store::outbox::{self, OutboxEvent};
+use kopilka_store::MemberRow;
+use serde_json::{json, Value};
+use sqlx::SqliteConnection;
+
+use crate::config::ChannelConfig;
+use crate::db::{self, DeliveryRow, TemplateRow, WebhookRow};
+use crate::settings::Settings;
+use crate::templates::{self, MemberView};
+use crate::{signing, Channel, DeliveryStatus, Result};
+
+/// Events read per tenant per pass: bounds the transaction, and so how long the writer may wait.
+pub const EVENTS_PER_PASS_MAX: i64 = 1_000;
+
+/// What the policy knows about a tenant during a pass.
+struct TenantPolicy {
+    webhooks: Vec<WebhookRow>,
+    templates: HashMap<(String, Channel), Vec<TemplateRow>>,
+    channels: BTreeMap<Channel, ChannelConfig>,
+    settings: Settings,
+    unsubscribe_key: Vec<u8>,
+}
+
+impl TenantPolicy {
+    /// The member's template for a kind and channel: the tenant's language, else any other.
+    fn template(&self, kind: &str, channel: Channel) -> Option<&TemplateRow> {
+        let found = self.templates.get(&(kind.to_string(), channel))?;
+        found.iter().find(|t| t.language == self.settings.language).or_else(|| found.first())
+    }
+}
+
+/// Fans out up to `EVENTS_PER_PASS_MAX` events of every tenant; returns how many were consumed.
+/// Each tenant is its own transaction, so the write lock is held for one tenant's batch at a
+/// time, and only when that tenant has new events (checked first without the lock).
+pub async fn pass(conn: &mut SqliteConnection, now: Timestamp) -> Result<usize> {
+    let mut consumed = 0;
+    for (tenant, cursor) in outbox::cursors(conn).await? {
+        if outbox::events_after(conn, tenant, cursor, 1).await?.is_empty() {
+            continue;
+        }
+        // A sqlx transaction rolls back when dropped, so a pass cancelled at shutdown leaves
+        // nothing half-done and no lock held.
+        let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
+        consumed += tenant_in_transaction(&mut tx, tenant, now).await?;
+        tx.commit().await?;
+    }
+    Ok(consumed)
+}
+
+async fn tenant_in_transaction(conn: &mut SqliteConnection, tenant: TenantId, now: Timestamp) -> Result<usize> {
+    // Read again under the write lock: the cursor read before the lock may have moved since.
+    let cursor = outbox::cursors(conn).await?.into_iter().find(|(t, _)| *t == tenant).map_or(0, |(_, c)| c);
+    let events = outbox::events_after(conn, tenant, cursor, EVENTS_PER_PASS_MAX).await?;
+    let Some(last) = events.last().map(|e| e.id) else { return Ok(0) };
+    let policy = load_policy(conn, tenant, now).await?;
+    let mut rows = Vec::new();
+    let mut sent_today: HashMap<MemberId, i64> = HashMap::new();
+    for event in &events {
+        if let (Some(member), "member_erased") = (event.member_id, event.kind.as_str()) {
+            db::insert_deliveries(conn, &rows).await?;
+            rows.clear();
+            db::erase_member(conn, tenant, member, now).await?;
+        }
+        webhook_deliveries(&policy, event, now, &mut rows);
+        member_messages(conn, &policy, event, now, &mut sent_today, &mut rows).await?;
+    }
+    db::insert_deliveries(conn, &rows).await?;
+    outbox::advance_cursor(conn, tenant, last, now).await?;
+    Ok(events.len())
+}
+
+async fn load_policy(conn: &mut SqliteConnection, tenant: TenantId, now: Timestamp) -> Result<TenantPolicy> {
+    let mut templates: HashMap<(String, Channel), Vec<TemplateRow>> = HashMap::new();
+    for row in db::templates(conn, tenant).await? {
+        templates.entry((row.event_kind.clone(), row.channel)).or_default().push(row);
+    }
+    let (settings, unsubscribe_key) = db::settings(conn, tenant, now).await?;
+    Ok(TenantPolicy {
+        webhooks: db::webhooks(conn, tenant).await?,
+        templates,
+        channels: db::channels(conn, tenant).await?.into_iter().collect(),
+        settings,
+        unsubscribe_key,
+    })
+}
+
+fn delivery(
+    event: &OutboxEvent,
+    suffix: &str,
+    channel: &str,
+    target: String,
+    payload: String,
+    now: Timestamp,
+) -> DeliveryRow {
+    DeliveryRow {
+        id: format!("dlv_{}_{}_{suffix}", event.tenant_id.0, event.id),
+        tenant_id: event.tenant_id,
+        event_id: event.id,
+        event_kind: event.kind.clone(),
+        member_id: event.member_id.map(|m| m.0),
+        channel: channel.into(),
+        target,
+        payload,
+        status: DeliveryStatus::Pending,
+        reason: None,
+        attempts: 0,
+        next_attempt_at: Some(now),
+        last_error: None,
+        created_at: now,
+        updated_at: now,
+        delivered_at: None,
+    }
+}
+
+fn webhook_deliveries(policy: &TenantPolicy, event: &OutboxEvent, now: Timestamp, rows: &mut Vec<DeliveryRow>) {
+    let data: Value = serde_json::from_str(&event.payload).unwrap_or(Value::Null);
+    for webhook in policy.webhooks.iter().filter(|w| w.matches(&event.kind)) {
+        let suffix = format!("w{}", webhook.id);
+        let id = format!("dlv_{}_{}_{suffix}", event.tenant_id.0, event.id);
+        let body = json!({
+            "delivery_id": id,
+            "tenant_id": event.tenant_id.0,
+            "event_id": event.id,
+            "kind": event.kind,
+            "occurred_at": event.occurred_at,
+            "data": data,
+        });
+        rows.push(delivery(event, &suffix, "webhook", webhook.id.to_string(), body.to_string(), now));
+    }
+}
+
+/// The message as stored in a delivery's payload: rendered once, sent as is on every attempt.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Message {
+    pub to: String,
+    pub subject: Option<String>,
+    pub text: String,
+    pub html: Option<String>,
+    pub unsubscribe_url: String,
+}
+
+fn address_of(member: &MemberRow, channel: Channel, contact: Option<String>) -> Option<String> {
+    match channel {
+        Channel::Email => member.profile.email.clone(),
+        Channel::Sms => member.profile.phone.clone(),
+        Channel::Push | Channel::Messenger => contact,
+    }
+}
+
+async fn member_messages(
+    conn: &mut SqliteConnection,
+    policy: &TenantPolicy,
+    event: &OutboxEvent,
+    now: Timestamp,
+    sent_today: &mut HashMap<MemberId, i64>,
+    rows: &mut Vec<DeliveryRow>,
+) -> Result<()> {
+    let Some(member_id) = event.member_id else { return Ok(()) };
+    let channels: Vec<(Channel, &TemplateRow)> =
+        Channel::ALL.into_iter().filter_map(|c| policy.template(&event.kind, c).map(|t| (c, t))).collect();
+    if channels.is_empty() {
+        return Ok(());
+    }
+    let member = outbox::member(conn, event.tenant_id, member_id).await?;
+    let opted_out = db::opted_out(conn, event.tenant_id, member_id).await?;
+    let (day_start, day_end) = policy.settings.day_of(now);
+    for (channel, template) in channels {
+        let contact = match channel {
+            Channel::Push | Channel::Messenger => db::contact(conn, event.tenant_id, member_id, channel).await?,
+            _ => None,
+        };
+        let address = member.as_ref().and_then(|m| address_of(m, channel, contact));
+        let mut row = delivery(
+            event,
+            channel.as_str(),
+            channel.as_str(),
+            address.clone().unwrap_or_default(),
+            String::new(),
+            now,
+        );
+        let suppress = |row: &mut DeliveryRow, reason: String| {
+            row.status = DeliveryStatus::Suppressed;
+            row.reason = Some(reason);
+            row.next_attempt_at = None;
+        };
+        let Some(member) = member.as_ref() else {
+            suppress(&mut row, "member_unknown".into());
+            rows.push(row);
+            continue;
+        };
+        if !channel.consented(&member.profile.consents) {
+            suppress(&mut row, "no_consent".into());
+        } else if opted_out.contains(&channel) {
+            suppress(&mut row, "opted_out".into());
+        } else if address.is_none() {
+            suppress(&mut row, "no_address".into());
+        } else if !policy.channels.contains_key(&channel) {
+            suppress(&mut row, "channel_not_configured".into());
+        } else {
+            let count = match sent_today.get(&member_id) {
+                Some(count) => *count,
+                None => db::messages_in(conn, event.tenant_id, member_id, day_start, day_end).await?,
+            };
+            if count >= i64::from(policy.settings.daily_cap_per_member) {
+                suppress(&mut row, "frequency_cap".into());
+            } else {
+                let token = signing::unsubscribe_token(
+                    &policy.unsubscribe_key,
+                    event.tenant_id.0,
+                    member_id.0,
+                    channel.as_str(),
+                );
+                let unsubscribe_url =
+                    format!("{}/v1/unsubscribe?token={token}", policy.settings.public_base_url.trim_end_matches('/'));
+                let payload: Value = serde_json::from_str(&event.payload).unwrap_or(Value::Null);
+                let view = MemberView {
+                    id: member_id.0,
+                    name: member.profile.name.clone().unwrap_or_default(),
+                    email: member.profile.email.clone().unwrap_or_default(),
+                    phone: member.profile.phone.clone().unwrap_or_default(),
+                    card: member.profile.card.clone().unwrap_or_default(),
+                    city: member.profile.city.clone().unwrap_or_default(),
+                };
+                let occurred_at = event.occurred_at.to_string();
+                let context =
+                    templates::context(event.id, &event.kind, &occurred_at, &payload, &view, channel, &unsubscribe_url);
+                match templates::render(&template.template, &context) {
+                    Ok(rendered) => {
+                        let message = Message {
+                            to: address.clone().unwrap_or_default(),
+                            subject: rendered.subject,
+                            text: rendered.text,
+                            html: rendered.html,
+                            unsubscribe_url,
+                        };
+                        row.payload = serde_json::to_string(&message).expect("messages serialize");
+                        row.next_attempt_at = Some(policy.settings.release_at(now));
+                        sent_today.insert(member_id, count + 1);
+                    }
+                    Err((part, error)) => suppress(&mut row, format!("template_failed: {part}: {error}")),
+                }
+            }
+        }
+        rows.push(row);
+    }
+    Ok(())
+}

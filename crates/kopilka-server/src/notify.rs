@@ -1,0 +1,30 @@
+//! The notification dispatcher as the server runs it: on its own connection pool, on the server's
+//! clock, stopped by the server's shutdown signal. The dispatcher itself is `kopilka-notify`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use kopilka_notify::{Dispatcher, DispatcherConfig};
+use tokio::sync::watch;
+
+use crate::clock::Clock;
+
+/// The server's clock seen through the notify crate's trait (that crate cannot depend on this one).
+struct ServerClock(Arc<dyn Clock>);
+
+impl kopilka_notify::Clock for ServerClock {
+    fn now(&self) -> Timestamp {
+        self.0.now()
+    }
+}
+
+/// Starts the dispatcher on the store in `data_dir` (already opened and migrated by the server).
+pub async fn start(
+    data_dir: &Path,
+    clock: Arc<dyn Clock>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let dispatcher = Dispatcher::open(data_dir, Arc::new(ServerClock(clock)), DispatcherConfig::default()).await?;
+    Ok(tokio::spawn(dispatcher.run(shutdown)))
+}
