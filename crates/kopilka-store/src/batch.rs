@@ -31,6 +31,7 @@ pub struct BatchKeys {
     pub purchase_ids: Vec<(TenantId, PurchaseId)>,
     pub purchase_external_ids: Vec<(TenantId, String)>,
     pub identifiers: Vec<(TenantId, IdentifierKind, String)>,
+    pub rewards: crate::rewards::RewardKeys,
 }
 
 /// What `load` found.
@@ -42,6 +43,7 @@ pub struct Loaded {
     pub lots: HashMap<(TenantId, MemberId), Vec<Lot>>,
     pub purchases: Vec<(TenantId, ProgramId, PurchaseRecord)>,
     pub identifiers: HashMap<(TenantId, IdentifierKind, String), MemberId>,
+    pub rewards: crate::rewards::RewardsLoaded,
 }
 
 /// Everything a batch writes.
@@ -59,6 +61,7 @@ pub struct Writes {
     pub erased: Vec<(TenantId, MemberId)>,
     /// Merges as (absorbed, survivor): members merged into the absorbed one move to the survivor.
     pub merges: Vec<(TenantId, MemberId, MemberId)>,
+    pub rewards: crate::rewards::RewardWrites,
 }
 
 impl Writes {
@@ -72,6 +75,7 @@ impl Writes {
             && self.idempotency.is_empty()
             && self.erased.is_empty()
             && self.merges.is_empty()
+            && self.rewards.is_empty()
     }
 }
 
@@ -163,6 +167,7 @@ pub async fn load(conn: &mut SqliteConnection, keys: &BatchKeys) -> Result<Loade
     }
 
     let mut members = keys.members.clone();
+    loaded.rewards = crate::rewards::load(conn, &keys.rewards, &mut members).await?;
     for chunk in keys.purchase_ids.chunks(chunk_rows(2)) {
         let mut query = QueryBuilder::<Sqlite>::new("WITH k(t, v) AS (");
         query.push_values(chunk, |mut b, (tenant, id)| {
@@ -440,6 +445,7 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &Writes) -> Result<()> {
         });
         query.build().execute(&mut *conn).await?;
     }
+    crate::rewards::flush(conn, &writes.rewards).await?;
     Ok(())
 }
 

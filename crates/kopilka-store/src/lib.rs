@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod reads;
+pub mod rewards;
 pub mod rows;
 pub mod sqlite;
 pub mod verify;
