@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ledger::Credit;
 use crate::purchase::{Outcome, POINTS_MAX, TEXT_LEN_MAX};
-use crate::{Account, DomainError, DomainEvent, IdAllocator, MemberId, MemberLedger, MovementKind, Program};
+use crate::{Account, DomainError, DomainEvent, IdAllocator, MemberId, MemberLedger, MovementKind, Program, ProgramId};
 
 /// The most tiers one reward may be restricted to.
 pub const TIERS_MAX: usize = 20;
@@ -385,6 +385,8 @@ pub struct RewardRedemption {
     pub id: RedemptionId,
     pub reward_id: RewardId,
     pub member_id: MemberId,
+    /// The program whose points paid for it, and get them back on cancellation.
+    pub program_id: ProgramId,
     pub kind: RewardKind,
     pub reward_name: String,
     pub form: RewardForm,
@@ -570,6 +572,7 @@ pub fn check_redeemable(
 /// A member's request to redeem a reward.
 #[derive(Debug, Clone)]
 pub struct RedeemReward<'a> {
+    pub program_id: ProgramId,
     /// The form chosen; none: the reward's default.
     pub form: Option<RewardForm>,
     /// An unguessable code, used when the form is a discount voucher. The caller draws it: the core
@@ -636,6 +639,7 @@ pub fn decide_reward_redemption(
         id: redemption_id,
         reward_id: reward.id,
         member_id: ledger.member_id,
+        program_id: request.program_id,
         kind: reward.spec.kind,
         reward_name: reward.spec.name.clone(),
         form,

@@ -25,6 +25,7 @@ use crate::dto::{
     RedemptionRequest, ReturnRequest, ReturnResponse,
 };
 use crate::error::ApiError;
+use crate::rewards::{RewardCommand, RewardState};
 
 /// How far in the future a purchase's `occurred_at` may be: tills' clocks drift.
 const CLOCK_SKEW_MAX: SignedDuration = SignedDuration::from_mins(10);
@@ -59,6 +60,8 @@ pub enum Command {
     Return(ReturnRequest),
     Redeem(RedemptionRequest),
     Adjust(AdjustmentRequest),
+    /// The rewards catalogue and redemptions (see `rewards`).
+    Reward(RewardCommand),
     /// Activation and expiry of due lots for these members (the jobs).
     CatchUp {
         members: Vec<MemberId>,
@@ -224,6 +227,7 @@ pub fn keys(requests: &[&Request]) -> BatchKeys {
             Command::Redeem(redeem) => keys.members.push((tenant, MemberId(redeem.member_id))),
             Command::Adjust(adjust) => keys.members.push((tenant, MemberId(adjust.member_id))),
             Command::CatchUp { members } => keys.members.extend(members.iter().map(|m| (tenant, *m))),
+            Command::Reward(command) => command.push_keys(tenant, &mut keys),
             Command::CreateTenant { .. } | Command::SaveProgram { .. } | Command::CreateApiKey { .. } => {}
         }
     }
@@ -242,12 +246,12 @@ type MemberKey = (TenantId, MemberId);
 
 /// The in-memory state of a batch: what was loaded, changed by each command in turn.
 pub struct BatchState<'a> {
-    now: Timestamp,
-    programs: &'a Programs,
+    pub(crate) now: Timestamp,
+    pub(crate) programs: &'a Programs,
     ids: &'a mut IdAllocator,
     next_event_id: &'a mut i64,
     idempotency: HashMap<(TenantId, String), StoredResponse>,
-    members: HashMap<MemberKey, MemberRow>,
+    pub(crate) members: HashMap<MemberKey, MemberRow>,
     dirty_members: HashSet<MemberKey>,
     /// Members whose loyalty state changed but not their profile.
     dirty_states: HashSet<MemberKey>,
@@ -257,6 +261,7 @@ pub struct BatchState<'a> {
     purchase_by_external_id: HashMap<(TenantId, String), PurchaseId>,
     dirty_purchases: HashSet<(TenantId, PurchaseId)>,
     identifiers: HashMap<(TenantId, IdentifierKind, String), MemberId>,
+    pub(crate) rewards: RewardState,
     writes: Writes,
 }
 
@@ -289,6 +294,7 @@ impl<'a> BatchState<'a> {
             purchase_by_external_id,
             dirty_purchases: HashSet::new(),
             identifiers: loaded.identifiers,
+            rewards: RewardState::new(loaded.rewards),
             writes: Writes::default(),
         }
     }
@@ -330,6 +336,7 @@ impl<'a> BatchState<'a> {
             Command::Redeem(request) => self.redeem(tenant, request),
             Command::Adjust(request) => self.adjust(tenant, request),
             Command::CatchUp { members } => self.catch_up(tenant, members),
+            Command::Reward(command) => self.reward(tenant, command),
             Command::CreateTenant { .. } | Command::SaveProgram { .. } | Command::CreateApiKey { .. } => {
                 unreachable!("the writer runs administrative commands alone")
             }
@@ -338,6 +345,7 @@ impl<'a> BatchState<'a> {
 
     /// Everything the batch decided, ready for the store.
     pub fn into_writes(mut self) -> Writes {
+        self.writes.rewards = self.rewards.into_writes();
         for ((tenant, _), ledger) in self.ledgers.iter_mut() {
             self.writes.lots.extend(ledger.take_dirty().into_iter().map(|lot| (*tenant, lot)));
         }
@@ -355,7 +363,7 @@ impl<'a> BatchState<'a> {
     }
 
     /// The member a command names, following a merge to the survivor.
-    fn member(&self, tenant: TenantId, id: MemberId) -> Result<MemberId, ApiError> {
+    pub(crate) fn member(&self, tenant: TenantId, id: MemberId) -> Result<MemberId, ApiError> {
         let mut row = self
             .members
             .get(&(tenant, id))
@@ -369,7 +377,7 @@ impl<'a> BatchState<'a> {
 
     /// The member's ledger, built from the loaded lots on first use, with the id allocator beside
     /// it (a pair, so both can be borrowed at once).
-    fn ledger(&mut self, tenant: TenantId, member: MemberId) -> (&mut MemberLedger, &mut IdAllocator) {
+    pub(crate) fn ledger(&mut self, tenant: TenantId, member: MemberId) -> (&mut MemberLedger, &mut IdAllocator) {
         let loaded_lots = &mut self.loaded_lots;
         let ledger = self
             .ledgers
@@ -378,13 +386,13 @@ impl<'a> BatchState<'a> {
         (ledger, &mut *self.ids)
     }
 
-    fn balance(&mut self, tenant: TenantId, member: MemberId, program: &Program) -> BalanceView {
+    pub(crate) fn balance(&mut self, tenant: TenantId, member: MemberId, program: &Program) -> BalanceView {
         let now = self.now;
         let balance = self.ledger(tenant, member).0.balance(&program.point_currency, now);
         BalanceView { member_id: member.0, currency: program.point_currency.to_string(), balance, as_of: now }
     }
 
-    fn record(&mut self, tenant: TenantId, outcome: purchase::Outcome) {
+    pub(crate) fn record(&mut self, tenant: TenantId, outcome: purchase::Outcome) {
         for event in outcome.events {
             *self.next_event_id += 1;
             self.writes.events.push((tenant, *self.next_event_id, event, self.now));
@@ -392,7 +400,7 @@ impl<'a> BatchState<'a> {
         self.writes.movements.extend(outcome.movements.into_iter().map(|m| (tenant, m)));
     }
 
-    fn event(&mut self, tenant: TenantId, event: DomainEvent) {
+    pub(crate) fn event(&mut self, tenant: TenantId, event: DomainEvent) {
         *self.next_event_id += 1;
         self.writes.events.push((tenant, *self.next_event_id, event, self.now));
     }

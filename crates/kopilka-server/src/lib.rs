@@ -11,4 +11,5 @@ pub mod error;
 pub mod extract;
 pub mod jobs;
 pub mod metrics;
+pub mod rewards;
 pub mod writer;

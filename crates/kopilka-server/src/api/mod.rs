@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod ledger;
 pub mod members;
+pub mod rewards;
 
 use std::time::Instant;
 
@@ -66,7 +67,8 @@ pub fn router(state: AppState) -> Router {
         .route("/purchases/{id}", get(ledger::get_purchase))
         .route("/returns", post(ledger::return_purchase))
         .route("/redemptions", post(ledger::redeem))
-        .route("/adjustments", post(ledger::adjust));
+        .route("/adjustments", post(ledger::adjust))
+        .merge(rewards::routes());
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(healthz))
@@ -91,7 +93,9 @@ pub(crate) async fn member_or_404(
 }
 
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+    let mut doc = ApiDoc::openapi();
+    doc.merge(rewards::RewardsDoc::openapi());
+    Json(doc)
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {
