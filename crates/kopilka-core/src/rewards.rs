@@ -663,9 +663,9 @@ pub fn decide_reward_redemption(
         RewardForm::Item => {}
         RewardForm::Discount => {
             let terms = reward.spec.voucher.expect("validated: a discount form has voucher terms");
-            let expires_at = terms.valid_days.and_then(|days| {
-                now.to_zoned(program.tz()).checked_add(days.days()).ok().map(|z| z.timestamp())
-            });
+            let expires_at = terms
+                .valid_days
+                .and_then(|days| now.to_zoned(program.tz()).checked_add(days.days()).ok().map(|z| z.timestamp()));
             redemption.voucher = Some(Voucher {
                 code: request.voucher_code,
                 percent: terms.percent,
@@ -824,4 +824,357 @@ pub fn decide_payout_paid(
     redemption.status = RedemptionStatus::Fulfilled;
     redemption.fulfilled_at = Some(now);
     Ok(DomainEvent::RewardFulfilled { member_id: redemption.member_id, redemption_id: redemption.id })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::Credit;
+    use crate::{Balance, ProgramId};
+
+    const NOW: &str = "2026-03-15T12:00:00Z";
+
+    fn now() -> Timestamp {
+        NOW.parse().unwrap()
+    }
+
+    fn spec(kind: RewardKind, price_points: i64) -> RewardSpec {
+        RewardSpec {
+            kind,
+            name: "Reward".into(),
+            description: None,
+            price_points,
+            stock: None,
+            member_limit: None,
+            available_from: None,
+            available_until: None,
+            tiers: Vec::new(),
+            active: true,
+            forms: Vec::new(),
+            voucher: None,
+            points_credit: None,
+        }
+    }
+
+    fn reward(spec: RewardSpec) -> Reward {
+        spec.validate().expect("the test's reward is valid");
+        Reward { id: RewardId(1), spec, redeemed_count: 0, created_at: now(), updated_at: now() }
+    }
+
+    /// A member holding `points` available points.
+    fn ledger_with(points: i64, ids: &mut IdAllocator) -> MemberLedger {
+        let mut ledger = MemberLedger::new(MemberId(7), Vec::new());
+        let program = Program::example();
+        let credit = Credit {
+            currency: program.point_currency.clone(),
+            amount: points,
+            available_from: now(),
+            expires_at: program.expires_at(now()),
+            purchase_id: None,
+        };
+        ledger.credit(ids, MovementKind::Adjust, Account::Adjustments, credit, now(), None);
+        ledger
+    }
+
+    fn request(form: Option<RewardForm>) -> RedeemReward<'static> {
+        RedeemReward { program_id: ProgramId(1), form, voucher_code: "CODE".into(), tier: None, redeemed_at: &[] }
+    }
+
+    /// Redeems and returns the refusal's code, or "ok" with what was consumed.
+    fn check(reward_spec: RewardSpec, points: i64, tier: Option<&str>, uses: &[&str]) -> String {
+        let program = Program::example();
+        let mut ids = IdAllocator::default();
+        let mut ledger = ledger_with(points, &mut ids);
+        let mut reward = reward(reward_spec);
+        let before = (reward.clone(), ledger.clone(), ids.clone());
+        let uses: Vec<Timestamp> = uses.iter().map(|u| u.parse().unwrap()).collect();
+        let request = RedeemReward { tier, redeemed_at: &uses, ..request(None) };
+        let mut reward_ids = RewardIds::default();
+        match decide_reward_redemption(&program, &mut reward, &mut ledger, request, now(), &mut ids, &mut reward_ids) {
+            Ok(redeemed) => {
+                let balance = ledger.balance(&program.point_currency, now()).available;
+                format!("ok: balance {balance}, stock {:?}, status {:?}", reward.spec.stock, redeemed.redemption.status)
+            }
+            Err(error) => {
+                assert_eq!((&reward, &ledger), (&before.0, &before.1), "a refusal changes nothing");
+                assert_eq!(ids.next_movement, before.2.next_movement);
+                assert_eq!(reward_ids, RewardIds::default());
+                error.code().to_string()
+            }
+        }
+    }
+
+    type Case = (RewardSpec, i64, Option<&'static str>, Vec<&'static str>, &'static str);
+
+    #[test]
+    fn each_condition_refuses_with_its_own_code_and_consumes_nothing() {
+        let gift = || RewardSpec { stock: Some(2), ..spec(RewardKind::Gift, 100) };
+        let limited = |count, period| RewardSpec { member_limit: Some(MemberLimit { count, period }), ..gift() };
+        // (reward, points available, tier, earlier redemptions, answer)
+        let cases: Vec<Case> = vec![
+            (gift(), 100, None, vec![], "ok: balance 0, stock Some(1), status Issued"),
+            (gift(), 99, None, vec![], "insufficient_points"),
+            (RewardSpec { active: false, ..gift() }, 500, None, vec![], "reward_not_available"),
+            (
+                RewardSpec { available_from: Some("2026-04-01T00:00:00Z".parse().unwrap()), ..gift() },
+                500,
+                None,
+                vec![],
+                "reward_not_available",
+            ),
+            (
+                RewardSpec { available_until: Some(NOW.parse().unwrap()), ..gift() },
+                500,
+                None,
+                vec![],
+                "reward_not_available",
+            ),
+            (RewardSpec { stock: Some(0), ..gift() }, 500, None, vec![], "reward_out_of_stock"),
+            (RewardSpec { tiers: vec!["gold".into()], ..gift() }, 500, None, vec![], "reward_tier_required"),
+            (RewardSpec { tiers: vec!["gold".into()], ..gift() }, 500, Some("silver"), vec![], "reward_tier_required"),
+            (
+                RewardSpec { tiers: vec!["gold".into()], ..gift() },
+                500,
+                Some("gold"),
+                vec![],
+                "ok: balance 400, stock Some(1), status Issued",
+            ),
+            (limited(1, LimitPeriod::Lifetime), 500, None, vec!["2020-01-01T00:00:00Z"], "reward_limit_reached"),
+            (
+                limited(2, LimitPeriod::Lifetime),
+                500,
+                None,
+                vec!["2020-01-01T00:00:00Z"],
+                "ok: balance 400, stock Some(1), status Issued",
+            ),
+            (limited(1, LimitPeriod::Month), 500, None, vec!["2026-03-01T00:00:00Z"], "reward_limit_reached"),
+            (
+                limited(1, LimitPeriod::Month),
+                500,
+                None,
+                vec!["2026-02-27T00:00:00Z"],
+                "ok: balance 400, stock Some(1), status Issued",
+            ),
+            (limited(1, LimitPeriod::Day), 500, None, vec!["2026-03-14T22:00:00Z"], "reward_limit_reached"),
+            (
+                limited(1, LimitPeriod::Year),
+                500,
+                None,
+                vec!["2025-12-31T12:00:00Z"],
+                "ok: balance 400, stock Some(1), status Issued",
+            ),
+        ];
+        for (spec, points, tier, uses, expected) in cases {
+            let got = check(spec.clone(), points, tier, &uses);
+            assert_eq!(got, expected, "{spec:?} with {points} points, tier {tier:?}, uses {uses:?}");
+        }
+    }
+
+    #[test]
+    fn the_day_of_a_daily_limit_is_the_programs_day() {
+        // 2026-03-14T22:00Z is already the 15th in Moscow (UTC+3), the same day as NOW.
+        let gift = RewardSpec {
+            member_limit: Some(MemberLimit { count: 1, period: LimitPeriod::Day }),
+            ..spec(RewardKind::Gift, 1)
+        };
+        assert_eq!(check(gift.clone(), 10, None, &["2026-03-14T22:00:00Z"]), "reward_limit_reached");
+        assert_eq!(check(gift, 10, None, &["2026-03-14T20:00:00Z"]), "ok: balance 9, stock None, status Issued");
+    }
+
+    #[test]
+    fn each_form_produces_its_record_and_balanced_movements() {
+        let program = Program::example();
+        let offering = RewardSpec {
+            forms: vec![RewardForm::Item, RewardForm::Points, RewardForm::Discount, RewardForm::Cashback],
+            points_credit: Some(30),
+            voucher: Some(VoucherTerms { percent: Some(10), amount_minor: None, valid_days: Some(7) }),
+            ..spec(RewardKind::Gift, 50)
+        };
+        for form in [RewardForm::Item, RewardForm::Points, RewardForm::Discount, RewardForm::Cashback] {
+            let mut ids = IdAllocator::default();
+            let mut ledger = ledger_with(100, &mut ids);
+            let mut reward = reward(offering.clone());
+            let mut reward_ids = RewardIds::default();
+            let redeemed = decide_reward_redemption(
+                &program,
+                &mut reward,
+                &mut ledger,
+                request(Some(form)),
+                now(),
+                &mut ids,
+                &mut reward_ids,
+            )
+            .unwrap();
+            for movement in &redeemed.outcome.movements {
+                movement.assert_balanced();
+            }
+            let redemption = &redeemed.redemption;
+            let available = ledger.balance(&program.point_currency, now()).available;
+            assert_eq!(redemption.form, form);
+            assert_eq!(reward.redeemed_count, 1);
+            let debit = &redeemed.outcome.movements[0];
+            assert_eq!(debit.member_delta(), -50);
+            match form {
+                RewardForm::Item => {
+                    assert_eq!((available, redemption.status), (50, RedemptionStatus::Issued));
+                    assert_eq!(debit.postings.last().unwrap().account, Account::Rewards);
+                }
+                RewardForm::Points => {
+                    assert_eq!((available, redemption.status), (80, RedemptionStatus::Fulfilled));
+                    assert_eq!(redemption.points_credited, 30);
+                }
+                RewardForm::Discount => {
+                    let voucher = redemption.voucher.as_ref().unwrap();
+                    assert_eq!(
+                        (voucher.code.as_str(), voucher.percent, voucher.currency.as_str()),
+                        ("CODE", Some(10), "RUB")
+                    );
+                    assert_eq!(voucher.expires_at, Some("2026-03-22T12:00:00Z".parse().unwrap()));
+                }
+                RewardForm::Cashback => {
+                    let payout = redeemed.payout.as_ref().unwrap();
+                    assert_eq!((payout.amount_minor, payout.status), (50 * 100, PayoutStatus::Pending));
+                    assert_eq!(redemption.cashback_payout_id, Some(payout.id));
+                    assert_eq!(debit.postings.last().unwrap().account, Account::Cashback);
+                    let kinds: Vec<_> = redeemed.outcome.events.iter().map(DomainEvent::kind).collect();
+                    assert!(kinds.contains(&"cashback_payout_created"), "{kinds:?}");
+                }
+            }
+            assert!(redeemed.outcome.events.iter().any(|e| e.kind() == "reward_redeemed"));
+        }
+    }
+
+    #[test]
+    fn a_form_not_offered_is_refused() {
+        let program = Program::example();
+        let mut ids = IdAllocator::default();
+        let mut ledger = ledger_with(100, &mut ids);
+        let mut reward = reward(spec(RewardKind::Goods, 10));
+        let refused = decide_reward_redemption(
+            &program,
+            &mut reward,
+            &mut ledger,
+            request(Some(RewardForm::Cashback)),
+            now(),
+            &mut ids,
+            &mut RewardIds::default(),
+        )
+        .unwrap_err();
+        assert_eq!(refused.code(), "reward_form_not_offered");
+        assert_eq!(ledger.balance(&program.point_currency, now()), Balance { available: 100, pending: 0 });
+    }
+
+    #[test]
+    fn cancelling_restores_points_from_the_same_account_and_gives_the_unit_back() {
+        let program = Program::example();
+        let mut ids = IdAllocator::default();
+        let mut ledger = ledger_with(100, &mut ids);
+        let mut reward = reward(RewardSpec { stock: Some(1), ..spec(RewardKind::Cashback, 60) });
+        let mut reward_ids = RewardIds::default();
+        let redeemed = decide_reward_redemption(
+            &program,
+            &mut reward,
+            &mut ledger,
+            request(None),
+            now(),
+            &mut ids,
+            &mut reward_ids,
+        )
+        .unwrap();
+        let (mut redemption, mut payout) = (redeemed.redemption, redeemed.payout.unwrap());
+        assert_eq!(reward.spec.stock, Some(0));
+        let outcome = decide_reward_cancel(
+            &program,
+            Some(&mut reward),
+            &mut redemption,
+            Some(&mut payout),
+            &mut ledger,
+            now(),
+            &mut ids,
+        )
+        .unwrap();
+        let restore = outcome.movements.last().unwrap();
+        restore.assert_balanced();
+        assert_eq!(restore.postings[0], crate::Posting { account: Account::Cashback, amount: -60, lot_id: None });
+        assert_eq!(ledger.balance(&program.point_currency, now()).available, 100);
+        assert_eq!((reward.spec.stock, reward.redeemed_count), (Some(1), 0));
+        assert_eq!((redemption.status, payout.status), (RedemptionStatus::Cancelled, PayoutStatus::Cancelled));
+        let again = decide_reward_cancel(
+            &program,
+            Some(&mut reward),
+            &mut redemption,
+            Some(&mut payout),
+            &mut ledger,
+            now(),
+            &mut ids,
+        );
+        assert_eq!(again.unwrap_err().code(), "redemption_not_issued");
+        assert_eq!(
+            decide_payout_paid(&mut payout, &mut redemption, now()).unwrap_err().code(),
+            "cashback_payout_not_pending"
+        );
+    }
+
+    #[test]
+    fn a_paid_payout_fulfils_its_redemption_which_then_cannot_be_cancelled() {
+        let program = Program::example();
+        let mut ids = IdAllocator::default();
+        let mut ledger = ledger_with(100, &mut ids);
+        let mut reward = reward(spec(RewardKind::Cashback, 60));
+        let redeemed = decide_reward_redemption(
+            &program,
+            &mut reward,
+            &mut ledger,
+            request(None),
+            now(),
+            &mut ids,
+            &mut RewardIds::default(),
+        )
+        .unwrap();
+        let (mut redemption, mut payout) = (redeemed.redemption, redeemed.payout.unwrap());
+        assert_eq!(
+            decide_reward_fulfil(&mut redemption.clone(), now()).unwrap_err().code(),
+            "redemption_fulfilled_by_payout"
+        );
+        let event = decide_payout_paid(&mut payout, &mut redemption, now()).unwrap();
+        assert_eq!(event.kind(), "reward_fulfilled");
+        assert_eq!((payout.status, redemption.status), (PayoutStatus::Paid, RedemptionStatus::Fulfilled));
+        let cancel = decide_reward_cancel(
+            &program,
+            Some(&mut reward),
+            &mut redemption,
+            Some(&mut payout),
+            &mut ledger,
+            now(),
+            &mut ids,
+        );
+        assert_eq!(cancel.unwrap_err().code(), "redemption_not_issued");
+        assert_eq!(ledger.balance(&program.point_currency, now()).available, 40);
+    }
+
+    #[test]
+    fn reward_events_are_named_as_they_serialize() {
+        let member_id = MemberId(1);
+        let events = [
+            DomainEvent::RewardRedeemed {
+                member_id,
+                redemption_id: RedemptionId(2),
+                reward_id: RewardId(3),
+                form: RewardForm::Item,
+                points: 10,
+            },
+            DomainEvent::RewardFulfilled { member_id, redemption_id: RedemptionId(2) },
+            DomainEvent::RewardCancelled { member_id, redemption_id: RedemptionId(2), points_restored: 10 },
+            DomainEvent::CashbackPayoutCreated {
+                member_id,
+                payout_id: PayoutId(4),
+                redemption_id: RedemptionId(2),
+                amount_minor: 1_000,
+                currency: "RUB".into(),
+            },
+        ];
+        for event in events {
+            assert_eq!(serde_json::to_value(&event).unwrap()["type"], event.kind());
+        }
+    }
 }

@@ -148,7 +148,10 @@ impl RewardState {
         self.redemptions
             .iter()
             .filter(|((t, _), r)| {
-                *t == tenant && r.member_id == member && r.reward_id == reward && r.status != RedemptionStatus::Cancelled
+                *t == tenant
+                    && r.member_id == member
+                    && r.reward_id == reward
+                    && r.status != RedemptionStatus::Cancelled
             })
             .map(|(_, r)| r.redeemed_at)
             .collect()
@@ -200,8 +203,13 @@ impl BatchState<'_> {
     fn create_reward(&mut self, tenant: TenantId, spec: &RewardSpec) -> Result<Reply, ApiError> {
         spec.validate()?;
         let mut ids = self.rewards.ids();
-        let reward =
-            Reward { id: ids.reward(), spec: spec.clone(), redeemed_count: 0, created_at: self.now, updated_at: self.now };
+        let reward = Reward {
+            id: ids.reward(),
+            spec: spec.clone(),
+            redeemed_count: 0,
+            created_at: self.now,
+            updated_at: self.now,
+        };
         self.rewards.ids = Some(ids);
         self.rewards.put_reward(tenant, reward.clone());
         Ok(Reply::json(201, &reward))
@@ -280,8 +288,15 @@ impl BatchState<'_> {
         });
         let now = self.now;
         let (ledger, ids) = self.ledger(tenant, member);
-        let outcome =
-            rewards::decide_reward_cancel(&program, reward.as_mut(), &mut redemption, payout.as_mut(), ledger, now, ids)?;
+        let outcome = rewards::decide_reward_cancel(
+            &program,
+            reward.as_mut(),
+            &mut redemption,
+            payout.as_mut(),
+            ledger,
+            now,
+            ids,
+        )?;
         if let Some(reward) = reward {
             self.rewards.put_reward(tenant, reward);
         }

@@ -124,7 +124,10 @@ async fn every_refusal_names_its_reason_and_consumes_neither_points_nor_stock() 
     let member = member_with_points(&app, "C-1", 1_000).await;
     let later = "2026-06-01T00:00:00Z";
     let cases = [
-        (json!({ "kind": "gift", "name": "Off", "price_points": 10, "stock": 3, "active": false }), "reward_not_available"),
+        (
+            json!({ "kind": "gift", "name": "Off", "price_points": 10, "stock": 3, "active": false }),
+            "reward_not_available",
+        ),
         (
             json!({ "kind": "gift", "name": "Soon", "price_points": 10, "stock": 3, "available_from": later }),
             "reward_not_available",
@@ -134,7 +137,10 @@ async fn every_refusal_names_its_reason_and_consumes_neither_points_nor_stock() 
             "reward_not_available",
         ),
         (json!({ "kind": "gift", "name": "Empty", "price_points": 10, "stock": 0 }), "reward_out_of_stock"),
-        (json!({ "kind": "gift", "name": "Gold", "price_points": 10, "stock": 3, "tiers": ["gold"] }), "reward_tier_required"),
+        (
+            json!({ "kind": "gift", "name": "Gold", "price_points": 10, "stock": 3, "tiers": ["gold"] }),
+            "reward_tier_required",
+        ),
         (json!({ "kind": "gift", "name": "Dear", "price_points": 5_000, "stock": 3 }), "insufficient_points"),
     ];
     for (spec, code) in cases {
@@ -161,7 +167,8 @@ async fn every_refusal_names_its_reason_and_consumes_neither_points_nor_stock() 
 async fn a_tier_restricted_reward_is_redeemable_by_members_of_that_tier() {
     let app = spawn_app().await;
     let member = member_with_points(&app, "C-1", 100).await;
-    let reward = create_reward(&app, json!({ "kind": "gift", "name": "Lounge", "price_points": 50, "tiers": ["gold"] })).await;
+    let reward =
+        create_reward(&app, json!({ "kind": "gift", "name": "Lounge", "price_points": 50, "tiers": ["gold"] })).await;
     assert_eq!(redeem(&app, reward, json!({ "member_id": member })).await.code(), "reward_tier_required");
     let request = json!({ "tier": "gold" }).to_string().into_bytes();
     let path = format!("/v1/members/{member}/loyalty");
@@ -271,7 +278,10 @@ async fn a_cancelled_cashback_redemption_calls_off_its_payout_and_restores_the_p
     assert_eq!(cancelled.status, 200, "{:?}", cancelled.body);
     assert_eq!(cancelled.body["payout"]["status"], "cancelled");
     let id = answer.body["payout"]["id"].as_i64().unwrap();
-    assert_eq!(app.post(&format!("/v1/cashback-payouts/{id}/paid"), json!({})).await.code(), "cashback_payout_not_pending");
+    assert_eq!(
+        app.post(&format!("/v1/cashback-payouts/{id}/paid"), json!({})).await.code(),
+        "cashback_payout_not_pending"
+    );
     assert_eq!(app.balance(member).await, (500, 0));
     app.assert_ledger_sound().await;
     app.stop().await;
@@ -318,8 +328,11 @@ async fn the_member_chooses_the_form_among_those_offered() {
 async fn an_idempotent_retry_returns_the_first_answer_and_redeems_once() {
     let app = spawn_app().await;
     let member = member_with_points(&app, "C-1", 500).await;
-    let gift = create_reward(&app, json!({ "kind": "discount_voucher", "name": "5%", "price_points": 100, "stock": 10,
-        "voucher": { "percent": 5 } }))
+    let gift = create_reward(
+        &app,
+        json!({ "kind": "discount_voucher", "name": "5%", "price_points": 100, "stock": 10,
+        "voucher": { "percent": 5 } }),
+    )
     .await;
     let body = json!({ "member_id": member }).to_string().into_bytes();
     let path = format!("/v1/rewards/{gift}/redeem");
@@ -338,15 +351,15 @@ async fn an_idempotent_retry_returns_the_first_answer_and_redeems_once() {
 #[tokio::test]
 async fn concurrent_redemptions_never_take_more_than_the_stock() {
     let app = spawn_app().await;
-    let gift = create_reward(&app, json!({ "kind": "gift", "name": "Last three", "price_points": 10, "stock": 3 })).await;
+    let gift =
+        create_reward(&app, json!({ "kind": "gift", "name": "Last three", "price_points": 10, "stock": 3 })).await;
     let mut members = Vec::new();
     for index in 0..12 {
         members.push(member_with_points(&app, &format!("C-{index}"), 100).await);
     }
-    let answers = futures::future::join_all(
-        members.iter().map(|member| redeem(&app, gift, json!({ "member_id": member }))),
-    )
-    .await;
+    let answers =
+        futures::future::join_all(members.iter().map(|member| redeem(&app, gift, json!({ "member_id": member }))))
+            .await;
     let won = answers.iter().filter(|a| a.status == 201).count();
     let sold_out = answers.iter().filter(|a| a.status == 422 && a.code() == "reward_out_of_stock").count();
     assert_eq!((won, sold_out), (3, 9), "{:?}", answers.iter().map(|a| &a.body).collect::<Vec<_>>());
@@ -364,11 +377,13 @@ async fn concurrent_redemptions_never_take_more_than_the_stock() {
 async fn concurrent_redemptions_by_one_member_respect_the_member_limit() {
     let app = spawn_app().await;
     let member = member_with_points(&app, "C-1", 1_000).await;
-    let gift = create_reward(&app, json!({ "kind": "gift", "name": "Two each", "price_points": 10,
-        "member_limit": { "count": 2 } }))
+    let gift = create_reward(
+        &app,
+        json!({ "kind": "gift", "name": "Two each", "price_points": 10,
+        "member_limit": { "count": 2 } }),
+    )
     .await;
-    let answers =
-        futures::future::join_all((0..8).map(|_| redeem(&app, gift, json!({ "member_id": member })))).await;
+    let answers = futures::future::join_all((0..8).map(|_| redeem(&app, gift, json!({ "member_id": member })))).await;
     assert_eq!(answers.iter().filter(|a| a.status == 201).count(), 2);
     assert!(answers.iter().filter(|a| a.status != 201).all(|a| a.code() == "reward_limit_reached"));
     assert_eq!(app.balance(member).await, (980, 0));
@@ -400,14 +415,20 @@ async fn rewards_are_validated_field_by_field_and_updated_by_admins_only() {
         (json!({ "kind": "gift", "name": "", "price_points": 10 }), "name"),
         (json!({ "kind": "gift", "name": "X", "price_points": 0 }), "price_points"),
         (json!({ "kind": "gift", "name": "X", "price_points": 10, "stock": -1 }), "stock"),
-        (json!({ "kind": "gift", "name": "X", "price_points": 10, "member_limit": { "count": 0 } }), "member_limit.count"),
+        (
+            json!({ "kind": "gift", "name": "X", "price_points": 10, "member_limit": { "count": 0 } }),
+            "member_limit.count",
+        ),
         (
             json!({ "kind": "gift", "name": "X", "price_points": 10, "available_from": "2026-02-01T00:00:00Z",
                     "available_until": "2026-01-01T00:00:00Z" }),
             "available_until",
         ),
         (json!({ "kind": "discount_voucher", "name": "X", "price_points": 10 }), "voucher"),
-        (json!({ "kind": "discount_voucher", "name": "X", "price_points": 10, "voucher": { "percent": 150 } }), "voucher.percent"),
+        (
+            json!({ "kind": "discount_voucher", "name": "X", "price_points": 10, "voucher": { "percent": 150 } }),
+            "voucher.percent",
+        ),
         (json!({ "kind": "cashback", "name": "X", "price_points": 10, "forms": ["item"] }), "forms[0]"),
         (json!({ "kind": "gift", "name": "X", "price_points": 10, "forms": ["points"] }), "points_credit"),
         (json!({ "kind": "gift", "name": "X", "price_points": 10, "colour": "red" }), "colour"),
@@ -427,8 +448,19 @@ async fn rewards_are_validated_field_by_field_and_updated_by_admins_only() {
     let updated = app.send("PUT", &path, &app.admin_key, Some("put-1"), Some(update)).await;
     assert_eq!(updated.status, 200, "{:?}", updated.body);
     let reward = app.get(&path).await.body;
-    assert_eq!((reward["name"].as_str(), reward["price_points"].as_i64(), reward["stock"].as_i64()), (Some("Big mug"), Some(20), Some(7)));
-    let missing = app.send("PUT", "/v1/rewards/999", &app.admin_key, Some("put-2"), Some(b"{\"kind\":\"gift\",\"name\":\"X\",\"price_points\":1}".to_vec())).await;
+    assert_eq!(
+        (reward["name"].as_str(), reward["price_points"].as_i64(), reward["stock"].as_i64()),
+        (Some("Big mug"), Some(20), Some(7))
+    );
+    let missing = app
+        .send(
+            "PUT",
+            "/v1/rewards/999",
+            &app.admin_key,
+            Some("put-2"),
+            Some(b"{\"kind\":\"gift\",\"name\":\"X\",\"price_points\":1}".to_vec()),
+        )
+        .await;
     assert_eq!((missing.status.as_u16(), missing.code()), (404, "reward_not_found"));
     app.stop().await;
 }

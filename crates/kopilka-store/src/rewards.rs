@@ -274,13 +274,12 @@ impl Store {
 
     /// The member's redemptions, newest first.
     pub async fn redemptions_of(&self, tenant: TenantId, member: MemberId) -> Result<Vec<RewardRedemption>> {
-        let rows = sqlx::query(
-            "SELECT record FROM reward_redemptions WHERE tenant_id = ? AND member_id = ? ORDER BY id DESC",
-        )
-        .bind(tenant.0)
-        .bind(member.0)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows =
+            sqlx::query("SELECT record FROM reward_redemptions WHERE tenant_id = ? AND member_id = ? ORDER BY id DESC")
+                .bind(tenant.0)
+                .bind(member.0)
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter().map(|row| record_of_row(row, "reward_redemptions")).collect()
     }
 
@@ -331,17 +330,15 @@ impl Store {
     ) -> Result<Vec<CashbackPayout>> {
         let limit = limit.clamp(1, PAGE_SIZE_MAX);
         let rows = match status {
-            Some(status) => {
-                sqlx::query(
-                    "SELECT record FROM cashback_payouts WHERE tenant_id = ? AND status = ? AND id > ? ORDER BY id LIMIT ?",
-                )
-                .bind(tenant.0)
-                .bind(status.as_str())
-                .bind(after.0)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?
-            }
+            Some(status) => sqlx::query(
+                "SELECT record FROM cashback_payouts WHERE tenant_id = ? AND status = ? AND id > ? ORDER BY id LIMIT ?",
+            )
+            .bind(tenant.0)
+            .bind(status.as_str())
+            .bind(after.0)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?,
             None => {
                 sqlx::query("SELECT record FROM cashback_payouts WHERE tenant_id = ? AND id > ? ORDER BY id LIMIT ?")
                     .bind(tenant.0)

@@ -31,8 +31,16 @@ const VOUCHER_CODE_LEN: usize = 16;
 
 #[derive(OpenApi)]
 #[openapi(paths(
-    create_reward, update_reward, list_rewards, get_reward, redeem, member_rewards, fulfil, cancel,
-    list_payouts, payout_paid,
+    create_reward,
+    update_reward,
+    list_rewards,
+    get_reward,
+    redeem,
+    member_rewards,
+    fulfil,
+    cancel,
+    list_payouts,
+    payout_paid,
 ))]
 pub struct RewardsDoc;
 
@@ -170,7 +178,8 @@ pub async fn list_rewards(
     let tenant = caller.tenant_for(READERS)?;
     let catalogue = state.store.rewards(tenant).await?;
     let Some(member_id) = query.member_id else {
-        let items = catalogue.into_iter().map(|reward| RewardItem { reward, redeemable: None, refusal: None }).collect();
+        let items =
+            catalogue.into_iter().map(|reward| RewardItem { reward, redeemable: None, refusal: None }).collect();
         return Ok(Json(RewardList { items }));
     };
     let row = super::member_or_404(&state, tenant, member_id).await?;
