@@ -29,6 +29,12 @@ async fn member_with_points(app: &TestApp, card: &str, points: i64) -> i64 {
     member
 }
 
+/// The kinds of the events in the outbox, oldest first.
+async fn event_kinds(app: &TestApp) -> Vec<String> {
+    let pool = &app.running.as_ref().unwrap().state.store.pool;
+    sqlx::query_scalar("SELECT kind FROM events ORDER BY id").fetch_all(pool).await.unwrap()
+}
+
 async fn redemptions(app: &TestApp, member: i64) -> Vec<Value> {
     let answer = app.get(&format!("/v1/members/{member}/rewards")).await;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
@@ -227,6 +233,7 @@ async fn cancelling_restores_the_points_and_the_stock() {
     let again = app.post(&format!("/v1/reward-redemptions/{id}/cancel"), json!({})).await;
     assert_eq!((again.status.as_u16(), again.code()), (409, "redemption_not_issued"));
     assert_eq!(app.balance(member).await, (500, 0), "a second cancellation restores nothing");
+    assert_eq!(event_kinds(&app).await.iter().filter(|k| *k == "reward_cancelled").count(), 1);
     app.assert_ledger_sound().await;
     app.stop().await;
 }
@@ -263,6 +270,9 @@ async fn cashback_becomes_a_payout_owed_until_paid() {
     assert!(app.get("/v1/cashback-payouts?status=pending").await.body["items"].as_array().unwrap().is_empty());
     assert_eq!(app.get("/v1/cashback-payouts?status=paid").await.body["items"][0]["id"], id);
     assert_eq!(app.balance(member).await, (300, 0));
+    let kinds = event_kinds(&app).await;
+    let rewards: Vec<_> = kinds.iter().filter(|k| k.starts_with("reward_") || k.starts_with("cashback_")).collect();
+    assert_eq!(rewards, ["reward_redeemed", "cashback_payout_created", "reward_fulfilled"]);
     app.assert_ledger_sound().await;
     app.stop().await;
 }
@@ -405,6 +415,10 @@ async fn the_catalogue_tells_a_member_what_they_may_redeem_and_why_not() {
     assert_eq!(items[1]["refusal"]["code"], "insufficient_points");
     let plain = app.get("/v1/rewards").await;
     assert!(plain.body["items"][0].get("redeemable").is_none());
+    let spec = app.get("/v1/openapi.json").await;
+    for path in ["/v1/rewards", "/v1/rewards/{id}/redeem", "/v1/cashback-payouts/{id}/paid"] {
+        assert!(spec.body["paths"].get(path).is_some(), "{path} is documented");
+    }
     app.stop().await;
 }
 
