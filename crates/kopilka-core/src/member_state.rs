@@ -347,13 +347,14 @@ mod tests {
         let program = Program::example();
         let mut state = MemberState::default();
         state.add_spend(&program, at("2025-10-15T10:00:00Z"), 100);
-        state.add_spend(&program, at("2025-12-31T23:00:00Z"), 200);
+        // 23:00 on 31 December in Moscow, the program's zone: still 2025 there.
+        state.add_spend(&program, at("2025-12-31T20:00:00Z"), 200);
         state.add_spend(&program, at("2026-01-01T01:00:00Z"), 400);
         let now = at("2026-10-20T00:00:00Z");
         assert_eq!(state.spend(&program, SpendWindow::Lifetime, now), 700);
         assert_eq!(state.spend(&program, SpendWindow::CalendarYear, now), 400);
         assert_eq!(state.spend(&program, SpendWindow::Rolling12Months, now), 600);
-        state.record_return(&program, at("2025-12-31T23:00:00Z"), 50);
+        state.record_return(&program, at("2025-12-31T20:00:00Z"), 50);
         assert_eq!(state.spend(&program, SpendWindow::Rolling12Months, now), 550);
     }
 
