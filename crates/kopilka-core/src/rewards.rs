@@ -18,6 +18,8 @@ use crate::ledger::Credit;
 use crate::purchase::{Outcome, POINTS_MAX, TEXT_LEN_MAX};
 use crate::{Account, DomainError, DomainEvent, IdAllocator, MemberId, MemberLedger, MovementKind, Program, ProgramId};
 
+/// The longest reward description: a paragraph for the catalogue, not a web page.
+pub const DESCRIPTION_LEN_MAX: usize = 2_000;
 /// The most tiers one reward may be restricted to.
 pub const TIERS_MAX: usize = 20;
 /// The largest stock one reward may hold: far above any real shelf, far below i64.
@@ -222,8 +224,8 @@ impl RewardSpec {
     pub fn validate(&self) -> Result<(), DomainError> {
         check_text("name", &self.name)?;
         if let Some(description) = &self.description {
-            if description.chars().count() > 2_000 {
-                return Err(DomainError::invalid("description", "at most 2000 characters"));
+            if description.chars().count() > DESCRIPTION_LEN_MAX {
+                return Err(DomainError::invalid("description", format!("at most {DESCRIPTION_LEN_MAX} characters")));
             }
         }
         if !(1..=POINTS_MAX).contains(&self.price_points) {

@@ -50,7 +50,7 @@ pub enum ApiError {
     Domain(#[from] DomainError),
     /// 422: refused by a reward's terms (window, stock, limit, tier, form); see `rewards`.
     #[error("{detail}")]
-    Refused { code: &'static str, detail: String },
+    Refused { code: &'static str, detail: String, field: Option<String> },
     /// 422: an idempotency key reused with a different request.
     #[error("idempotency key {key:?} was already used for a different request")]
     IdempotencyKeyReused { key: String },
@@ -96,7 +96,7 @@ impl ApiError {
                 };
                 (status, error.code(), field)
             }
-            ApiError::Refused { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, *code, None),
+            ApiError::Refused { code, field, .. } => (StatusCode::UNPROCESSABLE_ENTITY, *code, field.clone()),
             ApiError::IdempotencyKeyReused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused", None),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),

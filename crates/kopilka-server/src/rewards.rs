@@ -166,11 +166,13 @@ impl From<RewardError> for ApiError {
             RewardError::RedemptionNotIssued { .. }
             | RewardError::FulfilledByPayout { .. }
             | RewardError::PayoutNotPending { .. } => ApiError::Conflict { code: error.code(), detail, field: None },
+            RewardError::FormNotOffered { .. } => {
+                ApiError::Refused { code: error.code(), detail, field: Some("form".into()) }
+            }
             RewardError::NotAvailable { .. }
             | RewardError::OutOfStock { .. }
             | RewardError::LimitReached { .. }
-            | RewardError::TierRequired { .. }
-            | RewardError::FormNotOffered { .. } => ApiError::Refused { code: error.code(), detail },
+            | RewardError::TierRequired { .. } => ApiError::Refused { code: error.code(), detail, field: None },
         }
     }
 }

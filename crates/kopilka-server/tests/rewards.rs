@@ -63,6 +63,8 @@ async fn a_gift_is_redeemed_for_points_and_fulfilled_by_a_partner() {
 
     let partner = app.create_key("partner").await;
     let id = redemption["id"].as_i64().unwrap();
+    let looked_up = app.send("GET", &format!("/v1/reward-redemptions/{id}"), &partner, None, None).await;
+    assert_eq!((looked_up.status.as_u16(), &looked_up.body["status"]), (200, &json!("issued")));
     let path = format!("/v1/reward-redemptions/{id}/fulfil");
     let fulfilled = app.post_as(&partner, &path, json!({})).await;
     assert_eq!(fulfilled.status, 200, "{:?}", fulfilled.body);
@@ -158,7 +160,7 @@ async fn every_refusal_names_its_reason_and_consumes_neither_points_nor_stock() 
     }
     let form = create_reward(&app, json!({ "kind": "gift", "name": "Only an item", "price_points": 10 })).await;
     let answer = redeem(&app, form, json!({ "member_id": member, "form": "cashback" })).await;
-    assert_eq!(answer.code(), "reward_form_not_offered");
+    assert_eq!((answer.code(), answer.body["field"].as_str()), ("reward_form_not_offered", Some("form")));
     let answer = redeem(&app, 999, json!({ "member_id": member })).await;
     assert_eq!((answer.status.as_u16(), answer.code()), (404, "reward_not_found"));
 

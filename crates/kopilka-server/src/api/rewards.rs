@@ -23,6 +23,8 @@ use crate::rewards::{RedemptionResponse, RewardCommand};
 
 /// Who may mark a redemption fulfilled: the business, or the partner that handed the reward over.
 const FULFILLERS: &[Role] = &[Role::Admin, Role::Partner];
+/// Who may look a redemption up: whoever reads the tenant's data, and the partners who fulfil.
+const REDEMPTION_READERS: &[Role] = &[Role::Admin, Role::Pos, Role::Analyst, Role::Partner];
 /// Characters of a voucher code: Crockford's base 32, without letters that read as digits. 32 is
 /// a power of two, so each random byte maps to a character without bias.
 const VOUCHER_ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
@@ -35,6 +37,7 @@ const VOUCHER_CODE_LEN: usize = 16;
     update_reward,
     list_rewards,
     get_reward,
+    get_redemption,
     redeem,
     member_rewards,
     fulfil,
@@ -50,6 +53,7 @@ pub fn routes() -> Router<AppState> {
         .route("/rewards/{id}", get(get_reward).put(update_reward))
         .route("/rewards/{id}/redeem", post(redeem))
         .route("/members/{id}/rewards", get(member_rewards))
+        .route("/reward-redemptions/{id}", get(get_redemption))
         .route("/reward-redemptions/{id}/fulfil", post(fulfil))
         .route("/reward-redemptions/{id}/cancel", post(cancel))
         .route("/cashback-payouts", get(list_payouts))
@@ -259,6 +263,22 @@ pub async fn member_rewards(
     let row = super::member_or_404(&state, tenant, id).await?;
     let items = state.store.redemptions_of(tenant, row.id).await?;
     Ok(Json(RedemptionList { member_id: row.id.0, items }))
+}
+
+/// One redemption, for the partner or shop that hands the reward over.
+#[utoipa::path(get, path = "/v1/reward-redemptions/{id}", tag = "rewards",
+    responses((status = 200, body = RewardRedemption), (status = 404, body = Problem, description = "redemption_not_found")))]
+pub async fn get_redemption(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<RewardRedemption>, ApiError> {
+    let tenant = caller.tenant_for(REDEMPTION_READERS)?;
+    let redemption =
+        state.store.redemption(tenant, RedemptionId(id)).await?.ok_or_else(|| {
+            ApiError::not_found("redemption_not_found", format!("reward redemption {id} does not exist"))
+        })?;
+    Ok(Json(redemption))
 }
 
 /// Marks an issued redemption fulfilled: the item was handed over, or the voucher used.
