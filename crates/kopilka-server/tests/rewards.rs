@@ -480,3 +480,39 @@ async fn rewards_are_validated_field_by_field_and_updated_by_admins_only() {
     assert_eq!((missing.status.as_u16(), missing.code()), (404, "reward_not_found"));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_readme_walk_through_holds() {
+    let app = spawn_app().await;
+    let anna = member_with_points(&app, "2000001", 100).await;
+    let mug = create_reward(
+        &app,
+        json!({ "kind": "gift", "name": "Kopilka mug", "price_points": 40, "stock": 50,
+                "member_limit": { "count": 2, "period": "month" },
+                "forms": ["item", "discount", "cashback"], "voucher": { "percent": 10, "valid_days": 30 } }),
+    )
+    .await;
+    assert_eq!(mug, 1);
+    let list = app.get(&format!("/v1/rewards?member_id={anna}")).await;
+    assert_eq!(list.body["items"][0]["redeemable"], true);
+    assert_eq!(redeem(&app, mug, json!({ "member_id": anna })).await.body["redemption"]["id"], 1);
+    let voucher = redeem(&app, mug, json!({ "member_id": anna, "form": "discount" })).await;
+    assert_eq!(voucher.body["redemption"]["id"], 2);
+    let fulfil = app.send("POST", "/v1/reward-redemptions/1/fulfil", &app.admin_key, Some("mug-handed-over"), None);
+    assert_eq!(fulfil.await.status, 200);
+    let cancel = app.send("POST", "/v1/reward-redemptions/2/cancel", &app.admin_key, Some("voucher-back"), None);
+    assert_eq!(cancel.await.status, 200);
+    let cashback = redeem(&app, mug, json!({ "member_id": anna, "form": "cashback" })).await;
+    assert_eq!(cashback.status, 201, "{:?}", cashback.body);
+    assert_eq!(
+        (cashback.body["payout"]["id"].as_i64(), cashback.body["payout"]["amount_minor"].as_i64()),
+        (Some(1), Some(4_000))
+    );
+    assert_eq!(app.get("/v1/cashback-payouts?status=pending").await.body["items"][0]["id"], 1);
+    let paid = app.send("POST", "/v1/cashback-payouts/1/paid", &app.admin_key, Some("payout-1-paid"), None);
+    assert_eq!(paid.await.status, 200);
+    assert_eq!(app.balance(anna).await, (20, 0));
+    assert_eq!(stock(&app, mug).await, 48);
+    app.assert_ledger_sound().await;
+    app.stop().await;
+}
