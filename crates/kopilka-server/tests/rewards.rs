@@ -516,3 +516,68 @@ async fn the_readme_walk_through_holds() {
     app.assert_ledger_sound().await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn redemptions_in_one_batch_see_each_others_stock_and_limits() {
+    use kopilka_core::rewards::RewardId;
+    use kopilka_core::{MemberId, TenantId};
+    use kopilka_server::engine::{Command, Idempotency, Request};
+    use kopilka_server::rewards::RewardCommand;
+    use std::sync::atomic::Ordering;
+
+    let app = spawn_app().await;
+    let state = &app.running.as_ref().unwrap().state;
+    let scarce =
+        create_reward(&app, json!({ "kind": "gift", "name": "Three left", "price_points": 10, "stock": 3 })).await;
+    let once = create_reward(
+        &app,
+        json!({ "kind": "gift", "name": "Once each", "price_points": 10, "member_limit": { "count": 1 } }),
+    )
+    .await;
+    let mut members = Vec::new();
+    for index in 0..5 {
+        members.push(member_with_points(&app, &format!("C-{index}"), 100).await);
+    }
+    let redeem = |key: String, reward: i64, member: i64| Request {
+        tenant: TenantId(1),
+        idempotency: Some(Idempotency { key: key.clone(), request_hash: key.into_bytes() }),
+        command: Command::Reward(RewardCommand::Redeem {
+            reward_id: RewardId(reward),
+            member_id: MemberId(member),
+            form: None,
+            program_id: None,
+            voucher_code: String::new(),
+        }),
+    };
+    let mut requests: Vec<Request> = members.iter().map(|m| redeem(format!("scarce-{m}"), scarce, *m)).collect();
+    requests.extend((0..3).map(|i| redeem(format!("once-{i}"), once, members[0])));
+
+    let batches_before = state.metrics.writer_batches.load(Ordering::Relaxed);
+    let answers = futures::future::join_all(requests.into_iter().map(|r| state.writer.submit(r))).await;
+    let batches = state.metrics.writer_batches.load(Ordering::Relaxed) - batches_before;
+    assert!(batches <= 2, "the burst shared a batch (took {batches} commits)");
+    let codes: Vec<String> = answers
+        .iter()
+        .map(|answer| match answer {
+            Ok(reply) => reply.status.to_string(),
+            Err(error) => error.problem().code,
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "201",
+            "201",
+            "201",
+            "reward_out_of_stock",
+            "reward_out_of_stock",
+            "201",
+            "reward_limit_reached",
+            "reward_limit_reached",
+        ]
+    );
+    assert_eq!(stock(&app, scarce).await, 0);
+    assert_eq!(app.balance(members[0]).await, (80, 0));
+    app.assert_ledger_sound().await;
+    app.stop().await;
+}
