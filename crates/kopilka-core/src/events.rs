@@ -4,6 +4,7 @@
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use crate::rewards::{PayoutId, RedemptionId, RewardForm, RewardId};
 use crate::{LotId, MemberId, Movement, MovementKind, PurchaseId};
 
 /// Something that happened to a member or the program.
@@ -61,6 +62,31 @@ pub enum DomainEvent {
         lot_id: Option<LotId>,
         expires_at: Option<Timestamp>,
     },
+    /// A member redeemed a catalogue reward (see `rewards`).
+    RewardRedeemed {
+        member_id: MemberId,
+        redemption_id: RedemptionId,
+        reward_id: RewardId,
+        form: RewardForm,
+        points: i64,
+    },
+    RewardFulfilled {
+        member_id: MemberId,
+        redemption_id: RedemptionId,
+    },
+    RewardCancelled {
+        member_id: MemberId,
+        redemption_id: RedemptionId,
+        points_restored: i64,
+    },
+    /// The business owes the member money for a reward taken as cashback.
+    CashbackPayoutCreated {
+        member_id: MemberId,
+        payout_id: PayoutId,
+        redemption_id: RedemptionId,
+        amount_minor: i64,
+        currency: String,
+    },
 }
 
 impl DomainEvent {
@@ -75,6 +101,10 @@ impl DomainEvent {
             DomainEvent::PurchaseReturned { .. } => "purchase_returned",
             DomainEvent::CouponRedeemed { .. } => "coupon_redeemed",
             DomainEvent::TierChanged { .. } => "tier_changed",
+            DomainEvent::RewardRedeemed { .. } => "reward_redeemed",
+            DomainEvent::RewardFulfilled { .. } => "reward_fulfilled",
+            DomainEvent::RewardCancelled { .. } => "reward_cancelled",
+            DomainEvent::CashbackPayoutCreated { .. } => "cashback_payout_created",
             DomainEvent::Points { movement, .. } => match movement {
                 MovementKind::Earn => "points_earn",
                 MovementKind::Activate => "points_activate",
@@ -97,7 +127,11 @@ impl DomainEvent {
             | DomainEvent::PurchaseReturned { member_id, .. }
             | DomainEvent::CouponRedeemed { member_id, .. }
             | DomainEvent::TierChanged { member_id, .. }
-            | DomainEvent::Points { member_id, .. } => *member_id,
+            | DomainEvent::Points { member_id, .. }
+            | DomainEvent::RewardRedeemed { member_id, .. }
+            | DomainEvent::RewardFulfilled { member_id, .. }
+            | DomainEvent::RewardCancelled { member_id, .. }
+            | DomainEvent::CashbackPayoutCreated { member_id, .. } => *member_id,
             DomainEvent::MembersMerged { survivor_id, .. } => *survivor_id,
         }
     }

@@ -30,6 +30,10 @@ pub enum Account {
     Expired,
     /// The other side of manual adjustments.
     Adjustments,
+    /// Where points spent on catalogue rewards go (and come back from when one is cancelled).
+    Rewards,
+    /// Points a member turned into money: the business owes their value as a cashback payout.
+    Cashback,
 }
 
 impl Account {
@@ -42,6 +46,8 @@ impl Account {
             Account::Redeemed => "redeemed",
             Account::Expired => "expired",
             Account::Adjustments => "adjustments",
+            Account::Rewards => "rewards",
+            Account::Cashback => "cashback",
         }
     }
 
@@ -61,6 +67,8 @@ impl Account {
             ("redeemed", None) => Account::Redeemed,
             ("expired", None) => Account::Expired,
             ("adjustments", None) => Account::Adjustments,
+            ("rewards", None) => Account::Rewards,
+            ("cashback", None) => Account::Cashback,
             _ => return None,
         })
     }

@@ -15,6 +15,7 @@ pub mod member;
 pub mod member_state;
 pub mod program;
 pub mod purchase;
+pub mod rewards;
 pub mod rules;
 pub mod tiers;
 

@@ -27,6 +27,7 @@ use crate::dto::{
     RedemptionRequest, ReturnRequest, ReturnResponse,
 };
 use crate::error::ApiError;
+use crate::rewards::{RewardCommand, RewardState};
 
 /// How far in the future a purchase's `occurred_at` may be: tills' clocks drift.
 const CLOCK_SKEW_MAX: SignedDuration = SignedDuration::from_mins(10);
@@ -65,6 +66,8 @@ pub enum Command {
     Checkout(CheckoutCommand),
     /// Create or stop a coupon campaign, or add codes to it (runs alone).
     Campaign(CampaignCommand),
+    /// The rewards catalogue and redemptions (see `rewards`).
+    Reward(RewardCommand),
     /// Activation and expiry of due lots for these members (the jobs).
     CatchUp {
         members: Vec<MemberId>,
@@ -243,6 +246,7 @@ pub fn keys(requests: &[&Request]) -> BatchKeys {
                 keys.members.extend(members.iter().map(|m| (tenant, *m)))
             }
             Command::Checkout(command) => crate::checkout::push_keys(&mut keys, tenant, command),
+            Command::Reward(command) => command.push_keys(tenant, &mut keys),
             Command::CreateTenant { .. }
             | Command::SaveProgram { .. }
             | Command::CreateApiKey { .. }
@@ -280,6 +284,7 @@ pub struct BatchState<'a> {
     dirty_purchases: HashSet<(TenantId, PurchaseId)>,
     identifiers: HashMap<(TenantId, IdentifierKind, String), MemberId>,
     pub(crate) checkout: CheckoutState,
+    pub(crate) rewards: RewardState,
     writes: Writes,
 }
 
@@ -314,6 +319,7 @@ impl<'a> BatchState<'a> {
             purchase_by_external_id,
             dirty_purchases: HashSet::new(),
             identifiers: loaded.identifiers,
+            rewards: RewardState::new(loaded.rewards),
             writes: Writes::default(),
         }
     }
@@ -357,6 +363,7 @@ impl<'a> BatchState<'a> {
             Command::CatchUp { members } => self.catch_up(tenant, members),
             Command::ReviewTiers { members } => self.review_tiers(tenant, members),
             Command::Checkout(command) => self.decide_checkout(tenant, command),
+            Command::Reward(command) => self.reward(tenant, command),
             Command::CreateTenant { .. }
             | Command::SaveProgram { .. }
             | Command::CreateApiKey { .. }
@@ -369,6 +376,7 @@ impl<'a> BatchState<'a> {
     /// Everything the batch decided, ready for the store.
     pub fn into_writes(mut self) -> Writes {
         self.writes.checkout = std::mem::take(&mut self.checkout).into_writes();
+        self.writes.rewards = self.rewards.into_writes();
         for ((tenant, _), ledger) in self.ledgers.iter_mut() {
             self.writes.lots.extend(ledger.take_dirty().into_iter().map(|lot| (*tenant, lot)));
         }
@@ -415,7 +423,7 @@ impl<'a> BatchState<'a> {
         BalanceView { member_id: member.0, currency: program.point_currency.to_string(), balance, as_of: now }
     }
 
-    fn record(&mut self, tenant: TenantId, outcome: purchase::Outcome) {
+    pub(crate) fn record(&mut self, tenant: TenantId, outcome: purchase::Outcome) {
         for event in outcome.events {
             *self.next_event_id += 1;
             self.writes.events.push((tenant, *self.next_event_id, event, self.now));

@@ -42,10 +42,11 @@ pub enum ApiError {
     /// 409: conflicts with the current state (a receipt already recorded, an identifier taken).
     #[error("{detail}")]
     Conflict { code: &'static str, detail: String, field: Option<String> },
-    /// 413: the body is larger than the limit.
-    /// Well-formed, but the state of things refuses it (a coupon used up, goods the member may not buy).
+    /// 422: well-formed, but the state of things refuses it (a coupon used up, goods the member may
+    /// not buy, a reward out of stock).
     #[error("{detail}")]
     Unprocessable { code: &'static str, detail: String, field: Option<String> },
+    /// 413: the body is larger than the limit.
     #[error("request body is larger than {limit_bytes} bytes")]
     PayloadTooLarge { limit_bytes: usize },
     /// 422: well-formed but refused by the program's rules (balance, share, returns).

@@ -13,4 +13,5 @@ pub mod extract;
 pub mod jobs;
 pub mod metrics;
 pub mod notify;
+pub mod rewards;
 pub mod writer;

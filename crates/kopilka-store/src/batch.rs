@@ -35,6 +35,7 @@ pub struct BatchKeys {
     pub checkouts: Vec<(TenantId, i64)>,
     /// Coupon codes; the codes loaded checkouts hold are added by `load`.
     pub coupons: Vec<(TenantId, String)>,
+    pub rewards: crate::rewards::RewardKeys,
 }
 
 /// What `load` found.
@@ -47,6 +48,7 @@ pub struct Loaded {
     pub purchases: Vec<(TenantId, ProgramId, PurchaseRecord)>,
     pub identifiers: HashMap<(TenantId, IdentifierKind, String), MemberId>,
     pub checkout: LoadedCheckout,
+    pub rewards: crate::rewards::RewardsLoaded,
 }
 
 /// Everything a batch writes.
@@ -65,6 +67,7 @@ pub struct Writes {
     /// Merges as (absorbed, survivor): members merged into the absorbed one move to the survivor.
     pub merges: Vec<(TenantId, MemberId, MemberId)>,
     pub checkout: CheckoutWrites,
+    pub rewards: crate::rewards::RewardWrites,
 }
 
 impl Writes {
@@ -79,6 +82,7 @@ impl Writes {
             && self.erased.is_empty()
             && self.merges.is_empty()
             && self.checkout.is_empty()
+            && self.rewards.is_empty()
     }
 }
 
@@ -170,6 +174,7 @@ pub async fn load(conn: &mut SqliteConnection, keys: &BatchKeys) -> Result<Loade
     }
 
     let mut members = keys.members.clone();
+    loaded.rewards = crate::rewards::load(conn, &keys.rewards, &mut members).await?;
     for chunk in keys.purchase_ids.chunks(chunk_rows(2)) {
         let mut query = QueryBuilder::<Sqlite>::new("WITH k(t, v) AS (");
         query.push_values(chunk, |mut b, (tenant, id)| {
@@ -451,6 +456,7 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &Writes) -> Result<()> {
         query.build().execute(&mut *conn).await?;
     }
     crate::checkout::flush(&mut *conn, &writes.checkout).await?;
+    crate::rewards::flush(conn, &writes.rewards).await?;
     Ok(())
 }
 

@@ -8,6 +8,7 @@ pub mod batch;
 pub mod checkout;
 pub mod outbox;
 pub mod reads;
+pub mod rewards;
 pub mod rows;
 pub mod sqlite;
 pub mod verify;

@@ -62,7 +62,12 @@ pub fn check_books(books: &Books, ledgers: &[&MemberLedger]) {
     assert_eq!(total, 0, "the books do not sum to zero: {books:?}");
     for (account, amount) in books.non_zero() {
         match account {
-            Account::MemberPending(_) | Account::MemberAvailable(_) | Account::Redeemed | Account::Expired => {
+            Account::MemberPending(_)
+            | Account::MemberAvailable(_)
+            | Account::Redeemed
+            | Account::Expired
+            | Account::Rewards
+            | Account::Cashback => {
                 assert!(amount >= 0, "{account:?} is negative: {amount}")
             }
             Account::Issued => assert!(amount <= 0, "issued is positive: {amount}"),

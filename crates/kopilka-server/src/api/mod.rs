@@ -5,6 +5,7 @@ pub mod checkout;
 pub mod ledger;
 pub mod members;
 pub mod notify;
+pub mod rewards;
 pub mod tiers;
 
 use std::time::Instant;
@@ -82,7 +83,8 @@ pub fn router(state: AppState) -> Router {
         .route("/coupon-campaigns/{id}", get(checkout::get_campaign).patch(checkout::patch_campaign))
         .route("/coupon-campaigns/{id}/codes", post(checkout::add_codes).get(checkout::list_codes))
         .route("/coupons/{code}", get(checkout::get_coupon))
-        .merge(notify::routes());
+        .merge(notify::routes())
+        .merge(rewards::routes());
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(healthz))
@@ -109,6 +111,7 @@ pub(crate) async fn member_or_404(
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     let mut doc = ApiDoc::openapi();
     doc.merge(notify::NotifyDoc::openapi());
+    doc.merge(rewards::RewardsDoc::openapi());
     Json(doc)
 }
 
