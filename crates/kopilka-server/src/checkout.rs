@@ -10,12 +10,14 @@ use std::collections::{HashMap, HashSet};
 
 use jiff::{SignedDuration, Timestamp};
 use kopilka_core::checkout::coupon::{normalize_code, CODES_PER_REQUEST_MAX};
+use kopilka_core::checkout::CouponEffect;
 use kopilka_core::checkout::{
     self, check_code, CampaignRecord, Checkout, CheckoutBasket, CheckoutStatus, Coupon, CouponCampaign, CouponInput,
     CouponRefusal, Quote, QuoteBasket, Spend,
 };
 use kopilka_core::member_state::SpendWindow;
 use kopilka_core::purchase::{self, Channel, LineInput, PurchaseCommand, PurchaseRecord};
+use kopilka_core::rewards::{RedemptionId, RedemptionStatus};
 use kopilka_core::rules::LineExplanation;
 use kopilka_core::{Currency, DomainEvent, MemberId, TenantId};
 use kopilka_store::batch::Connection as SqliteConnection;
@@ -174,6 +176,8 @@ pub struct CheckoutState {
     checkouts: HashMap<(TenantId, i64), Checkout>,
     coupons: HashMap<(TenantId, String), Coupon>,
     campaigns: HashMap<(TenantId, i64), CampaignRecord>,
+    /// Codes that are reward vouchers, with the redemption that issued them.
+    vouchers: HashMap<(TenantId, String), RedemptionId>,
     dirty_checkouts: HashSet<(TenantId, i64)>,
     dirty_coupons: HashSet<(TenantId, String)>,
     dirty_campaigns: HashSet<(TenantId, i64)>,
@@ -186,6 +190,7 @@ impl CheckoutState {
             checkouts: loaded.checkouts,
             coupons: loaded.coupons,
             campaigns: loaded.campaigns,
+            vouchers: loaded.vouchers,
             ..CheckoutState::default()
         }
     }
@@ -267,11 +272,19 @@ impl BatchState<'_> {
             rolling_12_months_minor: state.spend(program, SpendWindow::Rolling12Months, now),
         };
         let available_points = self.ledger(tenant, member).0.balance(&program.point_currency, now).available;
+        let vouchers = self.voucher_coupons(tenant, codes);
         let checkout = &self.checkout;
         let inputs: Vec<CouponInput> = codes
             .iter()
             .map(|raw| {
                 let checked = normalize_code(raw).map_err(CouponRefusal::Malformed).and_then(|code| {
+                    if let Some((record, coupon)) = vouchers.get(&code) {
+                        if coupon.uses > 1 {
+                            return Err(CouponRefusal::VoucherCancelled);
+                        }
+                        check_code(record, coupon, member, 0, checkout_id, now)?;
+                        return Ok((record, coupon));
+                    }
                     let coupon = checkout.coupons.get(&(tenant, code)).ok_or(CouponRefusal::NotFound)?;
                     let record = &checkout.campaigns[&(tenant, coupon.campaign_id)];
                     let uses = state.coupon_uses.get(&record.id).copied().unwrap_or(0);
@@ -290,6 +303,50 @@ impl BatchState<'_> {
             available_points,
         };
         checkout::quote(program, &quote_basket, &context, &spend, &inputs)
+    }
+
+    /// Reward vouchers among `codes`, dressed as single-use personal coupons of a campaign of
+    /// their own (negative ids, so they never meet a real campaign's counters). A voucher used
+    /// already counts one use; a cancelled one two, which `price` turns into its own refusal.
+    fn voucher_coupons(&self, tenant: TenantId, codes: &[String]) -> HashMap<String, (CampaignRecord, Coupon)> {
+        let mut found = HashMap::new();
+        for code in codes.iter().filter_map(|raw| normalize_code(raw).ok()) {
+            let Some(id) = self.checkout.vouchers.get(&(tenant, code.clone())) else { continue };
+            let Ok(redemption) = self.rewards.redemption(tenant, *id) else { continue };
+            let Some(voucher) = &redemption.voucher else { continue };
+            let effect = match (voucher.percent, voucher.amount_minor) {
+                (Some(percent), _) => CouponEffect::Percent(percent),
+                (None, Some(amount)) => CouponEffect::AmountMinor(amount),
+                (None, None) => continue,
+            };
+            let campaign = CouponCampaign {
+                name: format!("Reward voucher (redemption {})", redemption.id.0),
+                effect,
+                condition: kopilka_core::rules::Condition::Always,
+                min_basket_minor: 0,
+                valid_from: None,
+                valid_until: voucher.expires_at,
+                uses_per_code: 1,
+                uses_per_member: None,
+                uses_total: None,
+                code_format: Default::default(),
+            };
+            let uses = match redemption.status {
+                RedemptionStatus::Issued => 0,
+                RedemptionStatus::Fulfilled => 1,
+                RedemptionStatus::Cancelled => 2,
+            };
+            let record = CampaignRecord { id: -redemption.id.0, campaign, used: 0, active: true };
+            let coupon = Coupon {
+                code: code.clone(),
+                campaign_id: record.id,
+                member_id: Some(redemption.member_id),
+                uses,
+                holds: Vec::new(),
+            };
+            found.insert(code, (record, coupon));
+        }
+        found
     }
 
     fn quote(&mut self, tenant: TenantId, request: &QuoteRequest) -> Result<Reply, ApiError> {
@@ -323,7 +380,8 @@ impl BatchState<'_> {
         let id = self.ids.checkout();
         let quote = self.price(tenant, member, &program, &basket, &request.coupons, id);
         let expires_at = now + SignedDuration::from_mins(program.checkout_hold_minutes);
-        for verdict in quote.valid_codes() {
+        // Vouchers are personal and used once: the confirmation's check is their guard, no hold.
+        for verdict in quote.valid_codes().filter(|v| v.campaign_id.is_some_and(|c| c > 0)) {
             let key = (tenant, verdict.code.clone());
             self.checkout.coupons.get_mut(&key).expect("valid codes were loaded").hold(id, expires_at, now);
             self.checkout.dirty_coupons.insert(key);
@@ -413,6 +471,11 @@ impl BatchState<'_> {
 
         let now = self.now;
         for verdict in quote.valid_codes() {
+            if let Some(redemption) = verdict.campaign_id.filter(|c| *c < 0).map(|c| RedemptionId(-c)) {
+                let event = self.rewards.use_voucher(tenant, redemption, now).expect("checked valid just above");
+                self.event(tenant, event);
+                continue;
+            }
             let key = (tenant, verdict.code.clone());
             let coupon = self.checkout.coupons.get_mut(&key).expect("valid codes were loaded");
             coupon.consume(id, now);
@@ -483,7 +546,7 @@ impl BatchState<'_> {
 
 /// The refusal codes as static strings, for problem+json.
 fn coupon_code(code: &str) -> &'static str {
-    const CODES: [&str; 12] = [
+    const CODES: [&str; 13] = [
         "coupon_not_found",
         "coupon_malformed",
         "coupon_campaign_stopped",
@@ -496,6 +559,7 @@ fn coupon_code(code: &str) -> &'static str {
         "coupon_not_yours",
         "coupon_condition_not_met",
         "coupon_same_campaign",
+        "voucher_cancelled",
     ];
     CODES.into_iter().find(|c| *c == code).unwrap_or("coupon_invalid")
 }

@@ -83,6 +83,19 @@ pub struct RewardState {
 }
 
 impl RewardState {
+    /// Marks the voucher of redemption `id` used: the redemption is fulfilled.
+    pub(crate) fn use_voucher(
+        &mut self,
+        tenant: TenantId,
+        id: RedemptionId,
+        now: Timestamp,
+    ) -> Result<kopilka_core::DomainEvent, RewardError> {
+        let redemption = self.redemptions.get_mut(&(tenant, id)).expect("vouchers are loaded with their redemption");
+        let event = rewards::decide_reward_fulfil(redemption, now)?;
+        self.dirty_redemptions.insert((tenant, id));
+        Ok(event)
+    }
+
     pub(crate) fn new(loaded: RewardsLoaded) -> RewardState {
         RewardState {
             rewards: loaded.rewards,
@@ -136,7 +149,7 @@ impl RewardState {
             .ok_or_else(|| ApiError::not_found("reward_not_found", format!("reward {id} does not exist")))
     }
 
-    fn redemption(&self, tenant: TenantId, id: RedemptionId) -> Result<RewardRedemption, ApiError> {
+    pub(crate) fn redemption(&self, tenant: TenantId, id: RedemptionId) -> Result<RewardRedemption, ApiError> {
         self.redemptions.get(&(tenant, id)).cloned().ok_or_else(|| {
             ApiError::not_found("redemption_not_found", format!("reward redemption {id} does not exist"))
         })

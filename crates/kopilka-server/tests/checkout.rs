@@ -380,3 +380,44 @@ async fn codes_are_generated_in_bulk_imported_whole_or_not_at_all_and_campaigns_
     assert_eq!(app.get(&format!("/v1/coupon-campaigns/{id}")).await.body["codes"], 20_003);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_reward_voucher_pays_at_checkout_once_and_only_for_its_member() {
+    let app = spawn_app().await;
+    let reward = app
+        .post(
+            "/v1/rewards",
+            json!({ "kind": "discount_voucher", "name": "10% off", "price_points": 100, "voucher": { "percent": 10 } }),
+        )
+        .await;
+    assert_eq!(reward.status, 201, "{:?}", reward.body);
+    let reward = reward.body["id"].as_i64().unwrap();
+    let (olga, ivan) = (app.create_member("C-1").await, app.create_member("C-2").await);
+    app.adjust(olga, 300).await;
+    let path = format!("/v1/rewards/{reward}/redeem");
+    let first = app.post(&path, json!({ "member_id": olga })).await;
+    assert_eq!(first.status, 201, "{:?}", first.body);
+    let code = first.body["redemption"]["voucher"]["code"].as_str().unwrap().to_string();
+    let items = json!([line("A", "food", 1, 1_000_00)]);
+
+    let not_hers = quote(&app, basket(ivan, items.clone(), json!([code.to_lowercase()]))).await;
+    assert_eq!(verdict(&not_hers, &code)["refusal"]["code"], "coupon_not_yours");
+    let quoted = quote(&app, basket(olga, items.clone(), json!([code.clone()]))).await;
+    assert_eq!(verdict(&quoted, &code)["discount_minor"], 100_00, "{:?}", quoted.body);
+    let done = confirm(&app, &quoted, "R-1", json!({})).await;
+    assert_eq!(done.status, 201, "{:?}", done.body);
+    assert_eq!(done.body["purchase"]["total_minor"], 900_00);
+    let redemption = first.body["redemption"]["id"].as_i64().unwrap();
+    assert_eq!(app.get(&format!("/v1/reward-redemptions/{redemption}")).await.body["status"], "fulfilled");
+    let again = quote(&app, basket(olga, items.clone(), json!([code.clone()]))).await;
+    assert_eq!(verdict(&again, &code)["refusal"]["code"], "coupon_used_up");
+
+    let second = app.post(&path, json!({ "member_id": olga })).await;
+    let cancelled_code = second.body["redemption"]["voucher"]["code"].as_str().unwrap().to_string();
+    let id = second.body["redemption"]["id"].as_i64().unwrap();
+    assert_eq!(app.post(&format!("/v1/reward-redemptions/{id}/cancel"), json!({})).await.status, 200);
+    let refused = quote(&app, basket(olga, items, json!([cancelled_code.clone()]))).await;
+    assert_eq!(verdict(&refused, &cancelled_code)["refusal"]["code"], "voucher_cancelled");
+    app.assert_ledger_sound().await;
+    app.stop().await;
+}

@@ -174,7 +174,6 @@ pub async fn load(conn: &mut SqliteConnection, keys: &BatchKeys) -> Result<Loade
     }
 
     let mut members = keys.members.clone();
-    loaded.rewards = crate::rewards::load(conn, &keys.rewards, &mut members).await?;
     for chunk in keys.purchase_ids.chunks(chunk_rows(2)) {
         let mut query = QueryBuilder::<Sqlite>::new("WITH k(t, v) AS (");
         query.push_values(chunk, |mut b, (tenant, id)| {
@@ -197,8 +196,12 @@ pub async fn load(conn: &mut SqliteConnection, keys: &BatchKeys) -> Result<Loade
     }
     members.extend(loaded.purchases.iter().map(|(tenant, _, record)| (*tenant, record.member_id)));
     let (checkout, checkout_members) = crate::checkout::load(&mut *conn, &keys.checkouts, &keys.coupons).await?;
+    // Codes that are no coupon may be reward vouchers: their redemptions load with the rewards.
+    let mut reward_keys = keys.rewards.clone();
+    reward_keys.redemptions.extend(checkout.vouchers.iter().map(|((tenant, _), id)| (*tenant, *id)));
     loaded.checkout = checkout;
     members.extend(checkout_members);
+    loaded.rewards = crate::rewards::load(conn, &reward_keys, &mut members).await?;
 
     for kind in IdentifierKind::ALL {
         let wanted: Vec<_> = keys.identifiers.iter().filter(|(_, k, _)| *k == kind).collect();

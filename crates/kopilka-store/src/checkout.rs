@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use jiff::Timestamp;
 use kopilka_core::checkout::{CampaignRecord, Checkout, Coupon, CouponCampaign, Hold};
+use kopilka_core::rewards::RedemptionId;
 use kopilka_core::{MemberId, TenantId};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
@@ -20,6 +21,8 @@ pub struct LoadedCheckout {
     pub checkouts: HashMap<(TenantId, i64), Checkout>,
     pub coupons: HashMap<(TenantId, String), Coupon>,
     pub campaigns: HashMap<(TenantId, i64), CampaignRecord>,
+    /// Codes that are no coupon but a reward voucher, with the redemption that issued them.
+    pub vouchers: HashMap<(TenantId, String), RedemptionId>,
 }
 
 fn corrupt(table: &'static str) -> impl Fn(String) -> StoreError {
@@ -93,6 +96,18 @@ pub(crate) async fn load(
             let coupon = coupon_of_row(&row)?;
             campaigns.push((tenant, coupon.campaign_id));
             loaded.coupons.insert((tenant, coupon.code.clone()), coupon);
+        }
+    }
+    let unknown: Vec<&(TenantId, String)> = codes.iter().filter(|key| !loaded.coupons.contains_key(*key)).collect();
+    for chunk in unknown.chunks(BIND_VALUES_MAX / 2) {
+        let mut query = QueryBuilder::<Sqlite>::new("WITH k(t, v) AS (");
+        query.push_values(chunk, |mut b, (tenant, code)| {
+            b.push_bind(tenant.0).push_bind(code);
+        });
+        query.push(") SELECT tenant_id, id, voucher_code FROM k CROSS JOIN reward_redemptions ON reward_redemptions.tenant_id = k.t AND reward_redemptions.voucher_code = k.v");
+        for row in query.build().fetch_all(&mut *conn).await? {
+            let tenant = TenantId(row.get("tenant_id"));
+            loaded.vouchers.insert((tenant, row.get("voucher_code")), RedemptionId(row.get("id")));
         }
     }
     campaigns.sort();

@@ -23,7 +23,7 @@ const CHUNK_ROWS_MAX: usize = 4_000;
 pub const PAGE_SIZE_MAX: i64 = 500;
 
 /// What a batch of reward commands needs loaded.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct RewardKeys {
     pub rewards: Vec<(TenantId, RewardId)>,
     /// Every redemption of a reward by a member, for per-member limits.

@@ -202,6 +202,8 @@ pub enum CouponRefusal {
     ConditionNotMet(String),
     #[error("another coupon of the same campaign is in this checkout")]
     SameCampaign,
+    #[error("the reward that issued this voucher was cancelled")]
+    VoucherCancelled,
 }
 
 impl CouponRefusal {
@@ -219,6 +221,7 @@ impl CouponRefusal {
             CouponRefusal::NotYours => "coupon_not_yours",
             CouponRefusal::ConditionNotMet(_) => "coupon_condition_not_met",
             CouponRefusal::SameCampaign => "coupon_same_campaign",
+            CouponRefusal::VoucherCancelled => "voucher_cancelled",
         }
     }
 }
