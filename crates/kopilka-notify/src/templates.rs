@@ -6,6 +6,7 @@
 //! The HTML part is auto-escaped; the subject and text parts are not.
 
 use kopilka_core::events::DomainEvent;
+use kopilka_core::rewards::{PayoutId, RedemptionId, RewardForm, RewardId};
 use kopilka_core::{LotId, MemberId, MovementKind, PurchaseId};
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use serde::{Deserialize, Serialize};
@@ -142,6 +143,12 @@ pub const EVENT_KINDS: &[&str] = &[
     "points_expire",
     "points_adjust",
     "points_merge",
+    "coupon_redeemed",
+    "tier_changed",
+    "reward_redeemed",
+    "reward_fulfilled",
+    "reward_cancelled",
+    "cashback_payout_created",
 ];
 
 /// A representative event of `kind`, as the outbox stores it.
@@ -176,6 +183,37 @@ pub fn sample_event(kind: &str) -> Option<DomainEvent> {
         "points_expire" => points(MovementKind::Expire),
         "points_adjust" => points(MovementKind::Adjust),
         "points_merge" => points(MovementKind::Merge),
+        "coupon_redeemed" => DomainEvent::CouponRedeemed {
+            member_id,
+            code: "AUTUMN-2026".into(),
+            campaign_id: 1,
+            purchase_id,
+            discount_minor: 100_00,
+        },
+        "tier_changed" => DomainEvent::TierChanged {
+            member_id,
+            from: Some("silver".into()),
+            to: Some("gold".into()),
+            reason: "qualified".into(),
+        },
+        "reward_redeemed" => DomainEvent::RewardRedeemed {
+            member_id,
+            redemption_id: RedemptionId(1),
+            reward_id: RewardId(1),
+            form: RewardForm::Discount,
+            points: 500,
+        },
+        "reward_fulfilled" => DomainEvent::RewardFulfilled { member_id, redemption_id: RedemptionId(1) },
+        "reward_cancelled" => {
+            DomainEvent::RewardCancelled { member_id, redemption_id: RedemptionId(1), points_restored: 500 }
+        }
+        "cashback_payout_created" => DomainEvent::CashbackPayoutCreated {
+            member_id,
+            payout_id: PayoutId(1),
+            redemption_id: RedemptionId(1),
+            amount_minor: 500_00,
+            currency: "RUB".into(),
+        },
         _ => return None,
     })
 }
