@@ -98,6 +98,9 @@ pub struct Program {
     /// How long a checkout quote holds its coupons before they go back.
     #[serde(default = "default_checkout_hold_minutes")]
     pub checkout_hold_minutes: i64,
+    /// The referral program, when the tenant runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub referrals: Option<crate::referrals::ReferralProgram>,
 }
 
 fn default_discount_percent_max() -> i64 {
@@ -158,6 +161,7 @@ impl Program {
             categories: Vec::new(),
             tiers: None,
             checkout_hold_minutes: default_checkout_hold_minutes(),
+            referrals: None,
         }
     }
 
@@ -240,6 +244,7 @@ impl Program {
                 message: format!("must be between 1 and {}", Self::CHECKOUT_HOLD_MINUTES_MAX),
             });
         }
+        issues.extend(self.referrals.iter().flat_map(|r| r.issues()));
         if issues.is_empty() {
             Ok(())
         } else {

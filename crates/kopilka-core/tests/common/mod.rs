@@ -67,10 +67,11 @@ pub fn check_books(books: &Books, ledgers: &[&MemberLedger]) {
             | Account::Redeemed
             | Account::Expired
             | Account::Rewards
-            | Account::Cashback => {
+            | Account::Cashback
+            | Account::PartnerRedeemed(_) => {
                 assert!(amount >= 0, "{account:?} is negative: {amount}")
             }
-            Account::Issued => assert!(amount <= 0, "issued is positive: {amount}"),
+            Account::Issued | Account::PartnerIssued(_) => assert!(amount <= 0, "issued is positive: {amount}"),
             Account::Adjustments => {}
         }
     }
