@@ -227,3 +227,35 @@ pub fn judge_purchase(
     }
     Verdict::Reward
 }
+
+/// Credits a referral bonus (the welcome bonus or the referrer's reward) from the program's
+/// `issued` account. It is available at once: there is no purchase to return.
+pub fn decide_referral_credit(
+    program: &Program,
+    ledger: &mut crate::MemberLedger,
+    points: i64,
+    reason: &str,
+    now: Timestamp,
+    ids: &mut crate::IdAllocator,
+) -> crate::purchase::Outcome {
+    assert!(points > 0, "only positive bonuses are credited");
+    let mut outcome = crate::purchase::Outcome::default();
+    for movement in ledger.catch_up(now, ids) {
+        outcome.events.push(crate::DomainEvent::of_movement(&movement, None));
+        outcome.movements.push(movement);
+    }
+    let expires_at = program.expires_at(now);
+    let credit = crate::ledger::Credit {
+        currency: program.point_currency.clone(),
+        amount: points,
+        available_from: now,
+        expires_at,
+        purchase_id: None,
+    };
+    let movement =
+        ledger.credit(ids, crate::MovementKind::Earn, crate::Account::Issued, credit, now, Some(reason.to_string()));
+    movement.assert_balanced();
+    outcome.events.push(crate::DomainEvent::of_movement(&movement, Some(expires_at)));
+    outcome.movements.push(movement);
+    outcome
+}
