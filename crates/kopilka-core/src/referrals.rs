@@ -167,14 +167,19 @@ pub fn check_referral(
     accepted_at: &[Timestamp],
     now: Timestamp,
 ) -> Result<(), RejectReason> {
-    let shared = |a: Option<&str>, b: Option<&str>| a.is_some() && a == b;
-    if shared(referrer.phone, referred.phone) {
+    // Identifiers are unique per tenant, so an exact match cannot happen: what gives a second
+    // account away is the same identifier written another way.
+    let shared = |a: Option<&str>, b: Option<&str>, canonical: fn(&str) -> String| match (a, b) {
+        (Some(a), Some(b)) => !canonical(a).is_empty() && canonical(a) == canonical(b),
+        _ => false,
+    };
+    if shared(referrer.phone, referred.phone, canonical_phone) {
         return Err(RejectReason::SelfReferralSharedPhone);
     }
-    if shared(referrer.email, referred.email) {
+    if shared(referrer.email, referred.email, canonical_email) {
         return Err(RejectReason::SelfReferralSharedEmail);
     }
-    if shared(referrer.card, referred.card) {
+    if shared(referrer.card, referred.card, canonical_card) {
         return Err(RejectReason::SelfReferralSharedCard);
     }
     if terms.check_device && referred.devices.iter().any(|d| referrer.devices.contains(d)) {
@@ -191,6 +196,26 @@ pub fn check_referral(
         }
     }
     Ok(())
+}
+
+/// A phone's national number: its last ten digits, so `+7 912…` and `8 912…` are one phone.
+pub fn canonical_phone(phone: &str) -> String {
+    let digits: Vec<char> = phone.chars().filter(char::is_ascii_digit).collect();
+    digits[digits.len().saturating_sub(10)..].iter().collect()
+}
+
+/// An address without case, `+tags` and dots in the local part: the forms one mailbox takes.
+pub fn canonical_email(email: &str) -> String {
+    let email = email.trim().to_lowercase();
+    let Some((local, domain)) = email.rsplit_once('@') else { return email };
+    let local = local.split('+').next().unwrap_or_default().replace('.', "");
+    format!("{local}@{domain}")
+}
+
+/// A card number's digits without leading zeros.
+pub fn canonical_card(card: &str) -> String {
+    let digits: String = card.chars().filter(char::is_ascii_alphanumeric).collect();
+    digits.trim_start_matches('0').to_ascii_uppercase()
 }
 
 /// What an accepted referral's first qualifying purchase decides, once looked at.

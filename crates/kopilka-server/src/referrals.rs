@@ -14,7 +14,7 @@ use kopilka_store::batch::BatchKeys;
 use kopilka_store::referrals::{ReferralWrites, ReferralsLoaded};
 use serde::Serialize;
 
-use crate::engine::{BatchState, Reply};
+use crate::engine::{BatchState, Command, Reply};
 use crate::error::ApiError;
 
 /// The longest device fingerprint kept.
@@ -323,4 +323,45 @@ impl BatchState<'_> {
         }
         Ok(Reply::json(200, &counts))
     }
+}
+
+/// The `referrals` job: for every accepted referral whose referred member has made a qualifying
+/// purchase, asks the writer to settle it. The writer judges each at its own `now` (reward, void,
+/// or wait), so a run repeated or racing a return never rewards twice or rewards a returned
+/// purchase. `movements` in the report counts referrals settled.
+pub async fn run_job(
+    store: &kopilka_store::Store,
+    writer: &crate::writer::Writer,
+    only: Option<TenantId>,
+) -> Result<crate::dto::JobReport, ApiError> {
+    let mut report = crate::dto::JobReport { job: "referrals".into(), members: 0, movements: 0 };
+    for tenant in store.tenants_with_accepted_referrals().await? {
+        if only.is_some_and(|only| only != tenant) {
+            continue;
+        }
+        let Some((_, _, program)) = store.program(tenant, None).await? else { continue };
+        let Some(terms) = program.referrals else { continue };
+        let mut after = MemberId(0);
+        for _ in 0..crate::jobs::CHUNKS_PER_RUN_MAX {
+            let referred = store.accepted_referrals(tenant, after, crate::jobs::CHUNK_MEMBERS_MAX).await?;
+            let Some(last) = referred.last() else { break };
+            after = *last;
+            let mut due = Vec::new();
+            for member in referred {
+                let min_minor = terms.min_purchase_minor.max(1);
+                if let Some(purchase) = store.first_purchase_at_least(tenant, member, min_minor).await? {
+                    due.push((member, purchase));
+                }
+            }
+            if due.is_empty() {
+                continue;
+            }
+            report.members += due.len() as i64;
+            let command = Command::Referral(ReferralCommand::Settle { due });
+            let reply = writer.submit(crate::engine::Request { tenant, idempotency: None, command }).await?;
+            let body: HashMap<String, i64> = serde_json::from_slice(&reply.body).expect("settle replies are JSON");
+            report.movements += body.values().sum::<i64>();
+        }
+    }
+    Ok(report)
 }

@@ -203,12 +203,14 @@ impl Store {
         record.as_deref().map(referral_of).transpose()
     }
 
-    /// Referred members still waiting for their referrer's reward, at most `limit`.
-    pub async fn accepted_referrals(&self, tenant: TenantId, limit: i64) -> Result<Vec<MemberId>> {
+    /// Referred members after `after` still waiting for their referrer's reward, at most `limit`.
+    pub async fn accepted_referrals(&self, tenant: TenantId, after: MemberId, limit: i64) -> Result<Vec<MemberId>> {
         let ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT referred_id FROM referrals WHERE tenant_id = ? AND status = 'accepted' ORDER BY referred_id LIMIT ?",
+            "SELECT referred_id FROM referrals WHERE tenant_id = ? AND status = 'accepted' AND referred_id > ?
+             ORDER BY referred_id LIMIT ?",
         )
         .bind(tenant.0)
+        .bind(after.0)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
