@@ -38,6 +38,9 @@ pub enum Account {
     PartnerIssued(PartnerId),
     /// Where points members spent at a partner go: the program owes the partner their value.
     PartnerRedeemed(PartnerId),
+    /// The bridge of coalition exchanges: points of one program go in, points of another come
+    /// out, each side balanced in its own currency.
+    Exchange,
 }
 
 /// An account as stored and sent: its kind and the member or partner it belongs to.
@@ -79,6 +82,7 @@ impl Account {
             Account::Cashback => "cashback",
             Account::PartnerIssued(_) => "partner_issued",
             Account::PartnerRedeemed(_) => "partner_redeemed",
+            Account::Exchange => "exchange",
         }
     }
 
@@ -118,6 +122,7 @@ impl Account {
             ("adjustments", None) => Account::Adjustments,
             ("rewards", None) => Account::Rewards,
             ("cashback", None) => Account::Cashback,
+            ("exchange", None) => Account::Exchange,
             _ => return None,
         })
     }

@@ -187,3 +187,109 @@ pub fn settle<'a>(partner: &Partner, postings: impl IntoIterator<Item = &'a Post
 pub fn partner_postings<'a>(movements: &'a [Movement], partner: PartnerId) -> impl Iterator<Item = &'a Posting> {
     movements.iter().flat_map(|m| &m.postings).filter(move |p| p.account.partner_id() == Some(partner))
 }
+
+/// A coalition rate: `points_to` points of program `to_program` for every `points_from` of this
+/// program, with an optional cap on the points a member may convert per rolling period.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeRate {
+    pub to_program: i64,
+    pub points_from: i64,
+    pub points_to: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<ExchangeLimit>,
+}
+
+/// At most `points` converted by a member within any `period_days` days.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeLimit {
+    pub points: i64,
+    pub period_days: i64,
+}
+
+impl ExchangeRate {
+    pub fn issues(&self, index: usize) -> Vec<crate::ValidationIssue> {
+        let mut issues = Vec::new();
+        let mut issue = |field: &str, message: String| {
+            issues.push(crate::ValidationIssue { path: format!("exchanges[{index}].{field}"), message })
+        };
+        for (field, value) in [("points_from", self.points_from), ("points_to", self.points_to)] {
+            if !(1..=POINT_PRICE_MINOR_MAX).contains(&value) {
+                issue(field, format!("must be between 1 and {POINT_PRICE_MINOR_MAX}"));
+            }
+        }
+        if let Some(limit) = self.limit {
+            if !(1..=POINTS_MAX).contains(&limit.points) {
+                issue("limit.points", format!("must be between 1 and {POINTS_MAX}"));
+            }
+            if !(1..=3660).contains(&limit.period_days) {
+                issue("limit.period_days", "must be between 1 and 3660".into());
+            }
+        }
+        issues
+    }
+
+    /// Points of the target program for `points` of this one, rounded down.
+    pub fn convert(&self, points: i64) -> i64 {
+        let converted = i128::from(points) * i128::from(self.points_to) / i128::from(self.points_from);
+        i64::try_from(converted).expect("bounded points times a bounded rate fit in i64")
+    }
+}
+
+/// Converts `points` of `from` into `to` at `rate` for the member: a debit of `from`'s points into
+/// `exchange` and a credit of `to`'s points out of it, available at once. Refused, changing
+/// nothing, when the points are not available or convert to nothing. Limits are the caller's,
+/// since they need the member's history.
+pub fn decide_exchange(
+    from: &Program,
+    to: &Program,
+    rate: &ExchangeRate,
+    ledger: &mut MemberLedger,
+    points: i64,
+    now: Timestamp,
+    ids: &mut IdAllocator,
+) -> Result<(Outcome, i64), DomainError> {
+    check_points(points)?;
+    let converted = rate.convert(points);
+    if converted < 1 {
+        return Err(DomainError::invalid(
+            "points",
+            format!("at {}:{} must be at least {} to give a point", rate.points_from, rate.points_to, rate.points_from),
+        ));
+    }
+    let available = ledger.balance(&from.point_currency, now).available;
+    if points > available {
+        return Err(DomainError::InsufficientPoints { available, requested: points });
+    }
+    let mut outcome = caught_up(ledger, now, ids);
+    let reason = Some(format!("exchange to program {}", rate.to_program));
+    let debit = ledger.debit_available(
+        ids,
+        MovementKind::Redeem,
+        Account::Exchange,
+        &from.point_currency,
+        points,
+        now,
+        None,
+        reason.clone(),
+    )?;
+    debit.assert_balanced();
+    outcome.events.push(DomainEvent::of_movement(&debit, None));
+    outcome.movements.push(debit);
+    let expires_at = to.expires_at(now);
+    let credit = Credit {
+        currency: to.point_currency.clone(),
+        amount: converted,
+        available_from: now,
+        expires_at,
+        purchase_id: None,
+    };
+    let movement = ledger.credit(ids, MovementKind::Earn, Account::Exchange, credit, now, reason);
+    movement.assert_balanced();
+    outcome.events.push(DomainEvent::of_movement(&movement, Some(expires_at)));
+    outcome.movements.push(movement);
+    Ok((outcome, converted))
+}

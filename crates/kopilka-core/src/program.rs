@@ -101,6 +101,9 @@ pub struct Program {
     /// The referral program, when the tenant runs one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub referrals: Option<crate::referrals::ReferralProgram>,
+    /// Coalition exchanges: the programs this program's points convert into, at what rate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exchanges: Vec<crate::partners::ExchangeRate>,
 }
 
 fn default_discount_percent_max() -> i64 {
@@ -162,6 +165,7 @@ impl Program {
             tiers: None,
             checkout_hold_minutes: default_checkout_hold_minutes(),
             referrals: None,
+            exchanges: Vec::new(),
         }
     }
 
@@ -245,6 +249,9 @@ impl Program {
             });
         }
         issues.extend(self.referrals.iter().flat_map(|r| r.issues()));
+        for (index, rate) in self.exchanges.iter().enumerate() {
+            issues.extend(rate.issues(index));
+        }
         if issues.is_empty() {
             Ok(())
         } else {

@@ -36,6 +36,16 @@ pub enum PartnerCommand {
         points: i64,
         external_id: String,
     },
+    /// A coalition exchange; the handler names the period its limit looks back over (from its
+    /// clock) so the batch can load what the member already converted.
+    Exchange {
+        member_id: MemberId,
+        from_program: i64,
+        to_program: i64,
+        points: i64,
+        from_currency: String,
+        usage_since: jiff::Timestamp,
+    },
 }
 
 impl PartnerCommand {
@@ -48,6 +58,10 @@ impl PartnerCommand {
                 keys.partners.partners.push((tenant, *partner_id));
                 keys.members.push((tenant, *member_id));
             }
+            PartnerCommand::Exchange { member_id, from_currency, usage_since, .. } => {
+                keys.members.push((tenant, *member_id));
+                keys.partners.exchange_usage.push((tenant, *member_id, from_currency.clone(), *usage_since));
+            }
         }
     }
 }
@@ -57,12 +71,18 @@ impl PartnerCommand {
 pub struct PartnerState {
     partners: HashMap<(TenantId, PartnerId), Partner>,
     last_ids: HashMap<TenantId, i64>,
+    exchange_used: HashMap<(TenantId, MemberId, String), i64>,
     writes: PartnerWrites,
 }
 
 impl PartnerState {
     pub fn new(loaded: PartnersLoaded) -> PartnerState {
-        PartnerState { partners: loaded.partners, last_ids: loaded.last_ids, writes: PartnerWrites::default() }
+        PartnerState {
+            partners: loaded.partners,
+            last_ids: loaded.last_ids,
+            exchange_used: loaded.exchange_used,
+            writes: PartnerWrites::default(),
+        }
     }
 
     pub fn into_writes(self) -> PartnerWrites {
@@ -127,6 +147,9 @@ impl BatchState<'_> {
             PartnerCommand::Redeem { partner_id, member_id, points, external_id } => {
                 self.at_partner(tenant, *partner_id, *member_id, *points, external_id, false)
             }
+            PartnerCommand::Exchange { member_id, from_program, to_program, points, from_currency, .. } => {
+                self.exchange(tenant, *member_id, *from_program, *to_program, *points, from_currency)
+            }
         }
     }
 
@@ -158,6 +181,79 @@ impl BatchState<'_> {
             external_id: external_id.to_string(),
             movement,
             balance,
+        };
+        Ok(Reply::json(201, &response).about(member))
+    }
+}
+
+/// The answer to a coalition exchange.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ExchangeResponse {
+    pub member_id: i64,
+    pub from_program: i64,
+    pub to_program: i64,
+    pub points: i64,
+    pub converted: i64,
+    pub from_balance: BalanceView,
+    pub to_balance: BalanceView,
+}
+
+impl BatchState<'_> {
+    fn exchange(
+        &mut self,
+        tenant: TenantId,
+        member_id: MemberId,
+        from_program: i64,
+        to_program: i64,
+        points: i64,
+        from_currency: &str,
+    ) -> Result<Reply, ApiError> {
+        if from_program == to_program {
+            return Err(ApiError::bad_request(
+                "validation_failed",
+                "to_program_id",
+                "must differ from from_program_id",
+            ));
+        }
+        let member = self.member(tenant, member_id)?;
+        let from = self.programs.get(tenant, Some(from_program))?.program.clone();
+        let to = self.programs.get(tenant, Some(to_program))?.program.clone();
+        let rate = from.exchanges.iter().find(|r| r.to_program == to_program).cloned().ok_or_else(|| {
+            ApiError::Unprocessable {
+                code: "exchange_not_offered",
+                detail: format!("program {from_program} sets no rate into program {to_program}"),
+                field: Some("to_program_id".into()),
+            }
+        })?;
+        let usage_key = (tenant, member_id, from_currency.to_string());
+        let used = self.partners.exchange_used.get(&usage_key).copied().unwrap_or(0);
+        if let Some(limit) = rate.limit {
+            if used + points > limit.points {
+                return Err(ApiError::Unprocessable {
+                    code: "exchange_limit_reached",
+                    detail: format!(
+                        "at most {} points may be exchanged per {} days; {used} already were",
+                        limit.points, limit.period_days
+                    ),
+                    field: Some("points".into()),
+                });
+            }
+        }
+        let now = self.now;
+        let (ledger, ids) = self.ledger(tenant, member);
+        let (outcome, converted) = partners::decide_exchange(&from, &to, &rate, ledger, points, now, ids)?;
+        self.record(tenant, outcome);
+        self.partners.exchange_used.insert(usage_key, used + points);
+        let from_balance = self.balance(tenant, member, &from);
+        let to_balance = self.balance(tenant, member, &to);
+        let response = ExchangeResponse {
+            member_id: member.0,
+            from_program,
+            to_program,
+            points,
+            converted,
+            from_balance,
+            to_balance,
         };
         Ok(Reply::json(201, &response).about(member))
     }

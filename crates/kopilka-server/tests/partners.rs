@@ -144,3 +144,62 @@ async fn bad_partner_input_gets_a_clear_problem_and_writes_nothing() {
     assert_eq!(app.get("/v1/partners").await.body.as_array().unwrap().len(), 1);
     app.assert_ledger_sound().await;
 }
+
+/// A second program in miles, and a rate of 2 points for 1 mile with at most 600 points a month.
+async fn with_miles(app: &TestApp) {
+    let mut miles: Value = app.get("/v1/programs/1").await.body["program"].clone();
+    miles["name"] = json!("Miles");
+    miles["point_currency"] = json!("MIL");
+    let created = app.post("/v1/programs", miles).await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    assert_eq!(created.body["id"], 2);
+    let mut main: Value = app.get("/v1/programs/1").await.body["program"].clone();
+    main["exchanges"] = json!([{ "to_program": 2, "points_from": 2, "points_to": 1,
+                                 "limit": { "points": 600, "period_days": 30 } }]);
+    let saved =
+        app.send("PUT", "/v1/programs/1", &app.admin_key, Some("rates"), Some(main.to_string().into_bytes())).await;
+    assert_eq!(saved.status, 200, "{:?}", saved.body);
+}
+
+fn exchange(member: i64, from: i64, to: i64, points: i64) -> Value {
+    json!({ "member_id": member, "from_program_id": from, "to_program_id": to, "points": points })
+}
+
+#[tokio::test]
+async fn a_coalition_exchange_converts_at_the_rate_within_its_limit_and_never_overdraws() {
+    let app = spawn_app().await;
+    with_miles(&app).await;
+    let anna = app.create_member("4001").await;
+    assert_eq!(app.adjust(anna, 1000).await.status, 201);
+
+    let done = app.post("/v1/exchanges", exchange(anna, 1, 2, 401)).await;
+    assert_eq!(done.status, 201, "{:?}", done.body);
+    assert_eq!(done.body["converted"], 200, "2 points a mile, rounded down");
+    assert_eq!(done.body["from_balance"]["available"], 599);
+    assert_eq!(done.body["to_balance"]["available"], 200);
+    assert_eq!(done.body["to_balance"]["currency"], "MIL");
+    let miles = app.get(&format!("/v1/members/{anna}/balance?program_id=2")).await;
+    assert_eq!(miles.body["available"], 200);
+
+    let history = app.history_len(anna).await;
+    let over_limit = app.post("/v1/exchanges", exchange(anna, 1, 2, 200)).await;
+    assert_eq!(over_limit.status, 422);
+    assert_eq!(over_limit.code(), "exchange_limit_reached");
+    let reverse = app.post("/v1/exchanges", exchange(anna, 2, 1, 10)).await;
+    assert_eq!(reverse.code(), "exchange_not_offered");
+    let bob = app.create_member("4002").await;
+    let overdraw = app.post("/v1/exchanges", exchange(bob, 1, 2, 100)).await;
+    assert_eq!(overdraw.status, 422);
+    assert_eq!(overdraw.code(), "insufficient_points");
+    let negative = app.post("/v1/exchanges", exchange(anna, 1, 2, -4)).await;
+    assert_eq!(negative.status, 400);
+    let unknown = app.post("/v1/exchanges", exchange(anna, 9, 2, 4)).await;
+    assert_eq!(unknown.status, 404);
+    assert_eq!(app.history_len(anna).await, history, "refusals write nothing");
+    assert_eq!(app.history_len(bob).await, 0);
+
+    // The window rolls: a month later the limit is free again.
+    app.advance_days(31);
+    assert_eq!(app.post("/v1/exchanges", exchange(anna, 1, 2, 200)).await.status, 201);
+    app.assert_ledger_sound().await;
+}

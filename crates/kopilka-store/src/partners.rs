@@ -17,6 +17,8 @@ pub struct PartnerKeys {
     pub partners: Vec<(TenantId, PartnerId)>,
     /// Tenants creating a partner: their highest partner id is loaded to allocate the next.
     pub creating: Vec<TenantId>,
+    /// Points a member converted out of a currency since a time, for exchange limits.
+    pub exchange_usage: Vec<(TenantId, MemberId, String, Timestamp)>,
 }
 
 /// What `load` found.
@@ -24,6 +26,7 @@ pub struct PartnerKeys {
 pub struct PartnersLoaded {
     pub partners: HashMap<(TenantId, PartnerId), Partner>,
     pub last_ids: HashMap<TenantId, i64>,
+    pub exchange_used: HashMap<(TenantId, MemberId, String), i64>,
 }
 
 /// A partner's API key: the `api_keys` row and its binding.
@@ -71,6 +74,21 @@ pub async fn load(conn: &mut SqliteConnection, keys: &PartnerKeys) -> Result<Par
             .fetch_one(&mut *conn)
             .await?;
         loaded.last_ids.insert(*tenant, last.unwrap_or(0));
+    }
+    for (tenant, member, currency, since) in &keys.exchange_usage {
+        let used: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(SUM(p.amount), 0) FROM postings p
+             JOIN movements m ON m.tenant_id = p.tenant_id AND m.id = p.movement_id
+             WHERE p.tenant_id = ? AND p.account = 'exchange' AND p.amount > 0 AND p.currency = ?
+               AND m.member_id = ? AND m.occurred_at >= ?",
+        )
+        .bind(tenant.0)
+        .bind(currency)
+        .bind(member.0)
+        .bind(micros::of(*since))
+        .fetch_one(&mut *conn)
+        .await?;
+        loaded.exchange_used.insert((*tenant, *member, currency.clone()), used);
     }
     Ok(loaded)
 }

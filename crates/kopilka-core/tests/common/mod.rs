@@ -72,7 +72,7 @@ pub fn check_books(books: &Books, ledgers: &[&MemberLedger]) {
                 assert!(amount >= 0, "{account:?} is negative: {amount}")
             }
             Account::Issued | Account::PartnerIssued(_) => assert!(amount <= 0, "issued is positive: {amount}"),
-            Account::Adjustments => {}
+            Account::Adjustments | Account::Exchange => {}
         }
     }
     for ledger in ledgers {

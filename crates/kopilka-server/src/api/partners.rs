@@ -36,6 +36,7 @@ pub fn routes() -> Router<AppState> {
         .route("/partners/{id}/members/{member_id}/balance", get(member_balance))
         .route("/partner-purchases", post(earn))
         .route("/partner-redemptions", post(redeem))
+        .route("/exchanges", post(exchange))
 }
 
 /// The partner the caller may act for: a partner key's own partner (naming another is refused),
@@ -260,4 +261,44 @@ pub async fn member_balance(
     let lots = state.store.lots(tenant, member, false).await?;
     let balance = kopilka_core::MemberLedger::new(member, lots).balance(&program.point_currency, now);
     Ok(Json(BalanceView { member_id, currency: program.point_currency.to_string(), balance, as_of: now }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeRequest {
+    pub member_id: i64,
+    pub from_program_id: i64,
+    pub to_program_id: i64,
+    pub points: i64,
+}
+
+/// Converts a member's points of one program into another at the rate the first one sets.
+pub async fn exchange(
+    State(state): State<AppState>,
+    caller: Caller,
+    m: Mutation<ExchangeRequest>,
+) -> Result<Reply, ApiError> {
+    let tenant = caller.tenant_for(crate::auth::TILLS)?;
+    let from_id = m.body.from_program_id;
+    let (_, _, from) = state
+        .store
+        .program(tenant, Some(kopilka_core::ProgramId(from_id)))
+        .await?
+        .ok_or_else(|| ApiError::not_found("program_not_found", format!("program {from_id} does not exist")))?;
+    let period_days = from
+        .exchanges
+        .iter()
+        .find(|r| r.to_program == m.body.to_program_id)
+        .and_then(|r| r.limit)
+        .map_or(1, |limit| limit.period_days);
+    let usage_since = state.clock.now() - jiff::SignedDuration::from_hours(24 * period_days);
+    let command = PartnerCommand::Exchange {
+        member_id: MemberId(m.body.member_id),
+        from_program: from_id,
+        to_program: m.body.to_program_id,
+        points: m.body.points,
+        from_currency: from.point_currency.to_string(),
+        usage_since,
+    };
+    state.submit(tenant, m.idempotency, Command::Partner(command)).await
 }
