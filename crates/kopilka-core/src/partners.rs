@@ -184,7 +184,7 @@ pub fn settle<'a>(partner: &Partner, postings: impl IntoIterator<Item = &'a Post
 }
 
 /// The postings of `movements` on `partner`'s accounts, for `settle`.
-pub fn partner_postings<'a>(movements: &'a [Movement], partner: PartnerId) -> impl Iterator<Item = &'a Posting> {
+pub fn partner_postings(movements: &[Movement], partner: PartnerId) -> impl Iterator<Item = &Posting> {
     movements.iter().flat_map(|m| &m.postings).filter(move |p| p.account.partner_id() == Some(partner))
 }
 
