@@ -87,6 +87,24 @@ pub enum DomainEvent {
         amount_minor: i64,
         currency: String,
     },
+    /// A new member signed up with a referral code and got the welcome bonus.
+    ReferralAccepted {
+        member_id: MemberId,
+        referrer_id: MemberId,
+        welcome_points: i64,
+    },
+    /// A new member signed up with a referral code that was refused: `reason` says why.
+    ReferralRejected {
+        member_id: MemberId,
+        referrer_id: MemberId,
+        reason: String,
+    },
+    /// The referrer (`member_id`) was rewarded for the member they brought.
+    ReferralRewarded {
+        member_id: MemberId,
+        referred_id: MemberId,
+        points: i64,
+    },
 }
 
 impl DomainEvent {
@@ -105,6 +123,9 @@ impl DomainEvent {
             DomainEvent::RewardFulfilled { .. } => "reward_fulfilled",
             DomainEvent::RewardCancelled { .. } => "reward_cancelled",
             DomainEvent::CashbackPayoutCreated { .. } => "cashback_payout_created",
+            DomainEvent::ReferralAccepted { .. } => "referral_accepted",
+            DomainEvent::ReferralRejected { .. } => "referral_rejected",
+            DomainEvent::ReferralRewarded { .. } => "referral_rewarded",
             DomainEvent::Points { movement, .. } => match movement {
                 MovementKind::Earn => "points_earn",
                 MovementKind::Activate => "points_activate",
@@ -131,7 +152,10 @@ impl DomainEvent {
             | DomainEvent::RewardRedeemed { member_id, .. }
             | DomainEvent::RewardFulfilled { member_id, .. }
             | DomainEvent::RewardCancelled { member_id, .. }
-            | DomainEvent::CashbackPayoutCreated { member_id, .. } => *member_id,
+            | DomainEvent::CashbackPayoutCreated { member_id, .. }
+            | DomainEvent::ReferralAccepted { member_id, .. }
+            | DomainEvent::ReferralRejected { member_id, .. }
+            | DomainEvent::ReferralRewarded { member_id, .. } => *member_id,
             DomainEvent::MembersMerged { survivor_id, .. } => *survivor_id,
         }
     }

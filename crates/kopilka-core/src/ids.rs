@@ -24,6 +24,10 @@ id_type!(
     TenantId
 );
 id_type!(
+    /// A partner organization of a tenant, where members earn and spend points.
+    PartnerId
+);
+id_type!(
     /// A program of a tenant (currencies, rates, expiry).
     ProgramId
 );

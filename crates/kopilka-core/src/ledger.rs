@@ -10,13 +10,13 @@
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::{DomainError, IdAllocator, LotId, MemberId, MovementId, PointCurrency, PurchaseId};
+use crate::{DomainError, IdAllocator, LotId, MemberId, MovementId, PartnerId, PointCurrency, PurchaseId};
 
 /// An account of the ledger. System accounts are per tenant and currency; they go negative as the
 /// program issues points, so the sum over all accounts stays zero.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(tag = "kind", content = "member_id", rename_all = "snake_case")]
+#[serde(into = "AccountParts", try_from = "AccountParts")]
 pub enum Account {
     /// Points a member earned that are still inside the return window.
     MemberPending(MemberId),
@@ -34,6 +34,38 @@ pub enum Account {
     Rewards,
     /// Points a member turned into money: the business owes their value as a cashback payout.
     Cashback,
+    /// The source of points members earned at a partner: the partner owes their cost.
+    PartnerIssued(PartnerId),
+    /// Where points members spent at a partner go: the program owes the partner their value.
+    PartnerRedeemed(PartnerId),
+    /// The bridge of coalition exchanges: points of one program go in, points of another come
+    /// out, each side balanced in its own currency.
+    Exchange,
+}
+
+/// An account as stored and sent: its kind and the member or partner it belongs to.
+#[derive(Serialize, Deserialize)]
+struct AccountParts {
+    kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    member_id: Option<MemberId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    partner_id: Option<PartnerId>,
+}
+
+impl From<Account> for AccountParts {
+    fn from(account: Account) -> AccountParts {
+        AccountParts { kind: account.kind().into(), member_id: account.member_id(), partner_id: account.partner_id() }
+    }
+}
+
+impl TryFrom<AccountParts> for Account {
+    type Error = String;
+
+    fn try_from(parts: AccountParts) -> Result<Account, String> {
+        Account::from_row(&parts.kind, parts.member_id, parts.partner_id)
+            .ok_or_else(|| format!("unknown account {:?}", parts.kind))
+    }
 }
 
 impl Account {
@@ -48,6 +80,27 @@ impl Account {
             Account::Adjustments => "adjustments",
             Account::Rewards => "rewards",
             Account::Cashback => "cashback",
+            Account::PartnerIssued(_) => "partner_issued",
+            Account::PartnerRedeemed(_) => "partner_redeemed",
+            Account::Exchange => "exchange",
+        }
+    }
+
+    /// The partner a partner account belongs to.
+    pub fn partner_id(&self) -> Option<PartnerId> {
+        match self {
+            Account::PartnerIssued(partner) | Account::PartnerRedeemed(partner) => Some(*partner),
+            _ => None,
+        }
+    }
+
+    /// The inverse of `kind()`, `member_id()` and `partner_id()`.
+    pub fn from_row(kind: &str, member_id: Option<MemberId>, partner_id: Option<PartnerId>) -> Option<Account> {
+        match (kind, member_id, partner_id) {
+            ("partner_issued", None, Some(partner)) => Some(Account::PartnerIssued(partner)),
+            ("partner_redeemed", None, Some(partner)) => Some(Account::PartnerRedeemed(partner)),
+            (_, _, None) => Account::from_parts(kind, member_id),
+            _ => None,
         }
     }
 
@@ -69,6 +122,7 @@ impl Account {
             ("adjustments", None) => Account::Adjustments,
             ("rewards", None) => Account::Rewards,
             ("cashback", None) => Account::Cashback,
+            ("exchange", None) => Account::Exchange,
             _ => return None,
         })
     }

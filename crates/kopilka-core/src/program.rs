@@ -98,6 +98,12 @@ pub struct Program {
     /// How long a checkout quote holds its coupons before they go back.
     #[serde(default = "default_checkout_hold_minutes")]
     pub checkout_hold_minutes: i64,
+    /// The referral program, when the tenant runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub referrals: Option<crate::referrals::ReferralProgram>,
+    /// Coalition exchanges: the programs this program's points convert into, at what rate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exchanges: Vec<crate::partners::ExchangeRate>,
 }
 
 fn default_discount_percent_max() -> i64 {
@@ -158,6 +164,8 @@ impl Program {
             categories: Vec::new(),
             tiers: None,
             checkout_hold_minutes: default_checkout_hold_minutes(),
+            referrals: None,
+            exchanges: Vec::new(),
         }
     }
 
@@ -239,6 +247,10 @@ impl Program {
                 path: "checkout_hold_minutes".into(),
                 message: format!("must be between 1 and {}", Self::CHECKOUT_HOLD_MINUTES_MAX),
             });
+        }
+        issues.extend(self.referrals.iter().flat_map(|r| r.issues()));
+        for (index, rate) in self.exchanges.iter().enumerate() {
+            issues.extend(rate.issues(index));
         }
         if issues.is_empty() {
             Ok(())

@@ -68,6 +68,10 @@ pub enum Command {
     Campaign(CampaignCommand),
     /// The rewards catalogue and redemptions (see `rewards`).
     Reward(RewardCommand),
+    /// Referral sign-ups, codes and rewards (see `referrals`).
+    Referral(crate::referrals::ReferralCommand),
+    /// Partners, their keys, and points earned or spent at them (see `partners`).
+    Partner(crate::partners::PartnerCommand),
     /// Activation and expiry of due lots for these members (the jobs).
     CatchUp {
         members: Vec<MemberId>,
@@ -247,6 +251,8 @@ pub fn keys(requests: &[&Request]) -> BatchKeys {
             }
             Command::Checkout(command) => crate::checkout::push_keys(&mut keys, tenant, command),
             Command::Reward(command) => command.push_keys(tenant, &mut keys),
+            Command::Referral(command) => command.push_keys(tenant, &mut keys),
+            Command::Partner(command) => command.push_keys(tenant, &mut keys),
             Command::CreateTenant { .. }
             | Command::SaveProgram { .. }
             | Command::CreateApiKey { .. }
@@ -279,12 +285,14 @@ pub struct BatchState<'a> {
     dirty_states: HashSet<MemberKey>,
     loaded_lots: HashMap<MemberKey, Vec<Lot>>,
     ledgers: HashMap<MemberKey, MemberLedger>,
-    purchases: HashMap<(TenantId, PurchaseId), (ProgramId, PurchaseRecord)>,
+    pub(crate) purchases: HashMap<(TenantId, PurchaseId), (ProgramId, PurchaseRecord)>,
     purchase_by_external_id: HashMap<(TenantId, String), PurchaseId>,
     dirty_purchases: HashSet<(TenantId, PurchaseId)>,
     identifiers: HashMap<(TenantId, IdentifierKind, String), MemberId>,
     pub(crate) checkout: CheckoutState,
     pub(crate) rewards: RewardState,
+    pub(crate) referrals: crate::referrals::ReferralState,
+    pub(crate) partners: crate::partners::PartnerState,
     writes: Writes,
 }
 
@@ -320,6 +328,8 @@ impl<'a> BatchState<'a> {
             dirty_purchases: HashSet::new(),
             identifiers: loaded.identifiers,
             rewards: RewardState::new(loaded.rewards),
+            referrals: crate::referrals::ReferralState::new(std::mem::take(&mut loaded.referrals)),
+            partners: crate::partners::PartnerState::new(std::mem::take(&mut loaded.partners)),
             writes: Writes::default(),
         }
     }
@@ -364,6 +374,8 @@ impl<'a> BatchState<'a> {
             Command::ReviewTiers { members } => self.review_tiers(tenant, members),
             Command::Checkout(command) => self.decide_checkout(tenant, command),
             Command::Reward(command) => self.reward(tenant, command),
+            Command::Referral(command) => self.referral(tenant, command),
+            Command::Partner(command) => self.partner(tenant, command),
             Command::CreateTenant { .. }
             | Command::SaveProgram { .. }
             | Command::CreateApiKey { .. }
@@ -377,6 +389,8 @@ impl<'a> BatchState<'a> {
     pub fn into_writes(mut self) -> Writes {
         self.writes.checkout = std::mem::take(&mut self.checkout).into_writes();
         self.writes.rewards = self.rewards.into_writes();
+        self.writes.referrals = std::mem::take(&mut self.referrals).into_writes();
+        self.writes.partners = std::mem::take(&mut self.partners).into_writes();
         for ((tenant, _), ledger) in self.ledgers.iter_mut() {
             self.writes.lots.extend(ledger.take_dirty().into_iter().map(|lot| (*tenant, lot)));
         }
@@ -463,7 +477,7 @@ impl<'a> BatchState<'a> {
         }
     }
 
-    fn create_member(
+    pub(crate) fn create_member(
         &mut self,
         tenant: TenantId,
         profile: Profile,

@@ -32,6 +32,8 @@ pub enum Job {
     Expiry,
     /// Tier reviews at the end of each tier window.
     Tiers,
+    /// Referrer rewards for referrals whose qualifying purchase left its return window.
+    Referrals,
 }
 
 impl Job {
@@ -40,6 +42,7 @@ impl Job {
             "activate" => Some(Job::Activate),
             "expiry" => Some(Job::Expiry),
             "tiers" => Some(Job::Tiers),
+            "referrals" => Some(Job::Referrals),
             _ => None,
         }
     }
@@ -49,13 +52,14 @@ impl Job {
             Job::Activate => "activate",
             Job::Expiry => "expiry",
             Job::Tiers => "tiers",
+            Job::Referrals => "referrals",
         }
     }
 
     fn due(&self) -> DueLots {
         match self {
             Job::Activate => DueLots::Activation,
-            Job::Expiry | Job::Tiers => DueLots::Expiry,
+            Job::Expiry | Job::Tiers | Job::Referrals => DueLots::Expiry,
         }
     }
 }
@@ -70,6 +74,9 @@ pub async fn run_once(
 ) -> Result<JobReport, ApiError> {
     if job == Job::Tiers {
         return review_tiers(store, writer, clock, tenant).await;
+    }
+    if job == Job::Referrals {
+        return crate::referrals::run_job(store, writer, tenant).await;
     }
     let mut report = JobReport { job: job.name().to_string(), members: 0, movements: 0 };
     for _ in 0..CHUNKS_PER_RUN_MAX {
@@ -135,7 +142,7 @@ pub async fn run_scheduled(
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        for job in [Job::Activate, Job::Expiry, Job::Tiers] {
+        for job in [Job::Activate, Job::Expiry, Job::Tiers, Job::Referrals] {
             match run_once(&store, &writer, &*clock, job, None).await {
                 Ok(report) => {
                     metrics.job_movements.fetch_add(report.movements as u64, Ordering::Relaxed);

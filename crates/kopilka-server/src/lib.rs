@@ -13,5 +13,7 @@ pub mod extract;
 pub mod jobs;
 pub mod metrics;
 pub mod notify;
+pub mod partners;
+pub mod referrals;
 pub mod rewards;
 pub mod writer;

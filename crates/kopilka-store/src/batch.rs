@@ -36,6 +36,8 @@ pub struct BatchKeys {
     /// Coupon codes; the codes loaded checkouts hold are added by `load`.
     pub coupons: Vec<(TenantId, String)>,
     pub rewards: crate::rewards::RewardKeys,
+    pub referrals: crate::referrals::ReferralKeys,
+    pub partners: crate::partners::PartnerKeys,
 }
 
 /// What `load` found.
@@ -49,6 +51,8 @@ pub struct Loaded {
     pub identifiers: HashMap<(TenantId, IdentifierKind, String), MemberId>,
     pub checkout: LoadedCheckout,
     pub rewards: crate::rewards::RewardsLoaded,
+    pub referrals: crate::referrals::ReferralsLoaded,
+    pub partners: crate::partners::PartnersLoaded,
 }
 
 /// Everything a batch writes.
@@ -68,6 +72,8 @@ pub struct Writes {
     pub merges: Vec<(TenantId, MemberId, MemberId)>,
     pub checkout: CheckoutWrites,
     pub rewards: crate::rewards::RewardWrites,
+    pub referrals: crate::referrals::ReferralWrites,
+    pub partners: crate::partners::PartnerWrites,
 }
 
 impl Writes {
@@ -83,6 +89,8 @@ impl Writes {
             && self.merges.is_empty()
             && self.checkout.is_empty()
             && self.rewards.is_empty()
+            && self.referrals.is_empty()
+            && self.partners.is_empty()
     }
 }
 
@@ -174,6 +182,8 @@ pub async fn load(conn: &mut SqliteConnection, keys: &BatchKeys) -> Result<Loade
     }
 
     let mut members = keys.members.clone();
+    loaded.referrals = crate::referrals::load(conn, &keys.referrals, &mut members).await?;
+    loaded.partners = crate::partners::load(conn, &keys.partners).await?;
     for chunk in keys.purchase_ids.chunks(chunk_rows(2)) {
         let mut query = QueryBuilder::<Sqlite>::new("WITH k(t, v) AS (");
         query.push_values(chunk, |mut b, (tenant, id)| {
@@ -384,9 +394,9 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &Writes) -> Result<()> {
         .iter()
         .flat_map(|(tenant, m)| m.postings.iter().enumerate().map(move |(seq, p)| (tenant, m, seq, p)))
         .collect();
-    for chunk in postings.chunks(chunk_rows(8)) {
+    for chunk in postings.chunks(chunk_rows(9)) {
         let mut query = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO postings (tenant_id, movement_id, seq, account, member_id, currency, amount, lot_id) ",
+            "INSERT INTO postings (tenant_id, movement_id, seq, account, member_id, currency, amount, lot_id, partner_id) ",
         );
         query.push_values(chunk, |mut b, (tenant, m, seq, p)| {
             b.push_bind(tenant.0)
@@ -396,7 +406,8 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &Writes) -> Result<()> {
                 .push_bind(p.account.member_id().map(|id| id.0))
                 .push_bind(m.currency.as_str())
                 .push_bind(p.amount)
-                .push_bind(p.lot_id.map(|l| l.0));
+                .push_bind(p.lot_id.map(|l| l.0))
+                .push_bind(p.account.partner_id().map(|id| id.0));
         });
         query.build().execute(&mut *conn).await?;
     }
@@ -460,6 +471,8 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &Writes) -> Result<()> {
     }
     crate::checkout::flush(&mut *conn, &writes.checkout).await?;
     crate::rewards::flush(conn, &writes.rewards).await?;
+    crate::referrals::flush(conn, &writes.referrals).await?;
+    crate::partners::flush(conn, &writes.partners).await?;
     Ok(())
 }
 

@@ -7,7 +7,9 @@
 pub mod batch;
 pub mod checkout;
 pub mod outbox;
+pub mod partners;
 pub mod reads;
+pub mod referrals;
 pub mod rewards;
 pub mod rows;
 pub mod sqlite;

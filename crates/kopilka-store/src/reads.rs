@@ -109,7 +109,7 @@ impl Store {
             return Ok(movements);
         }
         let mut query = QueryBuilder::<Sqlite>::new(
-            "SELECT movement_id, account, member_id, amount, lot_id FROM postings WHERE tenant_id = ",
+            "SELECT movement_id, account, member_id, amount, lot_id, partner_id FROM postings WHERE tenant_id = ",
         );
         query.push_bind(tenant.0).push(" AND movement_id IN (");
         let mut separated = query.separated(", ");
@@ -122,7 +122,8 @@ impl Store {
         for row in query.build().fetch_all(&self.pool).await? {
             let movement_id = MovementId(row.get(0));
             let kind: String = row.get(1);
-            let account = Account::from_parts(&kind, row.get::<Option<i64>, _>(2).map(MemberId))
+            let partner = row.get::<Option<i64>, _>(5).map(kopilka_core::PartnerId);
+            let account = Account::from_row(&kind, row.get::<Option<i64>, _>(2).map(MemberId), partner)
                 .ok_or(StoreError::Corrupt { table: "postings", detail: kind })?;
             let movement = &mut movements[index_of[&movement_id]];
             movement.postings.push(Posting {

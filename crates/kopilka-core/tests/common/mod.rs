@@ -67,11 +67,12 @@ pub fn check_books(books: &Books, ledgers: &[&MemberLedger]) {
             | Account::Redeemed
             | Account::Expired
             | Account::Rewards
-            | Account::Cashback => {
+            | Account::Cashback
+            | Account::PartnerRedeemed(_) => {
                 assert!(amount >= 0, "{account:?} is negative: {amount}")
             }
-            Account::Issued => assert!(amount <= 0, "issued is positive: {amount}"),
-            Account::Adjustments => {}
+            Account::Issued | Account::PartnerIssued(_) => assert!(amount <= 0, "issued is positive: {amount}"),
+            Account::Adjustments | Account::Exchange => {}
         }
     }
     for ledger in ledgers {

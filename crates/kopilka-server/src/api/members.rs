@@ -24,10 +24,11 @@ pub const PAGE_SIZE_MAX: i64 = 500;
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
-    mutation: Mutation<Profile>,
+    mutation: Mutation<serde_json::Value>,
 ) -> Result<Reply, ApiError> {
     let tenant = caller.tenant_for(TILLS)?;
-    state.submit(tenant, mutation.idempotency, Command::CreateMember { profile: mutation.body, signup_at: None }).await
+    // `referral_code` and `device_id` beside the profile take the referral path.
+    super::referrals::create_member(&state, tenant, mutation).await
 }
 
 #[utoipa::path(get, path = "/v1/members/{id}", tag = "members",

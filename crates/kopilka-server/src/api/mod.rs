@@ -5,6 +5,8 @@ pub mod checkout;
 pub mod ledger;
 pub mod members;
 pub mod notify;
+pub mod partners;
+pub mod referrals;
 pub mod rewards;
 pub mod tiers;
 
@@ -84,7 +86,9 @@ pub fn router(state: AppState) -> Router {
         .route("/coupon-campaigns/{id}/codes", post(checkout::add_codes).get(checkout::list_codes))
         .route("/coupons/{code}", get(checkout::get_coupon))
         .merge(notify::routes())
-        .merge(rewards::routes());
+        .merge(rewards::routes())
+        .merge(referrals::routes())
+        .merge(partners::routes());
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(healthz))

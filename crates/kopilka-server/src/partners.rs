@@ -1,0 +1,260 @@
+//! Partners in the writer: creating partners and their keys, and members earning and spending at
+//! a partner. The settlement is a read (`api::partners`), computed from the ledger's postings.
+
+use std::collections::HashMap;
+
+use kopilka_core::partners::{self, Partner, PartnerTerms};
+use kopilka_core::{MemberId, PartnerId, TenantId};
+use kopilka_store::batch::BatchKeys;
+use kopilka_store::partners::{PartnerKeyRow, PartnerWrites, PartnersLoaded};
+use kopilka_store::sqlite::hash_api_key;
+use serde::Serialize;
+
+use crate::dto::BalanceView;
+use crate::engine::{BatchState, Reply};
+use crate::error::ApiError;
+
+/// A partner change.
+#[derive(Debug, Clone)]
+pub enum PartnerCommand {
+    Create(PartnerTerms),
+    /// A key for the partner, drawn by the handler; shown once.
+    CreateKey {
+        partner_id: PartnerId,
+        key: String,
+        name: String,
+    },
+    Earn {
+        partner_id: PartnerId,
+        member_id: MemberId,
+        points: i64,
+        external_id: String,
+    },
+    Redeem {
+        partner_id: PartnerId,
+        member_id: MemberId,
+        points: i64,
+        external_id: String,
+    },
+    /// A coalition exchange; the handler names the period its limit looks back over (from its
+    /// clock) so the batch can load what the member already converted.
+    Exchange {
+        member_id: MemberId,
+        from_program: i64,
+        to_program: i64,
+        points: i64,
+        from_currency: String,
+        usage_since: jiff::Timestamp,
+    },
+}
+
+impl PartnerCommand {
+    pub(crate) fn push_keys(&self, tenant: TenantId, keys: &mut BatchKeys) {
+        match self {
+            PartnerCommand::Create(_) => keys.partners.creating.push(tenant),
+            PartnerCommand::CreateKey { partner_id, .. } => keys.partners.partners.push((tenant, *partner_id)),
+            PartnerCommand::Earn { partner_id, member_id, .. }
+            | PartnerCommand::Redeem { partner_id, member_id, .. } => {
+                keys.partners.partners.push((tenant, *partner_id));
+                keys.members.push((tenant, *member_id));
+            }
+            PartnerCommand::Exchange { member_id, from_currency, usage_since, .. } => {
+                keys.members.push((tenant, *member_id));
+                keys.partners.exchange_usage.push((tenant, *member_id, from_currency.clone(), *usage_since));
+            }
+        }
+    }
+}
+
+/// The batch's partners, with ids allocated per tenant.
+#[derive(Debug, Default)]
+pub struct PartnerState {
+    partners: HashMap<(TenantId, PartnerId), Partner>,
+    last_ids: HashMap<TenantId, i64>,
+    exchange_used: HashMap<(TenantId, MemberId, String), i64>,
+    writes: PartnerWrites,
+}
+
+impl PartnerState {
+    pub fn new(loaded: PartnersLoaded) -> PartnerState {
+        PartnerState {
+            partners: loaded.partners,
+            last_ids: loaded.last_ids,
+            exchange_used: loaded.exchange_used,
+            writes: PartnerWrites::default(),
+        }
+    }
+
+    pub fn into_writes(self) -> PartnerWrites {
+        self.writes
+    }
+
+    fn get(&self, tenant: TenantId, id: PartnerId) -> Result<Partner, ApiError> {
+        self.partners
+            .get(&(tenant, id))
+            .cloned()
+            .ok_or_else(|| ApiError::not_found("partner_not_found", format!("partner {id} does not exist")))
+    }
+}
+
+/// The answer to an earn or a spend at a partner.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PartnerMovementResponse {
+    pub partner_id: i64,
+    pub points: i64,
+    pub external_id: String,
+    pub movement: kopilka_core::Movement,
+    pub balance: BalanceView,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PartnerKeyCreated {
+    pub partner_id: i64,
+    pub key: String,
+    pub name: String,
+}
+
+impl BatchState<'_> {
+    pub(crate) fn partner(&mut self, tenant: TenantId, command: &PartnerCommand) -> Result<Reply, ApiError> {
+        match command {
+            PartnerCommand::Create(terms) => {
+                terms.validate()?;
+                let last = self.partners.last_ids.get_mut(&tenant).expect("loaded for a creation");
+                *last += 1;
+                let partner = Partner { id: PartnerId(*last), terms: terms.clone(), created_at: self.now };
+                self.partners.partners.insert((tenant, partner.id), partner.clone());
+                self.partners.writes.partners.push((tenant, partner.clone()));
+                Ok(Reply::json(201, &partner))
+            }
+            PartnerCommand::CreateKey { partner_id, key, name } => {
+                let partner = self.partners.get(tenant, *partner_id)?;
+                self.partners.writes.keys.push(PartnerKeyRow {
+                    key_hash: hash_api_key(key),
+                    tenant,
+                    partner: partner.id,
+                    name: name.clone(),
+                    created_at: self.now,
+                });
+                let created = PartnerKeyCreated { partner_id: partner.id.0, key: key.clone(), name: name.clone() };
+                let mut reply = Reply::json(201, &created);
+                let redacted = PartnerKeyCreated { key: "(shown once)".into(), ..created };
+                reply.stored_body = Some(serde_json::to_vec(&redacted).expect("serializes"));
+                Ok(reply)
+            }
+            PartnerCommand::Earn { partner_id, member_id, points, external_id } => {
+                self.at_partner(tenant, *partner_id, *member_id, *points, external_id, true)
+            }
+            PartnerCommand::Redeem { partner_id, member_id, points, external_id } => {
+                self.at_partner(tenant, *partner_id, *member_id, *points, external_id, false)
+            }
+            PartnerCommand::Exchange { member_id, from_program, to_program, points, from_currency, .. } => {
+                self.exchange(tenant, *member_id, *from_program, *to_program, *points, from_currency)
+            }
+        }
+    }
+
+    fn at_partner(
+        &mut self,
+        tenant: TenantId,
+        partner_id: PartnerId,
+        member_id: MemberId,
+        points: i64,
+        external_id: &str,
+        earn: bool,
+    ) -> Result<Reply, ApiError> {
+        let partner = self.partners.get(tenant, partner_id)?;
+        let member = self.member(tenant, member_id)?;
+        let program = self.programs.get(tenant, None)?.program.clone();
+        let now = self.now;
+        let (ledger, ids) = self.ledger(tenant, member);
+        let outcome = if earn {
+            partners::decide_partner_earn(&program, &partner, ledger, points, external_id, now, ids)?
+        } else {
+            partners::decide_partner_redeem(&program, &partner, ledger, points, external_id, now, ids)?
+        };
+        let movement = outcome.movements.last().cloned().expect("a partner command moves points");
+        self.record(tenant, outcome);
+        let balance = self.balance(tenant, member, &program);
+        let response = PartnerMovementResponse {
+            partner_id: partner.id.0,
+            points,
+            external_id: external_id.to_string(),
+            movement,
+            balance,
+        };
+        Ok(Reply::json(201, &response).about(member))
+    }
+}
+
+/// The answer to a coalition exchange.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ExchangeResponse {
+    pub member_id: i64,
+    pub from_program: i64,
+    pub to_program: i64,
+    pub points: i64,
+    pub converted: i64,
+    pub from_balance: BalanceView,
+    pub to_balance: BalanceView,
+}
+
+impl BatchState<'_> {
+    fn exchange(
+        &mut self,
+        tenant: TenantId,
+        member_id: MemberId,
+        from_program: i64,
+        to_program: i64,
+        points: i64,
+        from_currency: &str,
+    ) -> Result<Reply, ApiError> {
+        if from_program == to_program {
+            return Err(ApiError::bad_request(
+                "validation_failed",
+                "to_program_id",
+                "must differ from from_program_id",
+            ));
+        }
+        let member = self.member(tenant, member_id)?;
+        let from = self.programs.get(tenant, Some(from_program))?.program.clone();
+        let to = self.programs.get(tenant, Some(to_program))?.program.clone();
+        let rate = from.exchanges.iter().find(|r| r.to_program == to_program).cloned().ok_or_else(|| {
+            ApiError::Unprocessable {
+                code: "exchange_not_offered",
+                detail: format!("program {from_program} sets no rate into program {to_program}"),
+                field: Some("to_program_id".into()),
+            }
+        })?;
+        let usage_key = (tenant, member_id, from_currency.to_string());
+        let used = self.partners.exchange_used.get(&usage_key).copied().unwrap_or(0);
+        if let Some(limit) = rate.limit {
+            if used + points > limit.points {
+                return Err(ApiError::Unprocessable {
+                    code: "exchange_limit_reached",
+                    detail: format!(
+                        "at most {} points may be exchanged per {} days; {used} already were",
+                        limit.points, limit.period_days
+                    ),
+                    field: Some("points".into()),
+                });
+            }
+        }
+        let now = self.now;
+        let (ledger, ids) = self.ledger(tenant, member);
+        let (outcome, converted) = partners::decide_exchange(&from, &to, &rate, ledger, points, now, ids)?;
+        self.record(tenant, outcome);
+        self.partners.exchange_used.insert(usage_key, used + points);
+        let from_balance = self.balance(tenant, member, &from);
+        let to_balance = self.balance(tenant, member, &to);
+        let response = ExchangeResponse {
+            member_id: member.0,
+            from_program,
+            to_program,
+            points,
+            converted,
+            from_balance,
+            to_balance,
+        };
+        Ok(Reply::json(201, &response).about(member))
+    }
+}

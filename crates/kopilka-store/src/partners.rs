@@ -1,0 +1,200 @@
+//! Partners and their keys: their part of a writer batch, and the reads behind the partner API,
+//! including the postings a settlement is computed from.
+
+use std::collections::HashMap;
+
+use jiff::Timestamp;
+use kopilka_core::partners::Partner;
+use kopilka_core::{Account, MemberId, PartnerId, Posting, TenantId};
+use sqlx::sqlite::SqliteConnection;
+use sqlx::Row;
+
+use crate::{micros, Result, Role, Store, StoreError};
+
+/// What a batch's partner commands need.
+#[derive(Debug, Default)]
+pub struct PartnerKeys {
+    pub partners: Vec<(TenantId, PartnerId)>,
+    /// Tenants creating a partner: their highest partner id is loaded to allocate the next.
+    pub creating: Vec<TenantId>,
+    /// Points a member converted out of a currency since a time, for exchange limits.
+    pub exchange_usage: Vec<(TenantId, MemberId, String, Timestamp)>,
+}
+
+/// What `load` found.
+#[derive(Debug, Default)]
+pub struct PartnersLoaded {
+    pub partners: HashMap<(TenantId, PartnerId), Partner>,
+    pub last_ids: HashMap<TenantId, i64>,
+    pub exchange_used: HashMap<(TenantId, MemberId, String), i64>,
+}
+
+/// A partner's API key: the `api_keys` row and its binding.
+#[derive(Debug, Clone)]
+pub struct PartnerKeyRow {
+    pub key_hash: Vec<u8>,
+    pub tenant: TenantId,
+    pub partner: PartnerId,
+    pub name: String,
+    pub created_at: Timestamp,
+}
+
+/// What a batch writes.
+#[derive(Debug, Default)]
+pub struct PartnerWrites {
+    pub partners: Vec<(TenantId, Partner)>,
+    pub keys: Vec<PartnerKeyRow>,
+}
+
+impl PartnerWrites {
+    pub fn is_empty(&self) -> bool {
+        self.partners.is_empty() && self.keys.is_empty()
+    }
+}
+
+fn partner_of(record: &str) -> Result<Partner> {
+    serde_json::from_str(record).map_err(|e| StoreError::Corrupt { table: "partners", detail: e.to_string() })
+}
+
+pub async fn load(conn: &mut SqliteConnection, keys: &PartnerKeys) -> Result<PartnersLoaded> {
+    let mut loaded = PartnersLoaded::default();
+    for (tenant, id) in &keys.partners {
+        let record: Option<String> = sqlx::query_scalar("SELECT record FROM partners WHERE tenant_id = ? AND id = ?")
+            .bind(tenant.0)
+            .bind(id.0)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if let Some(record) = record {
+            loaded.partners.insert((*tenant, *id), partner_of(&record)?);
+        }
+    }
+    for tenant in &keys.creating {
+        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM partners WHERE tenant_id = ?")
+            .bind(tenant.0)
+            .fetch_one(&mut *conn)
+            .await?;
+        loaded.last_ids.insert(*tenant, last.unwrap_or(0));
+    }
+    for (tenant, member, currency, since) in &keys.exchange_usage {
+        let used: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(SUM(p.amount), 0) FROM postings p
+             JOIN movements m ON m.tenant_id = p.tenant_id AND m.id = p.movement_id
+             WHERE p.tenant_id = ? AND p.account = 'exchange' AND p.amount > 0 AND p.currency = ?
+               AND m.member_id = ? AND m.occurred_at >= ?",
+        )
+        .bind(tenant.0)
+        .bind(currency)
+        .bind(member.0)
+        .bind(micros::of(*since))
+        .fetch_one(&mut *conn)
+        .await?;
+        loaded.exchange_used.insert((*tenant, *member, currency.clone()), used);
+    }
+    Ok(loaded)
+}
+
+pub async fn flush(conn: &mut SqliteConnection, writes: &PartnerWrites) -> Result<()> {
+    for (tenant, partner) in &writes.partners {
+        sqlx::query("INSERT INTO partners (tenant_id, id, record, created_at) VALUES (?, ?, ?, ?)")
+            .bind(tenant.0)
+            .bind(partner.id.0)
+            .bind(serde_json::to_string(partner).expect("partners serialize"))
+            .bind(micros::of(partner.created_at))
+            .execute(&mut *conn)
+            .await?;
+    }
+    for key in &writes.keys {
+        crate::sqlite::admin::insert_api_key(
+            conn,
+            &key.key_hash,
+            Some(key.tenant),
+            Role::Partner,
+            &key.name,
+            key.created_at,
+        )
+        .await?;
+        sqlx::query("INSERT INTO partner_keys (key_hash, tenant_id, partner_id) VALUES (?, ?, ?)")
+            .bind(&key.key_hash)
+            .bind(key.tenant.0)
+            .bind(key.partner.0)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// The partner a key is bound to, if it is a partner's key.
+    pub async fn partner_of_key(&self, key_hash: &[u8]) -> Result<Option<(TenantId, PartnerId)>> {
+        let row = sqlx::query("SELECT tenant_id, partner_id FROM partner_keys WHERE key_hash = ?")
+            .bind(key_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|row| (TenantId(row.get(0)), PartnerId(row.get(1)))))
+    }
+
+    pub async fn partner(&self, tenant: TenantId, id: PartnerId) -> Result<Option<Partner>> {
+        let record: Option<String> = sqlx::query_scalar("SELECT record FROM partners WHERE tenant_id = ? AND id = ?")
+            .bind(tenant.0)
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        record.as_deref().map(partner_of).transpose()
+    }
+
+    pub async fn partners(&self, tenant: TenantId) -> Result<Vec<Partner>> {
+        let rows = sqlx::query("SELECT record FROM partners WHERE tenant_id = ? ORDER BY id")
+            .bind(tenant.0)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|row| partner_of(row.get(0))).collect()
+    }
+
+    /// The postings on the partner's accounts of movements that occurred in `[from, to)`.
+    pub async fn partner_postings(
+        &self,
+        tenant: TenantId,
+        partner: PartnerId,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<Posting>> {
+        let rows = sqlx::query(
+            "SELECT p.account, p.amount FROM postings p JOIN movements m ON m.tenant_id = p.tenant_id AND m.id = p.movement_id
+             WHERE p.tenant_id = ? AND p.partner_id = ? AND m.occurred_at >= ? AND m.occurred_at < ?
+             ORDER BY p.movement_id, p.seq",
+        )
+        .bind(tenant.0)
+        .bind(partner.0)
+        .bind(micros::of(from))
+        .bind(micros::of(to))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let kind: String = row.get(0);
+                let account = Account::from_row(&kind, None, Some(partner))
+                    .ok_or(StoreError::Corrupt { table: "postings", detail: kind })?;
+                Ok(Posting { account, amount: row.get(1), lot_id: None })
+            })
+            .collect()
+    }
+
+    /// Whether the member has any movement with the partner: a partner key may read only those.
+    pub async fn member_known_to_partner(
+        &self,
+        tenant: TenantId,
+        member: MemberId,
+        partner: PartnerId,
+    ) -> Result<bool> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM postings p JOIN movements m ON m.tenant_id = p.tenant_id AND m.id = p.movement_id
+             WHERE p.tenant_id = ? AND p.partner_id = ? AND m.member_id = ? LIMIT 1",
+        )
+        .bind(tenant.0)
+        .bind(partner.0)
+        .bind(member.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.is_some())
+    }
+}
