@@ -98,6 +98,10 @@ pub struct Program {
     /// How long a checkout quote holds its coupons before they go back.
     #[serde(default = "default_checkout_hold_minutes")]
     pub checkout_hold_minutes: i64,
+    /// Sign-up, birthday, anniversary and custom event bonuses, and expiry reminders (see `bonuses`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub event_bonuses: Option<crate::bonuses::EventBonuses>,
 }
 
 fn default_discount_percent_max() -> i64 {
@@ -158,6 +162,7 @@ impl Program {
             categories: Vec::new(),
             tiers: None,
             checkout_hold_minutes: default_checkout_hold_minutes(),
+            event_bonuses: None,
         }
     }
 
@@ -233,6 +238,9 @@ impl Program {
         if let Some(tiers) = &self.tiers {
             tiers.validate(&mut issues);
             self.check_tiers(tiers, &mut issues);
+        }
+        if let Some(event_bonuses) = &self.event_bonuses {
+            event_bonuses.validate(&mut issues);
         }
         if !(1..=Self::CHECKOUT_HOLD_MINUTES_MAX).contains(&self.checkout_hold_minutes) {
             issues.push(ValidationIssue {
