@@ -32,6 +32,10 @@ pub enum Job {
     Expiry,
     /// Tier reviews at the end of each tier window.
     Tiers,
+    /// Birthday and first-purchase anniversary bonuses (see `bonuses`).
+    Events,
+    /// Reminders before points expire (see `bonuses`).
+    Reminders,
 }
 
 impl Job {
@@ -40,6 +44,8 @@ impl Job {
             "activate" => Some(Job::Activate),
             "expiry" => Some(Job::Expiry),
             "tiers" => Some(Job::Tiers),
+            "events" => Some(Job::Events),
+            "reminders" => Some(Job::Reminders),
             _ => None,
         }
     }
@@ -49,13 +55,15 @@ impl Job {
             Job::Activate => "activate",
             Job::Expiry => "expiry",
             Job::Tiers => "tiers",
+            Job::Events => "events",
+            Job::Reminders => "reminders",
         }
     }
 
     fn due(&self) -> DueLots {
         match self {
             Job::Activate => DueLots::Activation,
-            Job::Expiry | Job::Tiers => DueLots::Expiry,
+            Job::Expiry | Job::Tiers | Job::Events | Job::Reminders => DueLots::Expiry,
         }
     }
 }
@@ -70,6 +78,11 @@ pub async fn run_once(
 ) -> Result<JobReport, ApiError> {
     if job == Job::Tiers {
         return review_tiers(store, writer, clock, tenant).await;
+    }
+    match job {
+        Job::Events => return crate::bonuses::run_events_job(store, writer, clock, tenant).await,
+        Job::Reminders => return crate::bonuses::run_reminders_job(store, writer, clock, tenant).await,
+        _ => {}
     }
     let mut report = JobReport { job: job.name().to_string(), members: 0, movements: 0 };
     for _ in 0..CHUNKS_PER_RUN_MAX {
@@ -135,7 +148,8 @@ pub async fn run_scheduled(
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        for job in [Job::Activate, Job::Expiry, Job::Tiers] {
+        // Expiry runs before reminders, so no reminder is sent for points already gone.
+        for job in [Job::Activate, Job::Expiry, Job::Tiers, Job::Events, Job::Reminders] {
             match run_once(&store, &writer, &*clock, job, None).await {
                 Ok(report) => {
                     metrics.job_movements.fetch_add(report.movements as u64, Ordering::Relaxed);

@@ -124,7 +124,8 @@ pub async fn run_job(
     Path(job): Path<String>,
 ) -> Result<Json<JobReport>, ApiError> {
     let tenant = caller.tenant_for(ADMINS)?;
-    let job =
-        Job::parse(&job).ok_or_else(|| ApiError::not_found("job_not_found", "jobs are activate, expiry and tiers"))?;
+    let job = Job::parse(&job).ok_or_else(|| {
+        ApiError::not_found("job_not_found", "jobs are activate, expiry, tiers, events and reminders")
+    })?;
     Ok(Json(crate::jobs::run_once(&state.store, &state.writer, &*state.clock, job, Some(tenant)).await?))
 }

@@ -1,0 +1,71 @@
+//! The work lists of the event bonus jobs: members whose birthday or first-purchase anniversary
+//! falls on one of a few calendar days, and members holding points that expire soon. They only
+//! narrow the search; the engine decides from the member's state whether anything is due, so a
+//! list that names a member once too often gives nothing twice.
+
+use kopilka_core::{MemberId, TenantId};
+use sqlx::{QueryBuilder, Sqlite};
+
+use crate::{micros, Result, Store};
+
+impl Store {
+    /// Members of `tenant` after `after` (in id order) born on one of `birthdays` or whose first
+    /// purchase fell on one of `anniversaries` (each `MM-DD`; the first purchase by its UTC date).
+    pub async fn members_with_yearly_dates(
+        &self,
+        tenant: TenantId,
+        birthdays: &[String],
+        anniversaries: &[String],
+        after: MemberId,
+        limit: i64,
+    ) -> Result<Vec<MemberId>> {
+        if birthdays.is_empty() && anniversaries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut query: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT id FROM members WHERE tenant_id = ");
+        query.push_bind(tenant.0).push(" AND merged_into IS NULL AND id > ").push_bind(after.0).push(" AND (0");
+        for (expression, days) in [
+            ("substr(birth_date, 6, 5)", birthdays),
+            ("substr(json_extract(state, '$.stats.first_purchase_at'), 6, 5)", anniversaries),
+        ] {
+            if days.is_empty() {
+                continue;
+            }
+            query.push(" OR ").push(expression).push(" IN (");
+            let mut separated = query.separated(", ");
+            for day in days {
+                separated.push_bind(day.clone());
+            }
+            query.push(")");
+        }
+        query.push(") ORDER BY id LIMIT ").push_bind(limit);
+        let ids: Vec<i64> = query.build_query_scalar().fetch_all(&self.pool).await?;
+        Ok(ids.into_iter().map(MemberId).collect())
+    }
+
+    /// Members of `tenant` after `after` holding open points that expire after `from` and no
+    /// later than `to`: the expiry reminder job's work list.
+    pub async fn members_with_points_expiring(
+        &self,
+        tenant: TenantId,
+        from: jiff::Timestamp,
+        to: jiff::Timestamp,
+        after: MemberId,
+        limit: i64,
+    ) -> Result<Vec<MemberId>> {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT DISTINCT member_id FROM lots INDEXED BY lots_expiry_due
+             WHERE state IN ('pending', 'available') AND expires_at > ?1 AND expires_at <= ?2
+               AND tenant_id = ?3 AND remaining > 0 AND member_id > ?4
+             ORDER BY member_id LIMIT ?5",
+        )
+        .bind(micros::of(from))
+        .bind(micros::of(to))
+        .bind(tenant.0)
+        .bind(after.0)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.into_iter().map(MemberId).collect())
+    }
+}
