@@ -142,6 +142,9 @@ pub const EVENT_KINDS: &[&str] = &[
     "points_expire",
     "points_adjust",
     "points_merge",
+    "bonus_granted",
+    "custom_event",
+    "points_expiring",
 ];
 
 /// A representative event of `kind`, as the outbox stores it.
@@ -176,6 +179,26 @@ pub fn sample_event(kind: &str) -> Option<DomainEvent> {
         "points_expire" => points(MovementKind::Expire),
         "points_adjust" => points(MovementKind::Adjust),
         "points_merge" => points(MovementKind::Merge),
+        "bonus_granted" => DomainEvent::BonusGranted {
+            member_id,
+            bonus: "birthday".into(),
+            points: 100,
+            reason: "birthday 2026".into(),
+            expires_at: Some("2027-01-15T00:00:00Z".parse().expect("a valid sample time")),
+        },
+        "custom_event" => DomainEvent::CustomEvent {
+            member_id,
+            event_type: "review_written".into(),
+            occurred_at: "2026-01-15T10:00:00Z".parse().expect("a valid sample time"),
+            attributes: serde_json::json!({ "product": "TYRE-17" }),
+            points: 20,
+        },
+        "points_expiring" => DomainEvent::PointsExpiring {
+            member_id,
+            points: 39,
+            expires_at: "2027-01-15T00:00:00Z".parse().expect("a valid sample time"),
+            days: 7,
+        },
         _ => return None,
     })
 }
