@@ -509,7 +509,10 @@ impl<'a> BatchState<'a> {
         self.loaded_lots.insert((tenant, id), Vec::new());
         self.dirty_members.insert((tenant, id));
         self.event(tenant, DomainEvent::MemberCreated { member_id: id });
-        self.signup_bonus(tenant, id);
+        // An import carries its members' own signup dates: they enrolled elsewhere, long ago.
+        if signup_at.is_none() {
+            self.signup_bonus(tenant, id);
+        }
         Ok(Reply::json(201, &MemberView::from(row)).about(id))
     }
 
