@@ -110,6 +110,39 @@ async fn a_signup_bonus_and_custom_events_within_their_limits_per_day_and_week()
 }
 
 #[tokio::test]
+async fn a_signup_bonus_may_wait_out_the_pending_days_and_the_birthday_lookup_uses_its_indexes() {
+    let app = spawn_app().await;
+    let section = json!({ "signup": { "points": 30 }, "birthday": { "points": 100 }, "anniversary": { "points": 10 } });
+    assert_eq!(set_event_bonuses(&app, section).await.status, 200);
+    let member = app.create_member("C-1").await;
+    assert_eq!(app.balance(member).await, (0, 30));
+    app.advance_days(14);
+    app.run_job("activate").await;
+    assert_eq!(app.balance(member).await, (30, 0));
+    use sqlx::Row;
+    let store = &app.running.as_ref().unwrap().state.store;
+    let plan: Vec<String> = sqlx::query(
+        "EXPLAIN QUERY PLAN SELECT id FROM (SELECT 0 AS id WHERE 0
+           UNION SELECT id FROM members INDEXED BY members_birthday WHERE tenant_id = 1
+             AND birth_date IS NOT NULL AND substr(birth_date, 6, 5) IN ('01-15', '01-16') AND id > 0
+           UNION SELECT id FROM members INDEXED BY members_first_purchase_day WHERE tenant_id = 1
+             AND json_extract(state, '$.stats.first_purchase_at') IS NOT NULL
+             AND substr(json_extract(state, '$.stats.first_purchase_at'), 6, 5) IN ('01-15') AND id > 0)
+         ORDER BY id LIMIT 500",
+    )
+    .fetch_all(&store.pool)
+    .await
+    .expect("INDEXED BY fails the query when the index cannot serve it")
+    .iter()
+    .map(|row| row.get::<String, _>("detail"))
+    .collect();
+    assert!(plan.iter().any(|step| step.contains("members_birthday")), "{plan:?}");
+    assert!(plan.iter().any(|step| step.contains("members_first_purchase_day")), "{plan:?}");
+    app.assert_ledger_sound().await;
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn birthdays_once_a_year_in_the_programs_time_zone_across_year_ends_and_leap_years() {
     let app = spawn_app().await;
     // The default program keeps Moscow time.

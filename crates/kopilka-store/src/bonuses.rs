@@ -22,21 +22,24 @@ impl Store {
         if birthdays.is_empty() && anniversaries.is_empty() {
             return Ok(Vec::new());
         }
-        let mut query: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT id FROM members WHERE tenant_id = ");
-        query.push_bind(tenant.0).push(" AND merged_into IS NULL AND id > ").push_bind(after.0).push(" AND (0");
-        for (expression, days) in [
-            ("substr(birth_date, 6, 5)", birthdays),
-            ("substr(json_extract(state, '$.stats.first_purchase_at'), 6, 5)", anniversaries),
+        // One indexed lookup per kind of date, joined: an OR of the two would read every member.
+        // The empty first select lets each lookup start with UNION.
+        let mut query: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT id FROM (SELECT 0 AS id WHERE 0");
+        for (index, column, days) in [
+            ("members_birthday", "birth_date", birthdays),
+            ("members_first_purchase_day", "json_extract(state, '$.stats.first_purchase_at')", anniversaries),
         ] {
             if days.is_empty() {
                 continue;
             }
-            query.push(" OR ").push(expression).push(" IN (");
+            query.push(format!(" UNION SELECT id FROM members INDEXED BY {index} WHERE tenant_id = "));
+            query.push_bind(tenant.0);
+            query.push(format!(" AND {column} IS NOT NULL AND substr({column}, 6, 5) IN ("));
             let mut separated = query.separated(", ");
             for day in days {
                 separated.push_bind(day.clone());
             }
-            query.push(")");
+            query.push(") AND merged_into IS NULL AND id > ").push_bind(after.0);
         }
         query.push(") ORDER BY id LIMIT ").push_bind(limit);
         let ids: Vec<i64> = query.build_query_scalar().fetch_all(&self.pool).await?;
