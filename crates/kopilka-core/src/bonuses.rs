@@ -505,6 +505,49 @@ mod tests {
     }
 
     #[test]
+    fn the_first_anniversary_comes_a_year_after_the_first_purchase_in_the_programs_time_zone() {
+        let mut program = Program::example();
+        program.event_bonuses = Some(EventBonuses {
+            anniversary: Some(DateBonus { points: 10, days_before: 0, days_after: 0 }),
+            ..EventBonuses::default()
+        });
+        let marks = EventMarks::default();
+        // 22:00 UTC on 31 December is already 1 January in Moscow.
+        let first: Timestamp = "2026-12-31T22:00:00Z".parse().unwrap();
+        assert_eq!(anniversary_due(&program, first, &marks, first), None, "not on the day itself");
+        let year_later: Timestamp = "2027-12-31T21:30:00Z".parse().unwrap();
+        assert_eq!(anniversary_due(&program, first, &marks, year_later), Some(2028));
+        let given = EventMarks { anniversary_year: Some(2028), ..EventMarks::default() };
+        assert_eq!(anniversary_due(&program, first, &given, year_later), None);
+    }
+
+    #[test]
+    fn reminders_cover_each_threshold_of_each_expiry_date_once() {
+        let mut program = Program::example();
+        program.time_zone = "UTC".into();
+        program.event_bonuses = Some(EventBonuses { expiry_reminders_days: vec![30, 7], ..EventBonuses::default() });
+        let mut ids = IdAllocator::default();
+        let mut ledger = MemberLedger::new(MemberId(1), Vec::new());
+        let earned: Timestamp = "2026-01-15T10:00:00Z".parse().unwrap();
+        for points in [5, 7] {
+            let grant = BonusGrant { kind: "event", points, reason: "test".into(), available_at_once: true };
+            decide_bonus(&program, &mut ledger, grant, earned, &mut ids).unwrap();
+        }
+        let mut marks = EventMarks::default();
+        let at = |text: &str| text.parse::<Timestamp>().unwrap();
+        assert!(expiry_reminders(&program, &ledger, &mut marks, at("2026-12-16T09:00:00Z")).is_empty());
+        let due = expiry_reminders(&program, &ledger, &mut marks, at("2026-12-16T10:00:00Z"));
+        assert_eq!(due.iter().map(|r| (r.days, r.points)).collect::<Vec<_>>(), [(30, 12)], "one per date");
+        assert!(expiry_reminders(&program, &ledger, &mut marks, at("2026-12-20T10:00:00Z")).is_empty());
+        let due = expiry_reminders(&program, &ledger, &mut marks, at("2027-01-10T10:00:00Z"));
+        assert_eq!(due.iter().map(|r| r.days).collect::<Vec<_>>(), [7]);
+        assert!(expiry_reminders(&program, &ledger, &mut marks, at("2027-01-11T10:00:00Z")).is_empty());
+        // Past the date, nothing is due and the marks are dropped.
+        assert!(expiry_reminders(&program, &ledger, &mut marks, at("2027-01-16T10:00:00Z")).is_empty());
+        assert!(marks.reminders.is_empty());
+    }
+
+    #[test]
     fn validation_names_each_problem_by_its_path() {
         let section = EventBonuses {
             birthday: Some(DateBonus { points: 0, days_before: 40, days_after: 0 }),
