@@ -62,6 +62,30 @@ pub enum DomainEvent {
         lot_id: Option<LotId>,
         expires_at: Option<Timestamp>,
     },
+    /// Points given for an event rather than a purchase (see `bonuses`): `bonus` is `signup`,
+    /// `birthday`, `anniversary` or `event`.
+    BonusGranted {
+        member_id: MemberId,
+        bonus: String,
+        points: i64,
+        reason: String,
+        expires_at: Option<Timestamp>,
+    },
+    /// A custom event a shop reported about the member (`POST /v1/members/{id}/events`).
+    CustomEvent {
+        member_id: MemberId,
+        event_type: String,
+        occurred_at: Timestamp,
+        attributes: serde_json::Value,
+        points: i64,
+    },
+    /// `points` of the member expire at `expires_at`, `days` or fewer from now (a reminder).
+    PointsExpiring {
+        member_id: MemberId,
+        points: i64,
+        expires_at: Timestamp,
+        days: u32,
+    },
     /// A member redeemed a catalogue reward (see `rewards`).
     RewardRedeemed {
         member_id: MemberId,
@@ -119,6 +143,9 @@ impl DomainEvent {
             DomainEvent::PurchaseReturned { .. } => "purchase_returned",
             DomainEvent::CouponRedeemed { .. } => "coupon_redeemed",
             DomainEvent::TierChanged { .. } => "tier_changed",
+            DomainEvent::BonusGranted { .. } => "bonus_granted",
+            DomainEvent::CustomEvent { .. } => "custom_event",
+            DomainEvent::PointsExpiring { .. } => "points_expiring",
             DomainEvent::RewardRedeemed { .. } => "reward_redeemed",
             DomainEvent::RewardFulfilled { .. } => "reward_fulfilled",
             DomainEvent::RewardCancelled { .. } => "reward_cancelled",
@@ -149,6 +176,9 @@ impl DomainEvent {
             | DomainEvent::CouponRedeemed { member_id, .. }
             | DomainEvent::TierChanged { member_id, .. }
             | DomainEvent::Points { member_id, .. }
+            | DomainEvent::BonusGranted { member_id, .. }
+            | DomainEvent::CustomEvent { member_id, .. }
+            | DomainEvent::PointsExpiring { member_id, .. }
             | DomainEvent::RewardRedeemed { member_id, .. }
             | DomainEvent::RewardFulfilled { member_id, .. }
             | DomainEvent::RewardCancelled { member_id, .. }

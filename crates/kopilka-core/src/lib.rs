@@ -5,6 +5,7 @@
 //! never reads the clock: `now` is always an argument. That is what lets the same code run under
 //! SQLite, PostgreSQL, a benchmark or a simulation, and be tested with plain values.
 
+pub mod bonuses;
 pub mod checkout;
 pub mod currency;
 pub mod error;

@@ -49,6 +49,9 @@ pub struct MemberState {
     /// Coupons of each coupon campaign (by id) the member used, for per-member limits.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub coupon_uses: BTreeMap<i64, u32>,
+    /// Event bonuses given and expiry reminders sent (see `bonuses`).
+    #[serde(default, skip_serializing_if = "crate::bonuses::EventMarks::is_empty")]
+    pub events: crate::bonuses::EventMarks,
 }
 
 /// The member's tier, and until when it holds (none: until changed).
@@ -377,6 +380,7 @@ impl MemberState {
         }
         self.segments.extend(other.segments.iter().cloned());
         self.campaigns.extend(other.campaigns.iter().cloned());
+        self.events.absorb(&other.events);
         for (campaign, uses) in &other.coupon_uses {
             *self.coupon_uses.entry(*campaign).or_default() += uses;
         }

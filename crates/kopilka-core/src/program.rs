@@ -104,6 +104,10 @@ pub struct Program {
     /// Coalition exchanges: the programs this program's points convert into, at what rate.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exchanges: Vec<crate::partners::ExchangeRate>,
+    /// Sign-up, birthday, anniversary and custom event bonuses, and expiry reminders (see `bonuses`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub event_bonuses: Option<crate::bonuses::EventBonuses>,
 }
 
 fn default_discount_percent_max() -> i64 {
@@ -166,6 +170,7 @@ impl Program {
             checkout_hold_minutes: default_checkout_hold_minutes(),
             referrals: None,
             exchanges: Vec::new(),
+            event_bonuses: None,
         }
     }
 
@@ -241,6 +246,9 @@ impl Program {
         if let Some(tiers) = &self.tiers {
             tiers.validate(&mut issues);
             self.check_tiers(tiers, &mut issues);
+        }
+        if let Some(event_bonuses) = &self.event_bonuses {
+            event_bonuses.validate(&mut issues);
         }
         if !(1..=Self::CHECKOUT_HOLD_MINUTES_MAX).contains(&self.checkout_hold_minutes) {
             issues.push(ValidationIssue {

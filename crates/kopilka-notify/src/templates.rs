@@ -149,6 +149,12 @@ pub const EVENT_KINDS: &[&str] = &[
     "reward_fulfilled",
     "reward_cancelled",
     "cashback_payout_created",
+    "bonus_granted",
+    "custom_event",
+    "points_expiring",
+    "referral_accepted",
+    "referral_rejected",
+    "referral_rewarded",
 ];
 
 /// A representative event of `kind`, as the outbox stores it.
@@ -214,6 +220,35 @@ pub fn sample_event(kind: &str) -> Option<DomainEvent> {
             amount_minor: 500_00,
             currency: "RUB".into(),
         },
+        "bonus_granted" => DomainEvent::BonusGranted {
+            member_id,
+            bonus: "birthday".into(),
+            points: 100,
+            reason: "birthday 2026".into(),
+            expires_at: Some("2027-01-15T00:00:00Z".parse().expect("a valid sample time")),
+        },
+        "custom_event" => DomainEvent::CustomEvent {
+            member_id,
+            event_type: "review_written".into(),
+            occurred_at: "2026-01-15T10:00:00Z".parse().expect("a valid sample time"),
+            attributes: serde_json::json!({ "product": "TYRE-17" }),
+            points: 20,
+        },
+        "points_expiring" => DomainEvent::PointsExpiring {
+            member_id,
+            points: 39,
+            expires_at: "2027-01-15T00:00:00Z".parse().expect("a valid sample time"),
+            days: 7,
+        },
+        "referral_accepted" => {
+            DomainEvent::ReferralAccepted { member_id, referrer_id: MemberId(2), welcome_points: 50 }
+        }
+        "referral_rejected" => DomainEvent::ReferralRejected {
+            member_id,
+            referrer_id: MemberId(2),
+            reason: "self_referral_shared_phone".into(),
+        },
+        "referral_rewarded" => DomainEvent::ReferralRewarded { member_id, referred_id: MemberId(2), points: 100 },
         _ => return None,
     })
 }

@@ -80,6 +80,19 @@ pub enum Command {
     ReviewTiers {
         members: Vec<MemberId>,
     },
+    /// A custom event about a member (see `bonuses`).
+    MemberEvent {
+        member_id: MemberId,
+        event: crate::bonuses::CustomEventRequest,
+    },
+    /// Birthday and anniversary bonuses due for these members (the `events` job).
+    YearlyBonuses {
+        members: Vec<MemberId>,
+    },
+    /// Expiry reminders due for these members (the `reminders` job).
+    RemindExpiry {
+        members: Vec<MemberId>,
+    },
     /// Administrative commands run in a transaction of their own.
     CreateTenant {
         name: String,
@@ -87,7 +100,7 @@ pub enum Command {
     },
     SaveProgram {
         id: Option<ProgramId>,
-        program: Program,
+        program: Box<Program>,
     },
     CreateApiKey {
         key: String,
@@ -246,9 +259,11 @@ pub fn keys(requests: &[&Request]) -> BatchKeys {
             }
             Command::Redeem(redeem) => keys.members.push((tenant, MemberId(redeem.member_id))),
             Command::Adjust(adjust) => keys.members.push((tenant, MemberId(adjust.member_id))),
-            Command::CatchUp { members } | Command::ReviewTiers { members } => {
-                keys.members.extend(members.iter().map(|m| (tenant, *m)))
-            }
+            Command::MemberEvent { member_id, .. } => keys.members.push((tenant, *member_id)),
+            Command::CatchUp { members }
+            | Command::ReviewTiers { members }
+            | Command::YearlyBonuses { members }
+            | Command::RemindExpiry { members } => keys.members.extend(members.iter().map(|m| (tenant, *m))),
             Command::Checkout(command) => crate::checkout::push_keys(&mut keys, tenant, command),
             Command::Reward(command) => command.push_keys(tenant, &mut keys),
             Command::Referral(command) => command.push_keys(tenant, &mut keys),
@@ -372,6 +387,9 @@ impl<'a> BatchState<'a> {
             Command::Adjust(request) => self.adjust(tenant, request),
             Command::CatchUp { members } => self.catch_up(tenant, members),
             Command::ReviewTiers { members } => self.review_tiers(tenant, members),
+            Command::MemberEvent { member_id, event } => self.custom_event(tenant, *member_id, event),
+            Command::YearlyBonuses { members } => self.yearly_bonuses(tenant, members),
+            Command::RemindExpiry { members } => self.expiry_reminders(tenant, members),
             Command::Checkout(command) => self.decide_checkout(tenant, command),
             Command::Reward(command) => self.reward(tenant, command),
             Command::Referral(command) => self.referral(tenant, command),
@@ -445,6 +463,11 @@ impl<'a> BatchState<'a> {
         self.writes.movements.extend(outcome.movements.into_iter().map(|m| (tenant, m)));
     }
 
+    /// Marks a member whose loyalty state (not profile) changed, for the flush.
+    pub(crate) fn mark_state_dirty(&mut self, tenant: TenantId, member: MemberId) {
+        self.dirty_states.insert((tenant, member));
+    }
+
     pub(crate) fn event(&mut self, tenant: TenantId, event: DomainEvent) {
         *self.next_event_id += 1;
         self.writes.events.push((tenant, *self.next_event_id, event, self.now));
@@ -500,6 +523,10 @@ impl<'a> BatchState<'a> {
         self.loaded_lots.insert((tenant, id), Vec::new());
         self.dirty_members.insert((tenant, id));
         self.event(tenant, DomainEvent::MemberCreated { member_id: id });
+        // An import carries its members' own signup dates: they enrolled elsewhere, long ago.
+        if signup_at.is_none() {
+            self.signup_bonus(tenant, id);
+        }
         Ok(Reply::json(201, &MemberView::from(row)).about(id))
     }
 

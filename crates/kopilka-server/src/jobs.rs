@@ -34,6 +34,10 @@ pub enum Job {
     Tiers,
     /// Referrer rewards for referrals whose qualifying purchase left its return window.
     Referrals,
+    /// Birthday and first-purchase anniversary bonuses (see `bonuses`).
+    Events,
+    /// Reminders before points expire (see `bonuses`).
+    Reminders,
 }
 
 impl Job {
@@ -43,6 +47,8 @@ impl Job {
             "expiry" => Some(Job::Expiry),
             "tiers" => Some(Job::Tiers),
             "referrals" => Some(Job::Referrals),
+            "events" => Some(Job::Events),
+            "reminders" => Some(Job::Reminders),
             _ => None,
         }
     }
@@ -53,13 +59,15 @@ impl Job {
             Job::Expiry => "expiry",
             Job::Tiers => "tiers",
             Job::Referrals => "referrals",
+            Job::Events => "events",
+            Job::Reminders => "reminders",
         }
     }
 
     fn due(&self) -> DueLots {
         match self {
             Job::Activate => DueLots::Activation,
-            Job::Expiry | Job::Tiers | Job::Referrals => DueLots::Expiry,
+            Job::Expiry | Job::Tiers | Job::Referrals | Job::Events | Job::Reminders => DueLots::Expiry,
         }
     }
 }
@@ -75,8 +83,11 @@ pub async fn run_once(
     if job == Job::Tiers {
         return review_tiers(store, writer, clock, tenant).await;
     }
-    if job == Job::Referrals {
-        return crate::referrals::run_job(store, writer, tenant).await;
+    match job {
+        Job::Referrals => return crate::referrals::run_job(store, writer, tenant).await,
+        Job::Events => return crate::bonuses::run_events_job(store, writer, clock, tenant).await,
+        Job::Reminders => return crate::bonuses::run_reminders_job(store, writer, clock, tenant).await,
+        _ => {}
     }
     let mut report = JobReport { job: job.name().to_string(), members: 0, movements: 0 };
     for _ in 0..CHUNKS_PER_RUN_MAX {
@@ -142,7 +153,8 @@ pub async fn run_scheduled(
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        for job in [Job::Activate, Job::Expiry, Job::Tiers, Job::Referrals] {
+        // Expiry runs before reminders, so no reminder is sent for points already gone.
+        for job in [Job::Activate, Job::Expiry, Job::Tiers, Job::Referrals, Job::Events, Job::Reminders] {
             match run_once(&store, &writer, &*clock, job, None).await {
                 Ok(report) => {
                     metrics.job_movements.fetch_add(report.movements as u64, Ordering::Relaxed);

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod bonuses;
 pub mod checkout;
 pub mod clock;
 pub mod dto;

@@ -227,10 +227,10 @@ impl WriterTask {
                 let Some((id, version)) = admin::save_program(conn, request.tenant, *id, program, now).await? else {
                     return Ok(Err(ApiError::not_found("program_not_found", "no such program")));
                 };
-                program_update = Some((request.tenant, id, version, program.clone()));
+                program_update = Some((request.tenant, id, version, (**program).clone()));
                 Reply::json(
                     if version == 1 { 201 } else { 200 },
-                    &ProgramView { id: id.0, version, program: program.clone() },
+                    &ProgramView { id: id.0, version, program: (**program).clone() },
                 )
             }
             Command::CreateApiKey { key, role, name } => {

@@ -5,6 +5,7 @@
 //! This crate knows SQL and rows; it never decides anything about points. It does not know HTTP.
 
 pub mod batch;
+pub mod bonuses;
 pub mod checkout;
 pub mod outbox;
 pub mod partners;

@@ -95,6 +95,12 @@ enum JobName {
     Expiry,
     Activate,
     Tiers,
+    /// Birthday and first-purchase anniversary bonuses.
+    Events,
+    /// Reminders before points expire.
+    Reminders,
+    /// Referrer rewards once a referred member's first purchase left its return window.
+    Referrals,
 }
 
 #[derive(Subcommand)]
@@ -185,6 +191,9 @@ async fn run_job(data_dir: &std::path::Path, job: JobName, as_of: Option<jiff::T
         JobName::Expiry => Job::Expiry,
         JobName::Activate => Job::Activate,
         JobName::Tiers => Job::Tiers,
+        JobName::Events => Job::Events,
+        JobName::Reminders => Job::Reminders,
+        JobName::Referrals => Job::Referrals,
     };
     let report = jobs::run_once(&state.store, &state.writer, &*state.clock, job, None).await?;
     println!("{}: {} member(s), {} movement(s)", report.job, report.members, report.movements);

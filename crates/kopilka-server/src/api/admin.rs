@@ -72,7 +72,7 @@ pub async fn create_program(
     m: Mutation<Program>,
 ) -> Result<Reply, ApiError> {
     let tenant = caller.tenant_for(ADMINS)?;
-    let command = Command::SaveProgram { id: None, program: checked(m.body)? };
+    let command = Command::SaveProgram { id: None, program: Box::new(checked(m.body)?) };
     state.submit(tenant, m.idempotency, command).await
 }
 
@@ -87,7 +87,7 @@ pub async fn update_program(
     m: Mutation<Program>,
 ) -> Result<Reply, ApiError> {
     let tenant = caller.tenant_for(ADMINS)?;
-    let command = Command::SaveProgram { id: Some(ProgramId(id)), program: checked(m.body)? };
+    let command = Command::SaveProgram { id: Some(ProgramId(id)), program: Box::new(checked(m.body)?) };
     state.submit(tenant, m.idempotency, command).await
 }
 
@@ -124,7 +124,8 @@ pub async fn run_job(
     Path(job): Path<String>,
 ) -> Result<Json<JobReport>, ApiError> {
     let tenant = caller.tenant_for(ADMINS)?;
-    let job = Job::parse(&job)
-        .ok_or_else(|| ApiError::not_found("job_not_found", "jobs are activate, expiry, tiers and referrals"))?;
+    let job = Job::parse(&job).ok_or_else(|| {
+        ApiError::not_found("job_not_found", "jobs are activate, expiry, tiers, referrals, events and reminders")
+    })?;
     Ok(Json(crate::jobs::run_once(&state.store, &state.writer, &*state.clock, job, Some(tenant)).await?))
 }

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod checkout;
+pub mod events;
 pub mod ledger;
 pub mod members;
 pub mod notify;
@@ -30,7 +31,7 @@ use crate::extract::BODY_BYTES_MAX;
     info(title = "Kopilka", description = "A customer loyalty platform: members, points ledger, purchases and returns."),
     paths(
         members::create, members::get, members::update, members::search, members::merge,
-        members::export, members::erase, members::change_loyalty, tiers::progress,
+        members::export, members::erase, members::change_loyalty, tiers::progress, events::record,
         ledger::purchase, ledger::get_purchase, ledger::return_purchase, ledger::redeem, ledger::adjust,
         ledger::balance, ledger::history, ledger::lots,
         admin::create_tenant, admin::create_api_key, admin::create_program, admin::update_program,
@@ -67,6 +68,7 @@ pub fn router(state: AppState) -> Router {
         .route("/members/{id}/merge", post(members::merge))
         .route("/members/{id}/loyalty", axum::routing::patch(members::change_loyalty))
         .route("/members/{id}/tier", get(tiers::progress))
+        .route("/members/{id}/events", post(events::record))
         .route("/members/{id}/export", get(members::export))
         .route("/members/{id}/erase", post(members::erase))
         .route("/members/{id}/balance", get(ledger::balance))

@@ -949,7 +949,7 @@ async fn gbp_tenant(state: &AppState, args: &ImportArgs) -> anyhow::Result<(Tena
         let issues: Vec<String> = issues.iter().map(ToString::to_string).collect();
         bail!("the default program in {FILE_CURRENCY} does not validate: {}", issues.join("; "));
     }
-    let command = Command::SaveProgram { id: Some(program_id), program: program.clone() };
+    let command = Command::SaveProgram { id: Some(program_id), program: Box::new(program.clone()) };
     state.writer.submit(Request { tenant, idempotency: None, command }).await?;
     println!("Its program {program_id} now bills in {FILE_CURRENCY}, in time zone {FILE_TIME_ZONE}.");
     Ok((tenant, program))

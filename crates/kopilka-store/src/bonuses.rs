@@ -1,0 +1,74 @@
+//! The work lists of the event bonus jobs: members whose birthday or first-purchase anniversary
+//! falls on one of a few calendar days, and members holding points that expire soon. They only
+//! narrow the search; the engine decides from the member's state whether anything is due, so a
+//! list that names a member once too often gives nothing twice.
+
+use kopilka_core::{MemberId, TenantId};
+use sqlx::{QueryBuilder, Sqlite};
+
+use crate::{micros, Result, Store};
+
+impl Store {
+    /// Members of `tenant` after `after` (in id order) born on one of `birthdays` or whose first
+    /// purchase fell on one of `anniversaries` (each `MM-DD`; the first purchase by its UTC date).
+    pub async fn members_with_yearly_dates(
+        &self,
+        tenant: TenantId,
+        birthdays: &[String],
+        anniversaries: &[String],
+        after: MemberId,
+        limit: i64,
+    ) -> Result<Vec<MemberId>> {
+        if birthdays.is_empty() && anniversaries.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One indexed lookup per kind of date, joined: an OR of the two would read every member.
+        // The empty first select lets each lookup start with UNION.
+        let mut query: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT id FROM (SELECT 0 AS id WHERE 0");
+        for (index, column, days) in [
+            ("members_birthday", "birth_date", birthdays),
+            ("members_first_purchase_day", "json_extract(state, '$.stats.first_purchase_at')", anniversaries),
+        ] {
+            if days.is_empty() {
+                continue;
+            }
+            query.push(format!(" UNION SELECT id FROM members INDEXED BY {index} WHERE tenant_id = "));
+            query.push_bind(tenant.0);
+            query.push(format!(" AND {column} IS NOT NULL AND substr({column}, 6, 5) IN ("));
+            let mut separated = query.separated(", ");
+            for day in days {
+                separated.push_bind(day.clone());
+            }
+            query.push(") AND merged_into IS NULL AND id > ").push_bind(after.0);
+        }
+        query.push(") ORDER BY id LIMIT ").push_bind(limit);
+        let ids: Vec<i64> = query.build_query_scalar().fetch_all(&self.pool).await?;
+        Ok(ids.into_iter().map(MemberId).collect())
+    }
+
+    /// Members of `tenant` after `after` holding open points that expire after `from` and no
+    /// later than `to`: the expiry reminder job's work list.
+    pub async fn members_with_points_expiring(
+        &self,
+        tenant: TenantId,
+        from: jiff::Timestamp,
+        to: jiff::Timestamp,
+        after: MemberId,
+        limit: i64,
+    ) -> Result<Vec<MemberId>> {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT DISTINCT member_id FROM lots INDEXED BY lots_expiry_due
+             WHERE state IN ('pending', 'available') AND expires_at > ?1 AND expires_at <= ?2
+               AND tenant_id = ?3 AND remaining > 0 AND member_id > ?4
+             ORDER BY member_id LIMIT ?5",
+        )
+        .bind(micros::of(from))
+        .bind(micros::of(to))
+        .bind(tenant.0)
+        .bind(after.0)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.into_iter().map(MemberId).collect())
+    }
+}
