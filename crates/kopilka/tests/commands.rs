@@ -84,6 +84,24 @@ expiry = { kind = "end_of_following_year" }
     let output = kopilka.command().args(["program", "validate"]).arg(&bad).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("earn_rate.points: invalid type"), "{stderr}");
+
+    // A category catalogue turns a misspelt category into an error instead of a rule that never applies.
+    let rules = kopilka.path("rules.toml");
+    let text = std::fs::read_to_string(&good).unwrap()
+        + r#"
+categories = ["tires", "oil"]
+
+[[earn_rules]]
+id = "winter"
+name = "Winter tyres"
+condition = { category = ["tyres"] }
+effect = { multiplier_percent = 200 }
+"#;
+    std::fs::write(&rules, text).unwrap();
+    let output = kopilka.command().args(["program", "validate"]).arg(&rules).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("earn_rules[0].condition.category: unknown category \"tyres\""), "{stderr}");
 }
 
 fn toml_to_json(text: &str) -> String {
