@@ -218,6 +218,15 @@ impl BatchState<'_> {
         let member = self.member(tenant, member_id)?;
         let from = self.programs.get(tenant, Some(from_program))?.program.clone();
         let to = self.programs.get(tenant, Some(to_program))?.program.clone();
+        // Points converted into the same currency land in the same balance: a rate above one
+        // would mint points out of nothing.
+        if from.point_currency == to.point_currency {
+            return Err(ApiError::Unprocessable {
+                code: "exchange_same_currency",
+                detail: format!("programs {from_program} and {to_program} both keep {}", from.point_currency),
+                field: Some("to_program_id".into()),
+            });
+        }
         let rate = from.exchanges.iter().find(|r| r.to_program == to_program).cloned().ok_or_else(|| {
             ApiError::Unprocessable {
                 code: "exchange_not_offered",

@@ -201,5 +201,20 @@ async fn a_coalition_exchange_converts_at_the_rate_within_its_limit_and_never_ov
     // The window rolls: a month later the limit is free again.
     app.advance_days(31);
     assert_eq!(app.post("/v1/exchanges", exchange(anna, 1, 2, 200)).await.status, 201);
+
+    // A rate into a program of the same point currency would mint points: refused.
+    let mut twin: Value = app.get("/v1/programs/1").await.body["program"].clone();
+    twin["name"] = json!("Twin");
+    twin["exchanges"] = json!([]);
+    assert_eq!(app.post("/v1/programs", twin).await.body["id"], 3);
+    let mut main: Value = app.get("/v1/programs/1").await.body["program"].clone();
+    main["exchanges"] = json!([{ "to_program": 3, "points_from": 1, "points_to": 2 }]);
+    let saved =
+        app.send("PUT", "/v1/programs/1", &app.admin_key, Some("twin"), Some(main.to_string().into_bytes())).await;
+    assert_eq!(saved.status, 200, "{:?}", saved.body);
+    let history = app.history_len(anna).await;
+    let minted = app.post("/v1/exchanges", exchange(anna, 1, 3, 100)).await;
+    assert_eq!((minted.status.as_u16(), minted.code()), (422, "exchange_same_currency"));
+    assert_eq!(app.history_len(anna).await, history);
     app.assert_ledger_sound().await;
 }

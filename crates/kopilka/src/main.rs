@@ -80,8 +80,9 @@ enum ProgramCommand {
 
 #[derive(Subcommand)]
 enum JobsCommand {
-    /// Runs `expiry`, `activate` or `tiers` for every tenant at the current time, or as of a chosen
-    /// time (to catch up a date, or to see what a date will do to a copy of the data).
+    /// Runs a job (`expiry`, `activate`, `tiers`, `referrals`, `events`, `reminders`) for every
+    /// tenant at the current time, or as of a chosen time (to catch up a date, or to see what a
+    /// date will do to a copy of the data).
     Run {
         job: JobName,
         /// Run as if it were this moment (RFC 3339, e.g. 2027-01-01T00:00:00Z).
