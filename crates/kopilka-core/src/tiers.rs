@@ -8,8 +8,9 @@
 //! window qualifies for, but drops at most `downgrade.max_levels` at once, and not before
 //! `downgrade.grace_days` into the new window. A tier an admin assigned holds until its end date.
 //!
-//! Benefits take effect in the same purchase that earns the level: an earn multiplier becomes an
-//! extra earn rule and a discount an extra discount of the program (`Program::for_tier`).
+//! Benefits take effect from the purchase after the one that earns the level (that purchase was
+//! priced before it crossed the threshold): an earn multiplier becomes an extra earn rule and a
+//! discount an extra discount of the program (`Program::for_tier`).
 
 use std::borrow::Cow;
 
