@@ -18,6 +18,7 @@ macro_rules! id_type {
         }
     };
 }
+pub(crate) use id_type;
 
 id_type!(
     /// A brand running its loyalty program on this deployment; the unit of isolation.

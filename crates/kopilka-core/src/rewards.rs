@@ -31,31 +31,15 @@ pub const VOUCHER_VALID_DAYS_MAX: i32 = 3_660;
 /// The largest fixed voucher value, in minor units (as a bill's largest amount).
 pub const VOUCHER_AMOUNT_MINOR_MAX: i64 = crate::purchase::AMOUNT_MINOR_MAX;
 
-macro_rules! reward_id_type {
-    ($(#[$doc:meta])* $name:ident) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-        #[serde(transparent)]
-        pub struct $name(pub i64);
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                self.0.fmt(f)
-            }
-        }
-    };
-}
-
-reward_id_type!(
+crate::ids::id_type!(
     /// A reward in a tenant's catalogue.
     RewardId
 );
-reward_id_type!(
+crate::ids::id_type!(
     /// One redemption of a reward by a member.
     RedemptionId
 );
-reward_id_type!(
+crate::ids::id_type!(
     /// Money the business owes a member who took a reward as cashback.
     PayoutId
 );
