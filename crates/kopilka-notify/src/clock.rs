@@ -1,5 +1,7 @@
-//! The clock the dispatcher reads. The same shape as the server's `Clock` (the server adapts its
-//! own to this one), mirrored here because the server depends on this crate, not the reverse.
+//! The only clock of the system. The core never reads time; the server and the dispatcher ask a
+//! `Clock` and pass `now` down, so tests can run years of a program in milliseconds. It lives in
+//! this crate because the server depends on it, not the reverse; `kopilka_server::clock`
+//! re-exports it.
 
 use std::sync::Mutex;
 
@@ -19,13 +21,17 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that moves only when told to, for tests.
+/// A clock that moves only when told to, for tests and simulations.
 #[derive(Debug)]
 pub struct ManualClock(Mutex<Timestamp>);
 
 impl ManualClock {
     pub fn new(start: Timestamp) -> ManualClock {
         ManualClock(Mutex::new(start))
+    }
+
+    pub fn set(&self, now: Timestamp) {
+        *self.0.lock().expect("clock lock") = now;
     }
 
     pub fn advance(&self, by: SignedDuration) {

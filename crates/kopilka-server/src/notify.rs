@@ -4,20 +4,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use jiff::Timestamp;
 use kopilka_notify::{Dispatcher, DispatcherConfig};
 use tokio::sync::watch;
 
 use crate::clock::Clock;
-
-/// The server's clock seen through the notify crate's trait (that crate cannot depend on this one).
-struct ServerClock(Arc<dyn Clock>);
-
-impl kopilka_notify::Clock for ServerClock {
-    fn now(&self) -> Timestamp {
-        self.0.now()
-    }
-}
 
 /// Starts the dispatcher on the store in `data_dir` (already opened and migrated by the server).
 pub async fn start(
@@ -25,6 +15,6 @@ pub async fn start(
     clock: Arc<dyn Clock>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let dispatcher = Dispatcher::open(data_dir, Arc::new(ServerClock(clock)), DispatcherConfig::default()).await?;
+    let dispatcher = Dispatcher::open(data_dir, clock, DispatcherConfig::default()).await?;
     Ok(tokio::spawn(dispatcher.run(shutdown)))
 }
