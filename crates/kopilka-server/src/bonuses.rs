@@ -16,9 +16,9 @@ use utoipa::ToSchema;
 
 use crate::clock::Clock;
 use crate::dto::{BalanceView, JobReport};
-use crate::engine::{BatchState, Command, Request};
+use crate::engine::{BatchState, Command};
 use crate::error::ApiError;
-use crate::jobs::{CHUNKS_PER_RUN_MAX, CHUNK_MEMBERS_MAX};
+use crate::jobs::{first_programs, submit_pages, CHUNK_MEMBERS_MAX};
 use crate::writer::Writer;
 
 /// How far in the past a custom event's `occurred_at` may be: long enough for an app that was
@@ -253,12 +253,7 @@ pub async fn run_events_job(
     only: Option<TenantId>,
 ) -> Result<JobReport, ApiError> {
     let mut report = JobReport { job: "events".into(), members: 0, movements: 0 };
-    let mut seen = std::collections::BTreeSet::new();
-    for (tenant, _, _, program) in store.programs().await? {
-        // The tenant's first program is the one the writer's bonuses follow.
-        if only.is_some_and(|only| only != tenant) || !seen.insert(tenant) {
-            continue;
-        }
+    for (tenant, program) in first_programs(store, only).await? {
         let Some(sections) = &program.event_bonuses else { continue };
         let today = clock.now().to_zoned(program.tz_or_utc()).date();
         // The calendar days whose bonus window holds today; a first purchase is looked up by its
@@ -276,19 +271,10 @@ pub async fn run_events_job(
         };
         let birthdays = sections.birthday.as_ref().map(|b| days_around(b, 0)).unwrap_or_default();
         let anniversaries = sections.anniversary.as_ref().map(|b| days_around(b, 1)).unwrap_or_default();
-        let mut after = MemberId(0);
-        for _ in 0..CHUNKS_PER_RUN_MAX {
-            let members =
-                store.members_with_yearly_dates(tenant, &birthdays, &anniversaries, after, CHUNK_MEMBERS_MAX).await?;
-            let Some(last) = members.last() else { break };
-            after = *last;
-            report.members += members.len() as i64;
-            let reply = writer
-                .submit(Request { tenant, idempotency: None, command: Command::YearlyBonuses { members } })
-                .await?;
-            let body: serde_json::Value = serde_json::from_slice(&reply.body).expect("bonus replies are JSON");
-            report.movements += body["movements"].as_i64().unwrap_or(0);
-        }
+        let page =
+            |after| store.members_with_yearly_dates(tenant, &birthdays, &anniversaries, after, CHUNK_MEMBERS_MAX);
+        submit_pages(writer, tenant, &mut report, "movements", page, |members| Command::YearlyBonuses { members })
+            .await?;
     }
     Ok(report)
 }
@@ -302,28 +288,15 @@ pub async fn run_reminders_job(
     only: Option<TenantId>,
 ) -> Result<JobReport, ApiError> {
     let mut report = JobReport { job: "reminders".into(), members: 0, movements: 0 };
-    let mut seen = std::collections::BTreeSet::new();
-    for (tenant, _, _, program) in store.programs().await? {
-        if only.is_some_and(|only| only != tenant) || !seen.insert(tenant) {
-            continue;
-        }
+    for (tenant, program) in first_programs(store, only).await? {
         let Some(days_max) = program.event_bonuses.as_ref().and_then(|b| b.expiry_reminders_days.iter().max()) else {
             continue;
         };
         let now = clock.now();
         let horizon = now + SignedDuration::from_hours(24 * *days_max as i64);
-        let mut after = MemberId(0);
-        for _ in 0..CHUNKS_PER_RUN_MAX {
-            let members = store.members_with_points_expiring(tenant, now, horizon, after, CHUNK_MEMBERS_MAX).await?;
-            let Some(last) = members.last() else { break };
-            after = *last;
-            report.members += members.len() as i64;
-            let reply = writer
-                .submit(Request { tenant, idempotency: None, command: Command::RemindExpiry { members } })
-                .await?;
-            let body: serde_json::Value = serde_json::from_slice(&reply.body).expect("reminder replies are JSON");
-            report.movements += body["movements"].as_i64().unwrap_or(0);
-        }
+        let page = |after| store.members_with_points_expiring(tenant, now, horizon, after, CHUNK_MEMBERS_MAX);
+        submit_pages(writer, tenant, &mut report, "movements", page, |members| Command::RemindExpiry { members })
+            .await?;
     }
     Ok(report)
 }

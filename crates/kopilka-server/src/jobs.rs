@@ -8,7 +8,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kopilka_core::TenantId;
+use std::future::Future;
+
+use kopilka_core::{MemberId, TenantId};
 use kopilka_store::reads::DueLots;
 use kopilka_store::Store;
 use tokio::sync::watch;
@@ -110,6 +112,51 @@ pub async fn run_once(
     Ok(report)
 }
 
+/// Each tenant's first program (the one members' tiers and bonuses follow), once per tenant, or
+/// only `only`'s.
+pub(crate) async fn first_programs(
+    store: &Store,
+    only: Option<TenantId>,
+) -> Result<Vec<(TenantId, kopilka_core::Program)>, ApiError> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut found = Vec::new();
+    for (tenant, _, _, program) in store.programs().await? {
+        if only.is_none_or(|only| only == tenant) && seen.insert(tenant) {
+            found.push((tenant, program));
+        }
+    }
+    Ok(found)
+}
+
+/// Walks a tenant's members due for a job, a page at a time from `page(after)`, and submits
+/// `command(members)` through the writer for each page; the reply's `count` field adds to the
+/// report's movements. Members the command settles drop out of the next page's query, and the
+/// id cursor makes sure none is visited twice in a run.
+pub(crate) async fn submit_pages<F, Fut>(
+    writer: &Writer,
+    tenant: TenantId,
+    report: &mut JobReport,
+    count: &str,
+    mut page: F,
+    command: fn(Vec<MemberId>) -> Command,
+) -> Result<(), ApiError>
+where
+    F: FnMut(MemberId) -> Fut,
+    Fut: Future<Output = kopilka_store::Result<Vec<MemberId>>>,
+{
+    let mut after = MemberId(0);
+    for _ in 0..CHUNKS_PER_RUN_MAX {
+        let members = page(after).await?;
+        let Some(last) = members.last() else { break };
+        after = *last;
+        report.members += members.len() as i64;
+        let reply = writer.submit(Request { tenant, idempotency: None, command: command(members) }).await?;
+        let body: serde_json::Value = serde_json::from_slice(&reply.body).expect("job replies are JSON");
+        report.movements += body[count].as_i64().unwrap_or(0);
+    }
+    Ok(())
+}
+
 /// Reviews the tiers of every member due, tenant by tenant: each tenant's program says when its
 /// windows end. `movements` in the report counts tier changes.
 async fn review_tiers(
@@ -119,26 +166,13 @@ async fn review_tiers(
     only: Option<TenantId>,
 ) -> Result<JobReport, ApiError> {
     let mut report = JobReport { job: Job::Tiers.name().to_string(), members: 0, movements: 0 };
-    let mut seen = std::collections::BTreeSet::new();
-    for (tenant, _, _, program) in store.programs().await? {
-        // The tenant's first program is the one members' tiers follow.
-        if only.is_some_and(|only| only != tenant) || !seen.insert(tenant) {
-            continue;
-        }
+    for (tenant, program) in first_programs(store, only).await? {
         let Some(tiers) = &program.tiers else { continue };
         let today = clock.now().to_zoned(program.tz_or_utc()).date();
         let Some(due) = tiers.review_due(today) else { continue };
-        let mut after = kopilka_core::MemberId(0);
-        for _ in 0..CHUNKS_PER_RUN_MAX {
-            let members = store.members_due_tier_review(tenant, &due.to_string(), after, CHUNK_MEMBERS_MAX).await?;
-            let Some(last) = members.last() else { break };
-            after = *last;
-            report.members += members.len() as i64;
-            let command = Command::ReviewTiers { members };
-            let reply = writer.submit(Request { tenant, idempotency: None, command }).await?;
-            let body: serde_json::Value = serde_json::from_slice(&reply.body).expect("review replies are JSON");
-            report.movements += body["changed"].as_i64().unwrap_or(0);
-        }
+        let due = due.to_string();
+        let page = |after| store.members_due_tier_review(tenant, &due, after, CHUNK_MEMBERS_MAX);
+        submit_pages(writer, tenant, &mut report, "changed", page, |members| Command::ReviewTiers { members }).await?;
     }
     Ok(report)
 }
