@@ -25,6 +25,7 @@ use anyhow::{bail, ensure, Context};
 use clap::Args;
 use jiff::Timestamp;
 use kopilka_core::member::Profile;
+use kopilka_core::member_state::MemberState;
 use kopilka_core::purchase::{self, Channel, LineInput, PurchaseCommand, PurchaseRecord};
 use kopilka_core::rules::MemberContext;
 use kopilka_core::{
@@ -470,6 +471,8 @@ struct RowTemplate {
     record: PurchaseRecord,
     events: Vec<DomainEvent>,
     reply_body: Vec<u8>,
+    /// The member's loyalty state after the purchase, which the engine writes back with it.
+    state: MemberState,
 }
 
 impl RowTemplate {
@@ -499,7 +502,10 @@ impl RowTemplate {
         };
         let reply_body =
             serde_json::to_vec(&PurchaseResponse { purchase: record.clone(), balance, explanation: None })?;
+        let mut state = MemberState::default();
+        state.record_purchase(&program, &record);
         Ok(RowTemplate {
+            state,
             lots: ledger.take_dirty(),
             events: outcome.events,
             movements: outcome.movements,
@@ -563,6 +569,7 @@ impl RowTemplate {
         let answer =
             StoredResponse { request_hash: hash.to_vec(), status: 201, body: self.reply_body.clone(), member_id: None };
         writes.idempotency.push((tenant, workload.purchases[index].idempotency_key.clone(), answer, now));
+        writes.member_states.push((tenant, member, self.state.clone()));
     }
 }
 
@@ -611,6 +618,9 @@ async fn anchor_phase(dir: &Path, workload: &Workload, sizes: Sizes, batch: usiz
             for &index in chunk {
                 template.rows_for(workload, index, &hashes[index], &mut ids, &mut writes);
             }
+            // The engine writes a member's state once per batch, however many of its purchases.
+            writes.member_states.sort_by_key(|(_, member, _)| *member);
+            writes.member_states.dedup_by_key(|(_, member, _)| *member);
             writes
         })
         .collect();
