@@ -14,8 +14,8 @@ use std::time::Instant;
 
 use kopilka_core::{DomainEvent, MemberId, MovementKind};
 use kopilka_notify::{db, DeliveryStatus, Dispatcher, DispatcherConfig, SystemClock};
+use kopilka_store::sql::Builder;
 use kopilka_store::Store;
-use sqlx::{QueryBuilder, Sqlite};
 
 #[tokio::main]
 async fn main() {
@@ -43,8 +43,7 @@ async fn main() {
 
     let mut tx = store.pool.begin().await.unwrap();
     for chunk in (1..=events).collect::<Vec<_>>().chunks(5_000) {
-        let mut query =
-            QueryBuilder::<Sqlite>::new("INSERT INTO events (tenant_id, id, kind, member_id, payload, occurred_at) ");
+        let mut query = Builder::new("INSERT INTO events (tenant_id, id, kind, member_id, payload, occurred_at) ");
         query.push_values(chunk, |mut b, id| {
             let event = DomainEvent::Points {
                 member_id: MemberId(id % 1_000 + 1),
@@ -66,7 +65,8 @@ async fn main() {
     }
     tx.commit().await.unwrap();
 
-    let dispatcher = Dispatcher::open(dir.path(), Arc::new(SystemClock), DispatcherConfig::default()).await.unwrap();
+    let dispatcher =
+        Dispatcher::open(&dir.path().into(), Arc::new(SystemClock), DispatcherConfig::default()).await.unwrap();
     let started = Instant::now();
     let pass = dispatcher.drain().await.unwrap();
     let seconds = started.elapsed().as_secs_f64();

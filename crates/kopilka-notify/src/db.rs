@@ -5,9 +5,10 @@
 use jiff::{SignedDuration, Timestamp};
 use kopilka_core::{MemberId, TenantId};
 use kopilka_store::micros;
+use kopilka_store::sql::{Backend, Builder};
 use serde::Serialize;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, AnyPool, Row};
 
 use crate::config::ChannelConfig;
 use crate::settings::Settings;
@@ -53,7 +54,7 @@ impl WebhookRow {
     }
 }
 
-fn webhook_of_row(row: &SqliteRow) -> WebhookRow {
+fn webhook_of_row(row: &AnyRow) -> WebhookRow {
     let kinds: String = row.get("event_kinds");
     WebhookRow {
         tenant_id: TenantId(row.get("tenant_id")),
@@ -72,14 +73,14 @@ const WEBHOOK_COLUMNS: &str =
 
 /// Creates a subscription; returns it with its secret, which the caller shows once.
 pub async fn create_webhook(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     tenant: TenantId,
     url: &str,
     event_kinds: &[String],
     now: Timestamp,
 ) -> Result<WebhookRow> {
     let mut tx = pool.begin().await?;
-    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhooks WHERE tenant_id = ? AND deleted_at IS NULL")
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhooks WHERE tenant_id = $1 AND deleted_at IS NULL")
         .bind(tenant.0)
         .fetch_one(&mut *tx)
         .await?;
@@ -90,20 +91,22 @@ pub async fn create_webhook(
             format!("a tenant may have at most {WEBHOOKS_PER_TENANT_MAX} webhooks"),
         ));
     }
-    let id: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM webhooks WHERE tenant_id = ?")
+    let id: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM webhooks WHERE tenant_id = $1")
         .bind(tenant.0)
         .fetch_one(&mut *tx)
         .await?;
     let secret = signing::generate_secret();
-    sqlx::query("INSERT INTO webhooks (tenant_id, id, url, event_kinds, secret, created_at) VALUES (?, ?, ?, ?, ?, ?)")
-        .bind(tenant.0)
-        .bind(id)
-        .bind(url)
-        .bind(serde_json::to_string(event_kinds).expect("strings serialize"))
-        .bind(&secret)
-        .bind(micros::of(now))
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO webhooks (tenant_id, id, url, event_kinds, secret, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(tenant.0)
+    .bind(id)
+    .bind(url)
+    .bind(serde_json::to_string(event_kinds).expect("strings serialize"))
+    .bind(&secret)
+    .bind(micros::of(now))
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(WebhookRow {
         tenant_id: tenant,
@@ -117,9 +120,9 @@ pub async fn create_webhook(
     })
 }
 
-pub async fn webhooks(conn: &mut SqliteConnection, tenant: TenantId) -> Result<Vec<WebhookRow>> {
+pub async fn webhooks(conn: &mut AnyConnection, tenant: TenantId) -> Result<Vec<WebhookRow>> {
     let rows = sqlx::query(&format!(
-        "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE tenant_id = ? AND deleted_at IS NULL ORDER BY id"
+        "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE tenant_id = $1 AND deleted_at IS NULL ORDER BY id"
     ))
     .bind(tenant.0)
     .fetch_all(&mut *conn)
@@ -127,9 +130,9 @@ pub async fn webhooks(conn: &mut SqliteConnection, tenant: TenantId) -> Result<V
     Ok(rows.iter().map(webhook_of_row).collect())
 }
 
-pub async fn webhook(conn: &mut SqliteConnection, tenant: TenantId, id: i64) -> Result<Option<WebhookRow>> {
+pub async fn webhook(conn: &mut AnyConnection, tenant: TenantId, id: i64) -> Result<Option<WebhookRow>> {
     let row = sqlx::query(&format!(
-        "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE tenant_id = ? AND id = ? AND deleted_at IS NULL"
+        "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL"
     ))
     .bind(tenant.0)
     .bind(id)
@@ -143,13 +146,14 @@ fn webhook_not_found(id: i64) -> NotifyError {
 }
 
 /// Deletes a subscription. Its pending deliveries die at their next attempt.
-pub async fn delete_webhook(pool: &SqlitePool, tenant: TenantId, id: i64, now: Timestamp) -> Result<()> {
-    let done = sqlx::query("UPDATE webhooks SET deleted_at = ? WHERE tenant_id = ? AND id = ? AND deleted_at IS NULL")
-        .bind(micros::of(now))
-        .bind(tenant.0)
-        .bind(id)
-        .execute(pool)
-        .await?;
+pub async fn delete_webhook(pool: &AnyPool, tenant: TenantId, id: i64, now: Timestamp) -> Result<()> {
+    let done =
+        sqlx::query("UPDATE webhooks SET deleted_at = $1 WHERE tenant_id = $2 AND id = $3 AND deleted_at IS NULL")
+            .bind(micros::of(now))
+            .bind(tenant.0)
+            .bind(id)
+            .execute(pool)
+            .await?;
     if done.rows_affected() == 0 {
         return Err(webhook_not_found(id));
     }
@@ -157,12 +161,12 @@ pub async fn delete_webhook(pool: &SqlitePool, tenant: TenantId, id: i64, now: T
 }
 
 /// A new secret for a subscription; the old one keeps signing (beside the new) for `SECRET_GRACE`.
-pub async fn rotate_webhook_secret(pool: &SqlitePool, tenant: TenantId, id: i64, now: Timestamp) -> Result<WebhookRow> {
+pub async fn rotate_webhook_secret(pool: &AnyPool, tenant: TenantId, id: i64, now: Timestamp) -> Result<WebhookRow> {
     let secret = signing::generate_secret();
     let until = now.checked_add(SECRET_GRACE).expect("times stay in range");
     let done = sqlx::query(
-        "UPDATE webhooks SET previous_secret = secret, previous_secret_until = ?, secret = ?
-         WHERE tenant_id = ? AND id = ? AND deleted_at IS NULL",
+        "UPDATE webhooks SET previous_secret = secret, previous_secret_until = $1, secret = $2
+         WHERE tenant_id = $3 AND id = $4 AND deleted_at IS NULL",
     )
     .bind(micros::of(until))
     .bind(&secret)
@@ -178,14 +182,14 @@ pub async fn rotate_webhook_secret(pool: &SqlitePool, tenant: TenantId, id: i64,
 }
 
 pub async fn put_channel(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     tenant: TenantId,
     channel: Channel,
     config: &ChannelConfig,
     now: Timestamp,
 ) -> Result<()> {
     sqlx::query(
-        "INSERT INTO notify_channels (tenant_id, channel, config, updated_at) VALUES (?, ?, ?, ?)
+        "INSERT INTO notify_channels (tenant_id, channel, config, updated_at) VALUES ($1, $2, $3, $4)
          ON CONFLICT (tenant_id, channel) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at",
     )
     .bind(tenant.0)
@@ -197,8 +201,8 @@ pub async fn put_channel(
     Ok(())
 }
 
-pub async fn delete_channel(pool: &SqlitePool, tenant: TenantId, channel: Channel) -> Result<bool> {
-    let done = sqlx::query("DELETE FROM notify_channels WHERE tenant_id = ? AND channel = ?")
+pub async fn delete_channel(pool: &AnyPool, tenant: TenantId, channel: Channel) -> Result<bool> {
+    let done = sqlx::query("DELETE FROM notify_channels WHERE tenant_id = $1 AND channel = $2")
         .bind(tenant.0)
         .bind(channel.as_str())
         .execute(pool)
@@ -207,8 +211,8 @@ pub async fn delete_channel(pool: &SqlitePool, tenant: TenantId, channel: Channe
 }
 
 /// Every configured channel of a tenant.
-pub async fn channels(conn: &mut SqliteConnection, tenant: TenantId) -> Result<Vec<(Channel, ChannelConfig)>> {
-    let rows = sqlx::query("SELECT channel, config FROM notify_channels WHERE tenant_id = ? ORDER BY channel")
+pub async fn channels(conn: &mut AnyConnection, tenant: TenantId) -> Result<Vec<(Channel, ChannelConfig)>> {
+    let rows = sqlx::query("SELECT channel, config FROM notify_channels WHERE tenant_id = $1 ORDER BY channel")
         .bind(tenant.0)
         .fetch_all(&mut *conn)
         .await?;
@@ -238,10 +242,10 @@ pub struct TemplateRow {
     pub updated_at: Timestamp,
 }
 
-pub async fn put_template(pool: &SqlitePool, tenant: TenantId, row: &TemplateRow) -> Result<()> {
+pub async fn put_template(pool: &AnyPool, tenant: TenantId, row: &TemplateRow) -> Result<()> {
     sqlx::query(
         "INSERT INTO notify_templates (tenant_id, event_kind, channel, language, subject, text_body, html_body, updated_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
          ON CONFLICT (tenant_id, event_kind, channel, language) DO UPDATE SET
            subject = excluded.subject, text_body = excluded.text_body, html_body = excluded.html_body,
            updated_at = excluded.updated_at",
@@ -260,14 +264,14 @@ pub async fn put_template(pool: &SqlitePool, tenant: TenantId, row: &TemplateRow
 }
 
 pub async fn delete_template(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     tenant: TenantId,
     kind: &str,
     channel: Channel,
     language: &str,
 ) -> Result<bool> {
     let done = sqlx::query(
-        "DELETE FROM notify_templates WHERE tenant_id = ? AND event_kind = ? AND channel = ? AND language = ?",
+        "DELETE FROM notify_templates WHERE tenant_id = $1 AND event_kind = $2 AND channel = $3 AND language = $4",
     )
     .bind(tenant.0)
     .bind(kind)
@@ -278,10 +282,10 @@ pub async fn delete_template(
     Ok(done.rows_affected() > 0)
 }
 
-pub async fn templates(conn: &mut SqliteConnection, tenant: TenantId) -> Result<Vec<TemplateRow>> {
+pub async fn templates(conn: &mut AnyConnection, tenant: TenantId) -> Result<Vec<TemplateRow>> {
     let rows = sqlx::query(
         "SELECT event_kind, channel, language, subject, text_body, html_body, updated_at FROM notify_templates
-         WHERE tenant_id = ? ORDER BY event_kind, channel, language",
+         WHERE tenant_id = $1 ORDER BY event_kind, channel, language",
     )
     .bind(tenant.0)
     .fetch_all(&mut *conn)
@@ -301,8 +305,8 @@ pub async fn templates(conn: &mut SqliteConnection, tenant: TenantId) -> Result<
 }
 
 /// A tenant's settings and unsubscribe key, created with defaults on first use.
-pub async fn settings(conn: &mut SqliteConnection, tenant: TenantId, now: Timestamp) -> Result<(Settings, Vec<u8>)> {
-    let row = sqlx::query("SELECT document, unsubscribe_key FROM notify_settings WHERE tenant_id = ?")
+pub async fn settings(conn: &mut AnyConnection, tenant: TenantId, now: Timestamp) -> Result<(Settings, Vec<u8>)> {
+    let row = sqlx::query("SELECT document, unsubscribe_key FROM notify_settings WHERE tenant_id = $1")
         .bind(tenant.0)
         .fetch_optional(&mut *conn)
         .await?;
@@ -315,7 +319,7 @@ pub async fn settings(conn: &mut SqliteConnection, tenant: TenantId, now: Timest
     let key = signing::generate_unsubscribe_key();
     // Two first uses at once both try; the loser's key is discarded and the winner's read back.
     sqlx::query(
-        "INSERT INTO notify_settings (tenant_id, document, unsubscribe_key, updated_at) VALUES (?, ?, ?, ?)
+        "INSERT INTO notify_settings (tenant_id, document, unsubscribe_key, updated_at) VALUES ($1, $2, $3, $4)
          ON CONFLICT (tenant_id) DO NOTHING",
     )
     .bind(tenant.0)
@@ -324,17 +328,17 @@ pub async fn settings(conn: &mut SqliteConnection, tenant: TenantId, now: Timest
     .bind(micros::of(now))
     .execute(&mut *conn)
     .await?;
-    let key: Vec<u8> = sqlx::query_scalar("SELECT unsubscribe_key FROM notify_settings WHERE tenant_id = ?")
+    let key: Vec<u8> = sqlx::query_scalar("SELECT unsubscribe_key FROM notify_settings WHERE tenant_id = $1")
         .bind(tenant.0)
         .fetch_one(&mut *conn)
         .await?;
     Ok((settings, key))
 }
 
-pub async fn put_settings(pool: &SqlitePool, tenant: TenantId, settings: &Settings, now: Timestamp) -> Result<()> {
+pub async fn put_settings(pool: &AnyPool, tenant: TenantId, settings: &Settings, now: Timestamp) -> Result<()> {
     let mut conn = pool.acquire().await?;
     self::settings(&mut conn, tenant, now).await?;
-    sqlx::query("UPDATE notify_settings SET document = ?, updated_at = ? WHERE tenant_id = ?")
+    sqlx::query("UPDATE notify_settings SET document = $1, updated_at = $2 WHERE tenant_id = $3")
         .bind(serde_json::to_string(settings).expect("settings serialize"))
         .bind(micros::of(now))
         .bind(tenant.0)
@@ -344,7 +348,7 @@ pub async fn put_settings(pool: &SqlitePool, tenant: TenantId, settings: &Settin
 }
 
 pub async fn put_contact(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     tenant: TenantId,
     member: MemberId,
     channel: Channel,
@@ -352,7 +356,7 @@ pub async fn put_contact(
     now: Timestamp,
 ) -> Result<()> {
     sqlx::query(
-        "INSERT INTO member_contacts (tenant_id, member_id, channel, address, updated_at) VALUES (?, ?, ?, ?, ?)
+        "INSERT INTO member_contacts (tenant_id, member_id, channel, address, updated_at) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (tenant_id, member_id, channel) DO UPDATE SET address = excluded.address, updated_at = excluded.updated_at",
     )
     .bind(tenant.0)
@@ -366,22 +370,24 @@ pub async fn put_contact(
 }
 
 pub async fn contact(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     tenant: TenantId,
     member: MemberId,
     channel: Channel,
 ) -> Result<Option<String>> {
-    Ok(sqlx::query_scalar("SELECT address FROM member_contacts WHERE tenant_id = ? AND member_id = ? AND channel = ?")
-        .bind(tenant.0)
-        .bind(member.0)
-        .bind(channel.as_str())
-        .fetch_optional(&mut *conn)
-        .await?)
+    Ok(sqlx::query_scalar(
+        "SELECT address FROM member_contacts WHERE tenant_id = $1 AND member_id = $2 AND channel = $3",
+    )
+    .bind(tenant.0)
+    .bind(member.0)
+    .bind(channel.as_str())
+    .fetch_optional(&mut *conn)
+    .await?)
 }
 
 /// Records an opt-out; repeating it changes nothing.
 pub async fn opt_out(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     tenant: TenantId,
     member: MemberId,
     channel: Channel,
@@ -389,7 +395,7 @@ pub async fn opt_out(
     now: Timestamp,
 ) -> Result<()> {
     sqlx::query(
-        "INSERT INTO member_opt_outs (tenant_id, member_id, channel, source, created_at) VALUES (?, ?, ?, ?, ?)
+        "INSERT INTO member_opt_outs (tenant_id, member_id, channel, source, created_at) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT DO NOTHING",
     )
     .bind(tenant.0)
@@ -403,8 +409,8 @@ pub async fn opt_out(
 }
 
 /// Withdraws an opt-out (the member subscribed again).
-pub async fn opt_in(pool: &SqlitePool, tenant: TenantId, member: MemberId, channel: Channel) -> Result<()> {
-    sqlx::query("DELETE FROM member_opt_outs WHERE tenant_id = ? AND member_id = ? AND channel = ?")
+pub async fn opt_in(pool: &AnyPool, tenant: TenantId, member: MemberId, channel: Channel) -> Result<()> {
+    sqlx::query("DELETE FROM member_opt_outs WHERE tenant_id = $1 AND member_id = $2 AND channel = $3")
         .bind(tenant.0)
         .bind(member.0)
         .bind(channel.as_str())
@@ -413,9 +419,9 @@ pub async fn opt_in(pool: &SqlitePool, tenant: TenantId, member: MemberId, chann
     Ok(())
 }
 
-pub async fn opted_out(conn: &mut SqliteConnection, tenant: TenantId, member: MemberId) -> Result<Vec<Channel>> {
+pub async fn opted_out(conn: &mut AnyConnection, tenant: TenantId, member: MemberId) -> Result<Vec<Channel>> {
     let rows: Vec<String> =
-        sqlx::query_scalar("SELECT channel FROM member_opt_outs WHERE tenant_id = ? AND member_id = ?")
+        sqlx::query_scalar("SELECT channel FROM member_opt_outs WHERE tenant_id = $1 AND member_id = $2")
             .bind(tenant.0)
             .bind(member.0)
             .fetch_all(&mut *conn)
@@ -425,14 +431,14 @@ pub async fn opted_out(conn: &mut SqliteConnection, tenant: TenantId, member: Me
 
 /// Messages (not webhooks, not suppressed) created for a member in `[from, to)`.
 pub async fn messages_in(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     tenant: TenantId,
     member: MemberId,
     from: Timestamp,
     to: Timestamp,
 ) -> Result<i64> {
     Ok(sqlx::query_scalar(
-        "SELECT COUNT(*) FROM deliveries WHERE tenant_id = ? AND member_id = ? AND created_at >= ? AND created_at < ?
+        "SELECT COUNT(*) FROM deliveries WHERE tenant_id = $1 AND member_id = $2 AND created_at >= $3 AND created_at < $4
          AND channel <> 'webhook' AND status <> 'suppressed'",
     )
     .bind(tenant.0)
@@ -446,25 +452,20 @@ pub async fn messages_in(
 /// Forgets what notifications hold of an erased member: the addresses and rendered messages of
 /// their deliveries (unsent ones are suppressed), their contacts. Webhook bodies hold only ids and
 /// stay; the log keeps each delivery's id, kind and status.
-pub async fn erase_member(
-    conn: &mut SqliteConnection,
-    tenant: TenantId,
-    member: MemberId,
-    now: Timestamp,
-) -> Result<()> {
+pub async fn erase_member(conn: &mut AnyConnection, tenant: TenantId, member: MemberId, now: Timestamp) -> Result<()> {
     sqlx::query(
-        "UPDATE deliveries SET target = '', payload = '{}', last_error = NULL, updated_at = ?,
+        "UPDATE deliveries SET target = '', payload = '{}', last_error = NULL, updated_at = $1,
            status = CASE WHEN status IN ('pending', 'failed') THEN 'suppressed' ELSE status END,
            reason = CASE WHEN status IN ('pending', 'failed') THEN 'member_erased' ELSE reason END,
            next_attempt_at = CASE WHEN status IN ('pending', 'failed') THEN NULL ELSE next_attempt_at END
-         WHERE tenant_id = ? AND member_id = ? AND channel <> 'webhook'",
+         WHERE tenant_id = $2 AND member_id = $3 AND channel <> 'webhook'",
     )
     .bind(micros::of(now))
     .bind(tenant.0)
     .bind(member.0)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("DELETE FROM member_contacts WHERE tenant_id = ? AND member_id = ?")
+    sqlx::query("DELETE FROM member_contacts WHERE tenant_id = $1 AND member_id = $2")
         .bind(tenant.0)
         .bind(member.0)
         .execute(&mut *conn)
@@ -499,7 +500,7 @@ pub struct DeliveryRow {
 
 const DELIVERY_COLUMNS: &str = "tenant_id, id, event_id, event_kind, member_id, channel, target, payload, status, reason, attempts, next_attempt_at, last_error, created_at, updated_at, delivered_at";
 
-fn delivery_of_row(row: &SqliteRow) -> Result<DeliveryRow> {
+fn delivery_of_row(row: &AnyRow) -> Result<DeliveryRow> {
     let status: String = row.get("status");
     Ok(DeliveryRow {
         tenant_id: TenantId(row.get("tenant_id")),
@@ -522,10 +523,10 @@ fn delivery_of_row(row: &SqliteRow) -> Result<DeliveryRow> {
 }
 
 /// Inserts deliveries; an id already present is left as it is (fanning out twice adds nothing).
-pub async fn insert_deliveries(conn: &mut SqliteConnection, rows: &[DeliveryRow]) -> Result<()> {
+pub async fn insert_deliveries(conn: &mut AnyConnection, rows: &[DeliveryRow]) -> Result<()> {
     // SQLite allows 32,766 bound parameters per statement; 16 per row.
     for chunk in rows.chunks(2_000) {
-        let mut query = QueryBuilder::<Sqlite>::new(format!("INSERT INTO deliveries ({DELIVERY_COLUMNS}) "));
+        let mut query = Builder::new(format!("INSERT INTO deliveries ({DELIVERY_COLUMNS}) "));
         query.push_values(chunk, |mut b, d| {
             b.push_bind(d.tenant_id.0)
                 .push_bind(&d.id)
@@ -550,17 +551,28 @@ pub async fn insert_deliveries(conn: &mut SqliteConnection, rows: &[DeliveryRow]
     Ok(())
 }
 
-/// Deliveries due at `now` (pending or failed with their next attempt come), oldest due first.
-pub async fn due_deliveries(conn: &mut SqliteConnection, now: Timestamp, limit: i64) -> Result<Vec<DeliveryRow>> {
-    let rows = sqlx::query(&format!(
-        "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE status IN ('pending', 'failed') AND next_attempt_at <= ?
-         ORDER BY next_attempt_at LIMIT ?"
-    ))
-    .bind(micros::of(now))
-    .bind(limit)
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter().map(delivery_of_row).collect()
+/// Claims up to `limit` deliveries due at `now` (pending, or failed with their next attempt come),
+/// oldest due first: their next attempt moves to `lease_until`, so no other dispatcher (of this
+/// node or another) takes them while this one sends. A dispatcher that dies mid-send leaves them
+/// to be retried once the lease lapses, under the same delivery ids.
+pub async fn claim_due(
+    conn: &mut AnyConnection,
+    now: Timestamp,
+    lease_until: Timestamp,
+    limit: i64,
+) -> Result<Vec<DeliveryRow>> {
+    let sql = format!(
+        "UPDATE deliveries SET next_attempt_at = $1 WHERE (tenant_id, id) IN (
+           SELECT tenant_id, id FROM deliveries WHERE status IN ('pending', 'failed') AND next_attempt_at <= $2
+           ORDER BY next_attempt_at LIMIT $3{})
+         RETURNING {DELIVERY_COLUMNS}",
+        Backend::of(conn).skip_locked()
+    );
+    let rows =
+        sqlx::query(&sql).bind(micros::of(lease_until)).bind(micros::of(now)).bind(limit).fetch_all(&mut *conn).await?;
+    let mut due = rows.iter().map(delivery_of_row).collect::<Result<Vec<_>>>()?;
+    due.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    Ok(due)
 }
 
 /// What an attempt changed in a delivery.
@@ -576,15 +588,16 @@ pub struct AttemptResult {
 }
 
 /// Records a batch of attempts in one transaction.
-pub async fn record_attempts(conn: &mut SqliteConnection, results: &[AttemptResult], now: Timestamp) -> Result<()> {
+pub async fn record_attempts(conn: &mut AnyConnection, results: &[AttemptResult], now: Timestamp) -> Result<()> {
     if results.is_empty() {
         return Ok(());
     }
-    let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
+    let begin = Backend::of(conn).begin_write();
+    let mut tx = sqlx::Connection::begin_with(&mut *conn, begin).await?;
     for result in results {
         sqlx::query(
-            "UPDATE deliveries SET status = ?, attempts = ?, next_attempt_at = ?, last_error = ?,
-             delivered_at = COALESCE(?, delivered_at), updated_at = ? WHERE tenant_id = ? AND id = ?",
+            "UPDATE deliveries SET status = $1, attempts = $2, next_attempt_at = $3, last_error = $4,
+             delivered_at = COALESCE($5, delivered_at), updated_at = $6 WHERE tenant_id = $7 AND id = $8",
         )
         .bind(result.status.as_str())
         .bind(result.attempts)
@@ -601,8 +614,8 @@ pub async fn record_attempts(conn: &mut SqliteConnection, results: &[AttemptResu
     Ok(())
 }
 
-pub async fn delivery(pool: &SqlitePool, tenant: TenantId, id: &str) -> Result<Option<DeliveryRow>> {
-    let row = sqlx::query(&format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE tenant_id = ? AND id = ?"))
+pub async fn delivery(pool: &AnyPool, tenant: TenantId, id: &str) -> Result<Option<DeliveryRow>> {
+    let row = sqlx::query(&format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE tenant_id = $1 AND id = $2"))
         .bind(tenant.0)
         .bind(id)
         .fetch_optional(pool)
@@ -622,13 +635,12 @@ pub struct DeliveryFilter {
 
 /// The delivery log, newest first.
 pub async fn deliveries(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     tenant: TenantId,
     filter: &DeliveryFilter,
     limit: i64,
 ) -> Result<Vec<DeliveryRow>> {
-    let mut query =
-        QueryBuilder::<Sqlite>::new(format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE tenant_id = "));
+    let mut query = Builder::new(format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE tenant_id = "));
     query.push_bind(tenant.0);
     if let Some(status) = filter.status {
         query.push(" AND status = ").push_bind(status.as_str());
@@ -653,7 +665,7 @@ pub async fn deliveries(
 /// Queues a delivery again now, with a fresh set of attempts, keeping its id (so a receiver that
 /// already accepted it can tell). Suppressed deliveries stay suppressed: replay is not a way
 /// around a member's consent.
-pub async fn replay(pool: &SqlitePool, tenant: TenantId, id: &str, now: Timestamp) -> Result<DeliveryRow> {
+pub async fn replay(pool: &AnyPool, tenant: TenantId, id: &str, now: Timestamp) -> Result<DeliveryRow> {
     let current = delivery(pool, tenant, id).await?.ok_or_else(|| NotifyError::NotFound {
         code: "delivery_not_found",
         detail: format!("delivery {id} does not exist"),
@@ -666,7 +678,7 @@ pub async fn replay(pool: &SqlitePool, tenant: TenantId, id: &str, now: Timestam
         ));
     }
     sqlx::query(
-        "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?, updated_at = ? WHERE tenant_id = ? AND id = ?",
+        "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4",
     )
     .bind(micros::of(now))
     .bind(micros::of(now))
@@ -685,25 +697,26 @@ pub struct StoredAnswer {
     pub body: Vec<u8>,
 }
 
-pub async fn stored_answer(pool: &SqlitePool, tenant: TenantId, key: &str) -> Result<Option<StoredAnswer>> {
-    let row = sqlx::query("SELECT request_hash, status, body FROM notify_idempotency WHERE tenant_id = ? AND key = ?")
-        .bind(tenant.0)
-        .bind(key)
-        .fetch_optional(pool)
-        .await?;
+pub async fn stored_answer(pool: &AnyPool, tenant: TenantId, key: &str) -> Result<Option<StoredAnswer>> {
+    let row =
+        sqlx::query("SELECT request_hash, status, body FROM notify_idempotency WHERE tenant_id = $1 AND key = $2")
+            .bind(tenant.0)
+            .bind(key)
+            .fetch_optional(pool)
+            .await?;
     Ok(row.map(|row| StoredAnswer { request_hash: row.get(0), status: row.get::<i64, _>(1) as u16, body: row.get(2) }))
 }
 
 /// Stores the first answer; a concurrent first answer under the same key wins and this one is dropped.
 pub async fn store_answer(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     tenant: TenantId,
     key: &str,
     answer: &StoredAnswer,
     now: Timestamp,
 ) -> Result<()> {
     sqlx::query(
-        "INSERT INTO notify_idempotency (tenant_id, key, request_hash, status, body, created_at) VALUES (?, ?, ?, ?, ?, ?)
+        "INSERT INTO notify_idempotency (tenant_id, key, request_hash, status, body, created_at) VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT DO NOTHING",
     )
     .bind(tenant.0)

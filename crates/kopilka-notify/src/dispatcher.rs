@@ -19,7 +19,7 @@ use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
 use kopilka_core::TenantId;
 use rand::Rng;
-use sqlx::SqlitePool;
+use sqlx::AnyPool;
 use tokio::sync::watch;
 
 use crate::config::ChannelConfig;
@@ -79,7 +79,7 @@ pub struct Pass {
 }
 
 pub struct Dispatcher {
-    pool: SqlitePool,
+    pool: AnyPool,
     clock: Arc<dyn Clock>,
     client: reqwest::Client,
     config: DispatcherConfig,
@@ -89,17 +89,17 @@ pub struct Dispatcher {
 const CONNECTIONS_MAX: u32 = 2;
 
 impl Dispatcher {
-    /// A dispatcher on the store in `data_dir`, which `Store::open` has already created.
+    /// A dispatcher on the store at `database`, which `Store::connect` has already migrated.
     pub async fn open(
-        data_dir: &std::path::Path,
+        database: &kopilka_store::Database,
         clock: Arc<dyn Clock>,
         config: DispatcherConfig,
     ) -> Result<Dispatcher> {
-        let pool = kopilka_store::outbox::open_pool(data_dir, CONNECTIONS_MAX).await?;
+        let pool = kopilka_store::outbox::open_pool(database, CONNECTIONS_MAX).await?;
         Ok(Dispatcher::new(pool, clock, config))
     }
 
-    pub fn new(pool: SqlitePool, clock: Arc<dyn Clock>, config: DispatcherConfig) -> Dispatcher {
+    pub fn new(pool: AnyPool, clock: Arc<dyn Clock>, config: DispatcherConfig) -> Dispatcher {
         let client = reqwest::Client::builder()
             .timeout(config.request_timeout)
             .connect_timeout(config.request_timeout)
@@ -110,7 +110,7 @@ impl Dispatcher {
         Dispatcher { pool, clock, client, config }
     }
 
-    pub fn pool(&self) -> &SqlitePool {
+    pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
 
@@ -168,9 +168,11 @@ impl Dispatcher {
         }
     }
 
-    async fn send_due(&self, conn: &mut sqlx::SqliteConnection) -> Result<(usize, usize)> {
+    async fn send_due(&self, conn: &mut sqlx::AnyConnection) -> Result<(usize, usize)> {
         let now = self.clock.now();
-        let due = db::due_deliveries(conn, now, self.config.send_batch_max).await?;
+        // The lease outlasts every attempt of the pass (each is bounded by the request timeout).
+        let lease = jiff::SignedDuration::try_from(self.config.request_timeout * 3).expect("timeouts are small");
+        let due = db::claim_due(conn, now, now + lease, self.config.send_batch_max).await?;
         if due.is_empty() {
             return Ok((0, 0));
         }
@@ -300,7 +302,7 @@ mod tests {
 
     #[tokio::test]
     async fn backoff_doubles_within_jitter_and_stops_at_the_cap() {
-        let pool = sqlx::SqlitePool::connect_lazy("sqlite::memory:").unwrap();
+        let pool = sqlx::AnyPool::connect_lazy("sqlite::memory:").unwrap();
         let dispatcher = Dispatcher::new(pool, Arc::new(crate::SystemClock), DispatcherConfig::default());
         for (attempts, full_secs) in [(1, 30), (2, 60), (3, 120), (8, 3_600), (30, 3_600)] {
             for _ in 0..50 {

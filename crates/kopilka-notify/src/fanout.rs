@@ -15,7 +15,7 @@ use kopilka_core::{MemberId, TenantId};
 use kopilka_store::outbox::{self, OutboxEvent};
 use kopilka_store::MemberRow;
 use serde_json::{json, Value};
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 
 use crate::config::ChannelConfig;
 use crate::db::{self, DeliveryRow, TemplateRow, WebhookRow};
@@ -46,22 +46,23 @@ impl TenantPolicy {
 /// Fans out up to `EVENTS_PER_PASS_MAX` events of every tenant; returns how many were consumed.
 /// Each tenant is its own transaction, so the write lock is held for one tenant's batch at a
 /// time, and only when that tenant has new events (checked first without the lock).
-pub async fn pass(conn: &mut SqliteConnection, now: Timestamp) -> Result<usize> {
+pub async fn pass(conn: &mut AnyConnection, now: Timestamp) -> Result<usize> {
     let mut consumed = 0;
     for (tenant, cursor) in outbox::cursors(conn).await? {
         if outbox::events_after(conn, tenant, cursor, 1).await?.is_empty() {
             continue;
         }
         // A sqlx transaction rolls back when dropped, so a pass cancelled at shutdown leaves
-        // nothing half-done and no lock held.
-        let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
+        // nothing half-done and no lock held. On PostgreSQL the lock makes one node at a time
+        // fan out, so an event becomes deliveries once cluster-wide.
+        let mut tx = kopilka_store::sql::begin_locked(conn, kopilka_store::sql::Lock::Fanout).await?;
         consumed += tenant_in_transaction(&mut tx, tenant, now).await?;
         tx.commit().await?;
     }
     Ok(consumed)
 }
 
-async fn tenant_in_transaction(conn: &mut SqliteConnection, tenant: TenantId, now: Timestamp) -> Result<usize> {
+async fn tenant_in_transaction(conn: &mut AnyConnection, tenant: TenantId, now: Timestamp) -> Result<usize> {
     // Read again under the write lock: the cursor read before the lock may have moved since.
     let cursor = outbox::cursors(conn).await?.into_iter().find(|(t, _)| *t == tenant).map_or(0, |(_, c)| c);
     let events = outbox::events_after(conn, tenant, cursor, EVENTS_PER_PASS_MAX).await?;
@@ -83,7 +84,7 @@ async fn tenant_in_transaction(conn: &mut SqliteConnection, tenant: TenantId, no
     Ok(events.len())
 }
 
-async fn load_policy(conn: &mut SqliteConnection, tenant: TenantId, now: Timestamp) -> Result<TenantPolicy> {
+async fn load_policy(conn: &mut AnyConnection, tenant: TenantId, now: Timestamp) -> Result<TenantPolicy> {
     let mut templates: HashMap<(String, Channel), Vec<TemplateRow>> = HashMap::new();
     for row in db::templates(conn, tenant).await? {
         templates.entry((row.event_kind.clone(), row.channel)).or_default().push(row);
@@ -162,7 +163,7 @@ fn address_of(member: &MemberRow, channel: Channel, contact: Option<String>) -> 
 }
 
 async fn member_messages(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     policy: &TenantPolicy,
     event: &OutboxEvent,
     now: Timestamp,

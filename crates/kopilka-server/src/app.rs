@@ -1,12 +1,11 @@
 //! The server assembled: store, clock, writer, jobs, router, and one shutdown signal for all.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kopilka_core::TenantId;
-use kopilka_store::Store;
+use kopilka_store::{Database, Store};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -43,7 +42,7 @@ impl AppState {
 /// How `serve` runs.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub data_dir: PathBuf,
+    pub database: Database,
     pub listen: SocketAddr,
     /// How often the activation and expiry jobs run.
     pub jobs_interval: Duration,
@@ -70,12 +69,13 @@ impl Running {
     }
 }
 
-/// Opens the store and starts the writer, for servers and for the CLI's in-process commands.
+/// Opens the store (a SQLite data directory, or any `Database`) and starts the writer, for
+/// servers and for the CLI's in-process commands.
 pub async fn open(
-    data_dir: &std::path::Path,
+    database: impl Into<Database>,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<(AppState, tokio::task::JoinHandle<()>)> {
-    let store = Store::open(data_dir).await?;
+    let store = Store::connect(&database.into()).await?;
     let metrics = Arc::new(Metrics::default());
     let (writer, writer_task) = Writer::start(&store, clock.clone(), metrics.clone()).await?;
     let state = AppState { store, writer, clock, metrics, keys: Arc::new(KeyCache::default()) };
@@ -95,11 +95,11 @@ pub async fn bootstrap(state: &AppState) -> anyhow::Result<Option<TenantCreated>
 
 /// Starts the API and the jobs on `config.listen`.
 pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running> {
-    let (state, writer_task) = open(&config.data_dir, clock.clone()).await?;
+    let (state, writer_task) = open(&config.database, clock.clone()).await?;
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let (shutdown, signal) = watch::channel(false);
-    let notify = crate::notify::start(&config.data_dir, clock.clone(), signal.clone()).await?;
+    let notify = crate::notify::start(&config.database, clock.clone(), signal.clone()).await?;
     let jobs = tokio::spawn(crate::jobs::run_scheduled(
         state.store.clone(),
         state.writer.clone(),

@@ -7,7 +7,7 @@ use std::sync::RwLock;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use kopilka_core::TenantId;
-use kopilka_store::sqlite::hash_api_key;
+use kopilka_store::store::hash_api_key;
 use kopilka_store::{ApiKeyRow, Role};
 use rand::RngCore;
 

@@ -20,7 +20,7 @@ use kopilka_core::purchase::{self, Channel, LineInput, PurchaseCommand, Purchase
 use kopilka_core::rewards::{RedemptionId, RedemptionStatus};
 use kopilka_core::rules::LineExplanation;
 use kopilka_core::{Currency, DomainEvent, MemberId, TenantId};
-use kopilka_store::batch::Connection as SqliteConnection;
+use kopilka_store::batch::Connection as AnyConnection;
 use kopilka_store::batch::{BatchKeys, Loaded};
 use kopilka_store::checkout::{admin, CampaignRow, CheckoutWrites};
 use serde::{Deserialize, Serialize};
@@ -573,7 +573,7 @@ pub enum CampaignCommand {
 }
 
 pub(crate) async fn run_campaign_command(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     tenant: TenantId,
     command: &CampaignCommand,
     now: Timestamp,
@@ -661,7 +661,7 @@ pub(crate) async fn run_campaign_command(
 
 /// The codes a request adds, checked whole before any is written.
 async fn codes_to_add(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     tenant: TenantId,
     campaign: &CouponCampaign,
     request: &AddCodesRequest,

@@ -1,7 +1,6 @@
 //! The notification dispatcher as the server runs it: on its own connection pool, on the server's
 //! clock, stopped by the server's shutdown signal. The dispatcher itself is `kopilka-notify`.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use kopilka_notify::{Dispatcher, DispatcherConfig};
@@ -9,12 +8,12 @@ use tokio::sync::watch;
 
 use crate::clock::Clock;
 
-/// Starts the dispatcher on the store in `data_dir` (already opened and migrated by the server).
+/// Starts the dispatcher on the store at `database` (already opened and migrated by the server).
 pub async fn start(
-    data_dir: &Path,
+    database: &kopilka_store::Database,
     clock: Arc<dyn Clock>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let dispatcher = Dispatcher::open(data_dir, clock, DispatcherConfig::default()).await?;
+    let dispatcher = Dispatcher::open(database, clock, DispatcherConfig::default()).await?;
     Ok(tokio::spawn(dispatcher.run(shutdown)))
 }

@@ -7,7 +7,7 @@ use kopilka_core::partners::{self, Partner, PartnerTerms};
 use kopilka_core::{MemberId, PartnerId, TenantId};
 use kopilka_store::batch::BatchKeys;
 use kopilka_store::partners::{PartnerKeyRow, PartnerWrites, PartnersLoaded};
-use kopilka_store::sqlite::hash_api_key;
+use kopilka_store::store::hash_api_key;
 use serde::Serialize;
 
 use crate::dto::BalanceView;

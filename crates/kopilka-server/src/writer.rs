@@ -14,7 +14,7 @@ use std::time::Instant;
 use jiff::Timestamp;
 use kopilka_core::{Program, ProgramId, TenantId};
 use kopilka_store::batch::{self, BatchKeys};
-use kopilka_store::sqlite::{admin, hash_api_key};
+use kopilka_store::store::{admin, hash_api_key};
 use kopilka_store::{Role, Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
 

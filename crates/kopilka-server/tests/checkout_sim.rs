@@ -57,7 +57,7 @@ async fn check(app: &TestApp, campaigns: &[Campaign], context: &str) {
         let view = app.get(&format!("/v1/coupon-campaigns/{}", campaign.id)).await;
         assert_eq!(view.body["used"].as_u64(), Some(sum), "{context}: campaign {} used", campaign.id);
         let events: Vec<(i64,)> = sqlx::query_as(
-            "SELECT member_id FROM events WHERE kind = 'coupon_redeemed' AND json_extract(payload, '$.campaign_id') = ?",
+            "SELECT member_id FROM events WHERE kind = 'coupon_redeemed' AND json_extract(payload, '$.campaign_id') = $1",
         )
         .bind(campaign.id)
         .fetch_all(&store.pool)

@@ -221,7 +221,7 @@ async fn a_server_stopped_between_commit_and_dispatch_delivers_after_restart() {
     assert!(hook.seen.lock().unwrap().is_empty(), "nothing was dispatched before the stop");
 
     let config = Config {
-        data_dir: data_dir.path().to_path_buf(),
+        database: data_dir.path().into(),
         listen: "127.0.0.1:0".parse().unwrap(),
         jobs_interval: Duration::from_secs(3600),
     };

@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::both_stores;
+
 use serde_json::{json, Value};
 use support::{spawn_app, TestApp};
 
@@ -22,127 +24,130 @@ fn points(member: i64, points: i64, receipt: &str) -> Value {
     json!({ "member_id": member, "points": points, "external_id": receipt })
 }
 
-#[tokio::test]
-async fn members_earn_and_spend_at_a_partner_and_the_settlement_reconciles() {
-    let app = spawn_app().await;
-    let cafe = create_partner(&app, "Cafe", 80).await;
-    let key = partner_key(&app, cafe).await;
-    let anna = app.create_member("1001").await;
-    let from = app.now();
+both_stores! {
+    async fn members_earn_and_spend_at_a_partner_and_the_settlement_reconciles() {
+        let app = spawn_app().await;
+        let cafe = create_partner(&app, "Cafe", 80).await;
+        let key = partner_key(&app, cafe).await;
+        let anna = app.create_member("1001").await;
+        let from = app.now();
 
-    let earned = app.post_as(&key, "/v1/partner-purchases", points(anna, 300, "C-1")).await;
-    assert_eq!(earned.status, 201, "{:?}", earned.body);
-    assert_eq!(earned.body["balance"]["pending"], 300, "partner points wait out the return window too");
-    app.advance_days(14);
-    let refused = app.post_as(&key, "/v1/partner-redemptions", points(anna, 301, "S-0")).await;
-    assert_eq!(refused.status, 422);
-    assert_eq!(refused.code(), "insufficient_points");
-    let spent = app.post_as(&key, "/v1/partner-redemptions", points(anna, 120, "S-1")).await;
-    assert_eq!(spent.status, 201, "{:?}", spent.body);
-    assert_eq!(app.balance(anna).await, (180, 0));
+        let earned = app.post_as(&key, "/v1/partner-purchases", points(anna, 300, "C-1")).await;
+        assert_eq!(earned.status, 201, "{:?}", earned.body);
+        assert_eq!(earned.body["balance"]["pending"], 300, "partner points wait out the return window too");
+        app.advance_days(14);
+        let refused = app.post_as(&key, "/v1/partner-redemptions", points(anna, 301, "S-0")).await;
+        assert_eq!(refused.status, 422);
+        assert_eq!(refused.code(), "insufficient_points");
+        let spent = app.post_as(&key, "/v1/partner-redemptions", points(anna, 120, "S-1")).await;
+        assert_eq!(spent.status, 201, "{:?}", spent.body);
+        assert_eq!(app.balance(anna).await, (180, 0));
 
-    let to = app.now().checked_add(jiff::SignedDuration::from_secs(1)).unwrap();
-    let path = format!("/v1/partners/{cafe}/settlement?from={from}&to={to}");
-    let report = app.send("GET", &path, &key, None, None).await;
-    assert_eq!(report.status, 200, "{:?}", report.body);
-    let body = &report.body;
-    assert_eq!((body["points_issued"].as_i64(), body["points_redeemed"].as_i64()), (Some(300), Some(120)));
-    // 300 points at 0.80 RUB owed by the cafe, 120 points at the program's 1 RUB owed to it.
-    assert_eq!(body["partner_owes_minor"], 24_000);
-    assert_eq!(body["program_owes_minor"], 12_000);
-    assert_eq!(body["net_minor"], 12_000);
-    assert_eq!(body["currency"], "RUB");
+        let to = app.now().checked_add(jiff::SignedDuration::from_secs(1)).unwrap();
+        let path = format!("/v1/partners/{cafe}/settlement?from={from}&to={to}");
+        let report = app.send("GET", &path, &key, None, None).await;
+        assert_eq!(report.status, 200, "{:?}", report.body);
+        let body = &report.body;
+        assert_eq!((body["points_issued"].as_i64(), body["points_redeemed"].as_i64()), (Some(300), Some(120)));
+        // 300 points at 0.80 RUB owed by the cafe, 120 points at the program's 1 RUB owed to it.
+        assert_eq!(body["partner_owes_minor"], 24_000);
+        assert_eq!(body["program_owes_minor"], 12_000);
+        assert_eq!(body["net_minor"], 12_000);
+        assert_eq!(body["currency"], "RUB");
 
-    // The same figures from the member's history: every posting on the partner's accounts.
-    let history = app.get(&format!("/v1/members/{anna}/history?limit=100")).await.body;
-    let mut issued = 0;
-    let mut redeemed = 0;
-    for item in history["items"].as_array().unwrap() {
-        for posting in item["postings"].as_array().unwrap() {
-            match (posting["account"]["kind"].as_str().unwrap(), posting["account"]["partner_id"].as_i64()) {
-                ("partner_issued", Some(id)) if id == cafe => issued -= posting["amount"].as_i64().unwrap(),
-                ("partner_redeemed", Some(id)) if id == cafe => redeemed += posting["amount"].as_i64().unwrap(),
-                _ => {}
+        // The same figures from the member's history: every posting on the partner's accounts.
+        let history = app.get(&format!("/v1/members/{anna}/history?limit=100")).await.body;
+        let mut issued = 0;
+        let mut redeemed = 0;
+        for item in history["items"].as_array().unwrap() {
+            for posting in item["postings"].as_array().unwrap() {
+                match (posting["account"]["kind"].as_str().unwrap(), posting["account"]["partner_id"].as_i64()) {
+                    ("partner_issued", Some(id)) if id == cafe => issued -= posting["amount"].as_i64().unwrap(),
+                    ("partner_redeemed", Some(id)) if id == cafe => redeemed += posting["amount"].as_i64().unwrap(),
+                    _ => {}
+                }
             }
         }
-    }
-    assert_eq!((issued, redeemed), (300, 120));
+        assert_eq!((issued, redeemed), (300, 120));
 
-    // A period before any of it settles to nothing.
-    let before = from.checked_sub(jiff::SignedDuration::from_hours(1)).unwrap();
-    let empty = app.get(&format!("/v1/partners/{cafe}/settlement?from={before}&to={from}")).await;
-    assert_eq!(empty.body["net_minor"], 0);
-    app.assert_ledger_sound().await;
+        // A period before any of it settles to nothing.
+        let before = from.checked_sub(jiff::SignedDuration::from_hours(1)).unwrap();
+        let empty = app.get(&format!("/v1/partners/{cafe}/settlement?from={before}&to={from}")).await;
+        assert_eq!(empty.body["net_minor"], 0);
+        app.assert_ledger_sound().await;
+    }
 }
 
-#[tokio::test]
-async fn a_partner_key_acts_only_for_its_partner_and_sees_only_its_members() {
-    let app = spawn_app().await;
-    let cafe = create_partner(&app, "Cafe", 80).await;
-    let cinema = create_partner(&app, "Cinema", 50).await;
-    let key = partner_key(&app, cafe).await;
-    let anna = app.create_member("2001").await;
-    let boris = app.create_member("2002").await;
+both_stores! {
+    async fn a_partner_key_acts_only_for_its_partner_and_sees_only_its_members() {
+        let app = spawn_app().await;
+        let cafe = create_partner(&app, "Cafe", 80).await;
+        let cinema = create_partner(&app, "Cinema", 50).await;
+        let key = partner_key(&app, cafe).await;
+        let anna = app.create_member("2001").await;
+        let boris = app.create_member("2002").await;
 
-    let mut other = points(anna, 10, "X-1");
-    other["partner_id"] = json!(cinema);
-    let forbidden = app.post_as(&key, "/v1/partner-purchases", other).await;
-    assert_eq!(forbidden.status, 403);
-    let settlement = format!("/v1/partners/{cinema}/settlement?from=2026-01-01T00:00:00Z&to=2027-01-01T00:00:00Z");
-    assert_eq!(app.send("GET", &settlement, &key, None, None).await.status, 403);
-    assert_eq!(app.send("GET", &format!("/v1/members/{anna}"), &key, None, None).await.status, 403);
+        let mut other = points(anna, 10, "X-1");
+        other["partner_id"] = json!(cinema);
+        let forbidden = app.post_as(&key, "/v1/partner-purchases", other).await;
+        assert_eq!(forbidden.status, 403);
+        let settlement = format!("/v1/partners/{cinema}/settlement?from=2026-01-01T00:00:00Z&to=2027-01-01T00:00:00Z");
+        assert_eq!(app.send("GET", &settlement, &key, None, None).await.status, 403);
+        assert_eq!(app.send("GET", &format!("/v1/members/{anna}"), &key, None, None).await.status, 403);
 
-    assert_eq!(app.post_as(&key, "/v1/partner-purchases", points(anna, 10, "C-1")).await.status, 201);
-    let seen = app.send("GET", &format!("/v1/partners/{cafe}/members/{anna}/balance"), &key, None, None).await;
-    assert_eq!(seen.status, 200, "{:?}", seen.body);
-    assert_eq!(seen.body["pending"], 10);
-    let unseen = app.send("GET", &format!("/v1/partners/{cafe}/members/{boris}/balance"), &key, None, None).await;
-    assert_eq!(unseen.status, 404, "a member who never came to the cafe is not the cafe's to see");
+        assert_eq!(app.post_as(&key, "/v1/partner-purchases", points(anna, 10, "C-1")).await.status, 201);
+        let seen = app.send("GET", &format!("/v1/partners/{cafe}/members/{anna}/balance"), &key, None, None).await;
+        assert_eq!(seen.status, 200, "{:?}", seen.body);
+        assert_eq!(seen.body["pending"], 10);
+        let unseen = app.send("GET", &format!("/v1/partners/{cafe}/members/{boris}/balance"), &key, None, None).await;
+        assert_eq!(unseen.status, 404, "a member who never came to the cafe is not the cafe's to see");
 
-    // An unbound partner key (made through /v1/api-keys) acts for no partner.
-    let unbound = app.create_key("partner").await;
-    let refused = app.post_as(&unbound, "/v1/partner-purchases", points(anna, 10, "C-2")).await;
-    assert_eq!(refused.status, 403);
-    // A till may not act for a partner.
-    let pos = app.create_key("pos").await;
-    assert_eq!(app.post_as(&pos, "/v1/partner-purchases", points(anna, 10, "C-3")).await.status, 403);
-    assert_eq!(app.balance(anna).await, (0, 10));
-    app.assert_ledger_sound().await;
+        // An unbound partner key (made through /v1/api-keys) acts for no partner.
+        let unbound = app.create_key("partner").await;
+        let refused = app.post_as(&unbound, "/v1/partner-purchases", points(anna, 10, "C-2")).await;
+        assert_eq!(refused.status, 403);
+        // A till may not act for a partner.
+        let pos = app.create_key("pos").await;
+        assert_eq!(app.post_as(&pos, "/v1/partner-purchases", points(anna, 10, "C-3")).await.status, 403);
+        assert_eq!(app.balance(anna).await, (0, 10));
+        app.assert_ledger_sound().await;
+    }
 }
 
-#[tokio::test]
-async fn bad_partner_input_gets_a_clear_problem_and_writes_nothing() {
-    let app = spawn_app().await;
-    let cafe = create_partner(&app, "Cafe", 80).await;
-    let anna = app.create_member("3001").await;
+both_stores! {
+    async fn bad_partner_input_gets_a_clear_problem_and_writes_nothing() {
+        let app = spawn_app().await;
+        let cafe = create_partner(&app, "Cafe", 80).await;
+        let anna = app.create_member("3001").await;
 
-    let mut unknown = points(anna, 10, "C-1");
-    unknown["partner_id"] = json!(99);
-    let answer = app.post("/v1/partner-purchases", unknown).await;
-    assert_eq!(answer.status, 404);
-    assert_eq!(answer.code(), "partner_not_found");
+        let mut unknown = points(anna, 10, "C-1");
+        unknown["partner_id"] = json!(99);
+        let answer = app.post("/v1/partner-purchases", unknown).await;
+        assert_eq!(answer.status, 404);
+        assert_eq!(answer.code(), "partner_not_found");
 
-    for bad in [-5, 0] {
-        let mut body = points(anna, bad, "C-2");
-        body["partner_id"] = json!(cafe);
-        let answer = app.post("/v1/partner-purchases", body).await;
-        assert_eq!(answer.status, 400, "{:?}", answer.body);
-        assert_eq!(answer.code(), "validation_failed");
+        for bad in [-5, 0] {
+            let mut body = points(anna, bad, "C-2");
+            body["partner_id"] = json!(cafe);
+            let answer = app.post("/v1/partner-purchases", body).await;
+            assert_eq!(answer.status, 400, "{:?}", answer.body);
+            assert_eq!(answer.code(), "validation_failed");
+        }
+        let negative = app.post("/v1/partners", json!({ "name": "Bad", "issue_cost_minor": -1 })).await;
+        assert_eq!(negative.status, 400, "{:?}", negative.body);
+        assert_eq!(negative.code(), "validation_failed");
+        let nameless = app.post("/v1/partners", json!({ "name": " ", "issue_cost_minor": 1 })).await;
+        assert_eq!(nameless.code(), "validation_failed");
+        let key_for_nobody = app.post("/v1/partners/42/api-keys", json!({ "name": "x" })).await;
+        assert_eq!(key_for_nobody.status, 404);
+        let backwards =
+            app.get(&format!("/v1/partners/{cafe}/settlement?from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z")).await;
+        assert_eq!(backwards.status, 400);
+        assert_eq!(app.balance(anna).await, (0, 0));
+        assert_eq!(app.history_len(anna).await, 0);
+        assert_eq!(app.get("/v1/partners").await.body.as_array().unwrap().len(), 1);
+        app.assert_ledger_sound().await;
     }
-    let negative = app.post("/v1/partners", json!({ "name": "Bad", "issue_cost_minor": -1 })).await;
-    assert_eq!(negative.status, 400, "{:?}", negative.body);
-    assert_eq!(negative.code(), "validation_failed");
-    let nameless = app.post("/v1/partners", json!({ "name": " ", "issue_cost_minor": 1 })).await;
-    assert_eq!(nameless.code(), "validation_failed");
-    let key_for_nobody = app.post("/v1/partners/42/api-keys", json!({ "name": "x" })).await;
-    assert_eq!(key_for_nobody.status, 404);
-    let backwards =
-        app.get(&format!("/v1/partners/{cafe}/settlement?from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z")).await;
-    assert_eq!(backwards.status, 400);
-    assert_eq!(app.balance(anna).await, (0, 0));
-    assert_eq!(app.history_len(anna).await, 0);
-    assert_eq!(app.get("/v1/partners").await.body.as_array().unwrap().len(), 1);
-    app.assert_ledger_sound().await;
 }
 
 /// A second program in miles, and a rate of 2 points for 1 mile with at most 600 points a month.
@@ -165,56 +170,57 @@ fn exchange(member: i64, from: i64, to: i64, points: i64) -> Value {
     json!({ "member_id": member, "from_program_id": from, "to_program_id": to, "points": points })
 }
 
-#[tokio::test]
-async fn a_coalition_exchange_converts_at_the_rate_within_its_limit_and_never_overdraws() {
-    let app = spawn_app().await;
-    with_miles(&app).await;
-    let anna = app.create_member("4001").await;
-    assert_eq!(app.adjust(anna, 1000).await.status, 201);
+both_stores! {
+    async fn a_coalition_exchange_converts_at_the_rate_within_its_limit_and_never_overdraws() {
+        let app = spawn_app().await;
+        with_miles(&app).await;
+        let anna = app.create_member("4001").await;
+        assert_eq!(app.adjust(anna, 1000).await.status, 201);
 
-    let done = app.post("/v1/exchanges", exchange(anna, 1, 2, 401)).await;
-    assert_eq!(done.status, 201, "{:?}", done.body);
-    assert_eq!(done.body["converted"], 200, "2 points a mile, rounded down");
-    assert_eq!(done.body["from_balance"]["available"], 599);
-    assert_eq!(done.body["to_balance"]["available"], 200);
-    assert_eq!(done.body["to_balance"]["currency"], "MIL");
-    let miles = app.get(&format!("/v1/members/{anna}/balance?program_id=2")).await;
-    assert_eq!(miles.body["available"], 200);
+        let done = app.post("/v1/exchanges", exchange(anna, 1, 2, 401)).await;
+        assert_eq!(done.status, 201, "{:?}", done.body);
+        assert_eq!(done.body["converted"], 200, "2 points a mile, rounded down");
+        assert_eq!(done.body["from_balance"]["available"], 599);
+        assert_eq!(done.body["to_balance"]["available"], 200);
+        assert_eq!(done.body["to_balance"]["currency"], "MIL");
+        let miles = app.get(&format!("/v1/members/{anna}/balance?program_id=2")).await;
+        assert_eq!(miles.body["available"], 200);
 
-    let history = app.history_len(anna).await;
-    let over_limit = app.post("/v1/exchanges", exchange(anna, 1, 2, 200)).await;
-    assert_eq!(over_limit.status, 422);
-    assert_eq!(over_limit.code(), "exchange_limit_reached");
-    let reverse = app.post("/v1/exchanges", exchange(anna, 2, 1, 10)).await;
-    assert_eq!(reverse.code(), "exchange_not_offered");
-    let bob = app.create_member("4002").await;
-    let overdraw = app.post("/v1/exchanges", exchange(bob, 1, 2, 100)).await;
-    assert_eq!(overdraw.status, 422);
-    assert_eq!(overdraw.code(), "insufficient_points");
-    let negative = app.post("/v1/exchanges", exchange(anna, 1, 2, -4)).await;
-    assert_eq!(negative.status, 400);
-    let unknown = app.post("/v1/exchanges", exchange(anna, 9, 2, 4)).await;
-    assert_eq!(unknown.status, 404);
-    assert_eq!(app.history_len(anna).await, history, "refusals write nothing");
-    assert_eq!(app.history_len(bob).await, 0);
+        let history = app.history_len(anna).await;
+        let over_limit = app.post("/v1/exchanges", exchange(anna, 1, 2, 200)).await;
+        assert_eq!(over_limit.status, 422);
+        assert_eq!(over_limit.code(), "exchange_limit_reached");
+        let reverse = app.post("/v1/exchanges", exchange(anna, 2, 1, 10)).await;
+        assert_eq!(reverse.code(), "exchange_not_offered");
+        let bob = app.create_member("4002").await;
+        let overdraw = app.post("/v1/exchanges", exchange(bob, 1, 2, 100)).await;
+        assert_eq!(overdraw.status, 422);
+        assert_eq!(overdraw.code(), "insufficient_points");
+        let negative = app.post("/v1/exchanges", exchange(anna, 1, 2, -4)).await;
+        assert_eq!(negative.status, 400);
+        let unknown = app.post("/v1/exchanges", exchange(anna, 9, 2, 4)).await;
+        assert_eq!(unknown.status, 404);
+        assert_eq!(app.history_len(anna).await, history, "refusals write nothing");
+        assert_eq!(app.history_len(bob).await, 0);
 
-    // The window rolls: a month later the limit is free again.
-    app.advance_days(31);
-    assert_eq!(app.post("/v1/exchanges", exchange(anna, 1, 2, 200)).await.status, 201);
+        // The window rolls: a month later the limit is free again.
+        app.advance_days(31);
+        assert_eq!(app.post("/v1/exchanges", exchange(anna, 1, 2, 200)).await.status, 201);
 
-    // A rate into a program of the same point currency would mint points: refused.
-    let mut twin: Value = app.get("/v1/programs/1").await.body["program"].clone();
-    twin["name"] = json!("Twin");
-    twin["exchanges"] = json!([]);
-    assert_eq!(app.post("/v1/programs", twin).await.body["id"], 3);
-    let mut main: Value = app.get("/v1/programs/1").await.body["program"].clone();
-    main["exchanges"] = json!([{ "to_program": 3, "points_from": 1, "points_to": 2 }]);
-    let saved =
-        app.send("PUT", "/v1/programs/1", &app.admin_key, Some("twin"), Some(main.to_string().into_bytes())).await;
-    assert_eq!(saved.status, 200, "{:?}", saved.body);
-    let history = app.history_len(anna).await;
-    let minted = app.post("/v1/exchanges", exchange(anna, 1, 3, 100)).await;
-    assert_eq!((minted.status.as_u16(), minted.code()), (422, "exchange_same_currency"));
-    assert_eq!(app.history_len(anna).await, history);
-    app.assert_ledger_sound().await;
+        // A rate into a program of the same point currency would mint points: refused.
+        let mut twin: Value = app.get("/v1/programs/1").await.body["program"].clone();
+        twin["name"] = json!("Twin");
+        twin["exchanges"] = json!([]);
+        assert_eq!(app.post("/v1/programs", twin).await.body["id"], 3);
+        let mut main: Value = app.get("/v1/programs/1").await.body["program"].clone();
+        main["exchanges"] = json!([{ "to_program": 3, "points_from": 1, "points_to": 2 }]);
+        let saved =
+            app.send("PUT", "/v1/programs/1", &app.admin_key, Some("twin"), Some(main.to_string().into_bytes())).await;
+        assert_eq!(saved.status, 200, "{:?}", saved.body);
+        let history = app.history_len(anna).await;
+        let minted = app.post("/v1/exchanges", exchange(anna, 1, 3, 100)).await;
+        assert_eq!((minted.status.as_u16(), minted.code()), (422, "exchange_same_currency"));
+        assert_eq!(app.history_len(anna).await, history);
+        app.assert_ledger_sound().await;
+    }
 }

@@ -15,13 +15,16 @@ use kopilka_core::{
     DomainEvent, IdAllocator, Lot, LotId, LotState, MemberId, Movement, MovementId, PointCurrency, ProgramId,
     PurchaseId, TenantId,
 };
-use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use crate::sql::{Backend, Builder};
 
 use crate::checkout::{CheckoutWrites, LoadedCheckout};
 use crate::{micros, MemberRow, Result, StoreError, StoredResponse};
 
-/// SQLite allows 32,766 bound values per statement; rows are chunked to stay under it.
+/// SQLite allows 32,766 bound values per statement, PostgreSQL 65,535; rows are chunked to stay
+/// under both.
 const BIND_VALUES_MAX: usize = 32_000;
 
 /// What a batch of commands needs loaded.
@@ -100,7 +103,7 @@ fn chunk_rows(columns: usize) -> usize {
 
 pub(crate) const MEMBER_COLUMNS: &str = "id, card, phone, email, external_id, name, birth_date, gender, city, consents, state, signup_at, merged_into, created_at, updated_at";
 
-pub(crate) fn member_of_row(row: &SqliteRow) -> Result<MemberRow> {
+pub(crate) fn member_of_row(row: &AnyRow) -> Result<MemberRow> {
     let corrupt = |detail: String| StoreError::Corrupt { table: "members", detail };
     let birth_date: Option<String> = row.get("birth_date");
     let gender: Option<String> = row.get("gender");
@@ -130,7 +133,7 @@ pub(crate) fn member_of_row(row: &SqliteRow) -> Result<MemberRow> {
 pub(crate) const LOT_COLUMNS: &str =
     "id, member_id, currency, amount, remaining, available_from, expires_at, state, movement_id, purchase_id";
 
-pub(crate) fn lot_of_row(row: &SqliteRow) -> Result<Lot> {
+pub(crate) fn lot_of_row(row: &AnyRow) -> Result<Lot> {
     let corrupt = |detail: String| StoreError::Corrupt { table: "lots", detail };
     let state: String = row.get("state");
     let currency: String = row.get("currency");
@@ -148,7 +151,7 @@ pub(crate) fn lot_of_row(row: &SqliteRow) -> Result<Lot> {
     })
 }
 
-pub(crate) fn purchase_of_row(row: &SqliteRow) -> Result<(TenantId, ProgramId, PurchaseRecord)> {
+pub(crate) fn purchase_of_row(row: &AnyRow) -> Result<(TenantId, ProgramId, PurchaseRecord)> {
     let record: String = row.get("record");
     let record = serde_json::from_str(&record)
         .map_err(|error| StoreError::Corrupt { table: "purchases", detail: error.to_string() })?;
@@ -158,15 +161,16 @@ pub(crate) fn purchase_of_row(row: &SqliteRow) -> Result<(TenantId, ProgramId, P
 /// Loads what `keys` names. Members are loaded with their open lots.
 ///
 /// Every lookup joins the wanted keys as a constant table `k(t, v)` to the indexed table, so each
-/// key is one index search: SQLite does not search an index for `(a, b) IN (VALUES …)`.
-pub async fn load(conn: &mut SqliteConnection, keys: &BatchKeys) -> Result<Loaded> {
+/// key is one index search on both databases: SQLite does not search an index for
+/// `(a, b) IN (VALUES …)`, and its plan for the join scans `k` and searches the table.
+pub async fn load(conn: &mut AnyConnection, keys: &BatchKeys) -> Result<Loaded> {
     let mut loaded = Loaded::default();
     for chunk in keys.idempotency.chunks(chunk_rows(2)) {
-        let mut query = QueryBuilder::<Sqlite>::new("WITH k(t, v) AS (");
+        let mut query = Builder::new("WITH k(t, v) AS (");
         query.push_values(chunk, |mut b, (tenant, key)| {
             b.push_bind(tenant.0).push_bind(key);
         });
-        query.push(") SELECT tenant_id, key, request_hash, status, body, member_id FROM k CROSS JOIN idempotency ON idempotency.tenant_id = k.t AND idempotency.key = k.v");
+        query.push(") SELECT tenant_id, key, request_hash, status, body, member_id FROM k JOIN idempotency ON idempotency.tenant_id = k.t AND idempotency.key = k.v");
         for row in query.build().fetch_all(&mut *conn).await? {
             let status: i64 = row.get(3);
             loaded.idempotency.insert(
@@ -185,21 +189,21 @@ pub async fn load(conn: &mut SqliteConnection, keys: &BatchKeys) -> Result<Loade
     loaded.referrals = crate::referrals::load(conn, &keys.referrals, &mut members).await?;
     loaded.partners = crate::partners::load(conn, &keys.partners).await?;
     for chunk in keys.purchase_ids.chunks(chunk_rows(2)) {
-        let mut query = QueryBuilder::<Sqlite>::new("WITH k(t, v) AS (");
+        let mut query = Builder::new("WITH k(t, v) AS (");
         query.push_values(chunk, |mut b, (tenant, id)| {
             b.push_bind(tenant.0).push_bind(id.0);
         });
-        query.push(") SELECT tenant_id, program_id, record FROM k CROSS JOIN purchases ON purchases.tenant_id = k.t AND purchases.id = k.v");
+        query.push(") SELECT tenant_id, program_id, record FROM k JOIN purchases ON purchases.tenant_id = k.t AND purchases.id = k.v");
         for row in query.build().fetch_all(&mut *conn).await? {
             loaded.purchases.push(purchase_of_row(&row)?);
         }
     }
     for chunk in keys.purchase_external_ids.chunks(chunk_rows(2)) {
-        let mut query = QueryBuilder::<Sqlite>::new("WITH k(t, v) AS (");
+        let mut query = Builder::new("WITH k(t, v) AS (");
         query.push_values(chunk, |mut b, (tenant, id)| {
             b.push_bind(tenant.0).push_bind(id);
         });
-        query.push(") SELECT tenant_id, program_id, record FROM k CROSS JOIN purchases ON purchases.tenant_id = k.t AND purchases.external_id = k.v");
+        query.push(") SELECT tenant_id, program_id, record FROM k JOIN purchases ON purchases.tenant_id = k.t AND purchases.external_id = k.v");
         for row in query.build().fetch_all(&mut *conn).await? {
             loaded.purchases.push(purchase_of_row(&row)?);
         }
@@ -216,11 +220,12 @@ pub async fn load(conn: &mut SqliteConnection, keys: &BatchKeys) -> Result<Loade
     for kind in IdentifierKind::ALL {
         let wanted: Vec<_> = keys.identifiers.iter().filter(|(_, k, _)| *k == kind).collect();
         for chunk in wanted.chunks(chunk_rows(2)) {
-            let mut query = QueryBuilder::<Sqlite>::new("WITH k(t, v) AS (");
+            let mut query = Builder::new("WITH k(t, v) AS (");
             query.push_values(chunk, |mut b, (tenant, _, value)| {
                 b.push_bind(tenant.0).push_bind(value);
             });
-            query.push(format!(") SELECT tenant_id, id, {0} FROM k CROSS JOIN members ON members.tenant_id = k.t AND members.{0} = k.v",
+            query.push(format!(
+                ") SELECT tenant_id, id, {0} FROM k JOIN members ON members.tenant_id = k.t AND members.{0} = k.v",
                 kind.as_str()
             ));
             for row in query.build().fetch_all(&mut *conn).await? {
@@ -248,17 +253,19 @@ pub async fn load(conn: &mut SqliteConnection, keys: &BatchKeys) -> Result<Loade
 }
 
 async fn load_members(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     keys: &[(TenantId, MemberId)],
     loaded: &mut Loaded,
     survivors: &mut Vec<(TenantId, MemberId)>,
 ) -> Result<()> {
     for chunk in keys.chunks(chunk_rows(2)) {
-        let mut query = QueryBuilder::<Sqlite>::new("WITH k(t, v) AS (");
+        let mut query = Builder::new("WITH k(t, v) AS (");
         query.push_values(chunk, |mut b, (tenant, id)| {
             b.push_bind(tenant.0).push_bind(id.0);
         });
-        query.push(format!(") SELECT tenant_id, {MEMBER_COLUMNS} FROM k CROSS JOIN members ON members.tenant_id = k.t AND members.id = k.v"));
+        query.push(format!(
+            ") SELECT tenant_id, {MEMBER_COLUMNS} FROM k JOIN members ON members.tenant_id = k.t AND members.id = k.v"
+        ));
         for row in query.build().fetch_all(&mut *conn).await? {
             let tenant = TenantId(row.get("tenant_id"));
             let member = member_of_row(&row)?;
@@ -268,11 +275,11 @@ async fn load_members(
             loaded.lots.insert((tenant, member.id), Vec::new());
             loaded.members.insert((tenant, member.id), member);
         }
-        let mut query = QueryBuilder::<Sqlite>::new("WITH k(t, v) AS (");
+        let mut query = Builder::new("WITH k(t, v) AS (");
         query.push_values(chunk, |mut b, (tenant, id)| {
             b.push_bind(tenant.0).push_bind(id.0);
         });
-        query.push(format!(") SELECT tenant_id, {LOT_COLUMNS} FROM k CROSS JOIN lots INDEXED BY lots_member ON lots.tenant_id = k.t AND lots.member_id = k.v WHERE state IN ('pending', 'available')"));
+        query.push(format!(") SELECT tenant_id, {LOT_COLUMNS} FROM k JOIN lots{} ON lots.tenant_id = k.t AND lots.member_id = k.v WHERE state IN ('pending', 'available')", Backend::of(conn).indexed_by("lots_member")));
         for row in query.build().fetch_all(&mut *conn).await? {
             let lot = lot_of_row(&row)?;
             loaded.lots.entry((TenantId(row.get("tenant_id")), lot.member_id)).or_default().push(lot);
@@ -283,12 +290,12 @@ async fn load_members(
 
 /// Writes everything a batch decided. Members, lots and purchases are upserted (a batch may change
 /// rows it loaded); movements, postings, events and idempotency records are only ever inserted.
-pub async fn flush(conn: &mut SqliteConnection, writes: &Writes) -> Result<()> {
+pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
     // Identifiers may move between members within a batch (one gives up a card, another takes it).
     // The batch's final state has no duplicates, but rows are written in no particular order, so
     // the rows being rewritten first let go of their identifiers.
     for chunk in writes.members.chunks(chunk_rows(2)) {
-        let mut query = QueryBuilder::<Sqlite>::new("WITH k(t, v) AS (");
+        let mut query = Builder::new("WITH k(t, v) AS (");
         query.push_values(chunk, |mut b, (tenant, m)| {
             b.push_bind(tenant.0).push_bind(m.id.0);
         });
@@ -299,7 +306,7 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &Writes) -> Result<()> {
         query.build().execute(&mut *conn).await?;
     }
     for chunk in writes.members.chunks(chunk_rows(16)) {
-        let mut query = QueryBuilder::<Sqlite>::new(format!("INSERT INTO members (tenant_id, {MEMBER_COLUMNS}) "));
+        let mut query = Builder::new(format!("INSERT INTO members (tenant_id, {MEMBER_COLUMNS}) "));
         query.push_values(chunk, |mut b, (tenant, m)| {
             b.push_bind(tenant.0)
                 .push_bind(m.id.0)
@@ -328,7 +335,7 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &Writes) -> Result<()> {
     }
 
     for chunk in writes.member_states.chunks(chunk_rows(3)) {
-        let mut query = QueryBuilder::<Sqlite>::new("WITH k(t, v, s) AS (");
+        let mut query = Builder::new("WITH k(t, v, s) AS (");
         query.push_values(chunk, |mut b, (tenant, member, state)| {
             b.push_bind(tenant.0)
                 .push_bind(member.0)
@@ -340,7 +347,7 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &Writes) -> Result<()> {
 
     // A member absorbed after absorbing others hands them on, so every stored merge stays one hop.
     for (tenant, absorbed, survivor) in &writes.merges {
-        sqlx::query("UPDATE members SET merged_into = ? WHERE tenant_id = ? AND merged_into = ?")
+        sqlx::query("UPDATE members SET merged_into = $1 WHERE tenant_id = $2 AND merged_into = $3")
             .bind(survivor.0)
             .bind(tenant.0)
             .bind(absorbed.0)
@@ -349,7 +356,7 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &Writes) -> Result<()> {
     }
 
     for chunk in writes.lots.chunks(chunk_rows(11)) {
-        let mut query = QueryBuilder::<Sqlite>::new(format!("INSERT INTO lots (tenant_id, {LOT_COLUMNS}) "));
+        let mut query = Builder::new(format!("INSERT INTO lots (tenant_id, {LOT_COLUMNS}) "));
         query.push_values(chunk, |mut b, (tenant, lot)| {
             b.push_bind(tenant.0)
                 .push_bind(lot.id.0)
@@ -372,7 +379,7 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &Writes) -> Result<()> {
     }
 
     for chunk in writes.movements.chunks(chunk_rows(8)) {
-        let mut query = QueryBuilder::<Sqlite>::new(
+        let mut query = Builder::new(
             "INSERT INTO movements (tenant_id, id, member_id, kind, currency, occurred_at, purchase_id, reason) ",
         );
         query.push_values(chunk, |mut b, (tenant, m)| {
@@ -395,7 +402,7 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &Writes) -> Result<()> {
         .flat_map(|(tenant, m)| m.postings.iter().enumerate().map(move |(seq, p)| (tenant, m, seq, p)))
         .collect();
     for chunk in postings.chunks(chunk_rows(9)) {
-        let mut query = QueryBuilder::<Sqlite>::new(
+        let mut query = Builder::new(
             "INSERT INTO postings (tenant_id, movement_id, seq, account, member_id, currency, amount, lot_id, partner_id) ",
         );
         query.push_values(chunk, |mut b, (tenant, m, seq, p)| {
@@ -413,7 +420,7 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &Writes) -> Result<()> {
     }
 
     for chunk in writes.purchases.chunks(chunk_rows(9)) {
-        let mut query = QueryBuilder::<Sqlite>::new(
+        let mut query = Builder::new(
             "INSERT INTO purchases (tenant_id, id, member_id, external_id, program_id, occurred_at, total_minor, points_earned, record) ",
         );
         query.push_values(chunk, |mut b, (tenant, program, p)| {
@@ -434,8 +441,7 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &Writes) -> Result<()> {
     }
 
     for chunk in writes.events.chunks(chunk_rows(6)) {
-        let mut query =
-            QueryBuilder::<Sqlite>::new("INSERT INTO events (tenant_id, id, kind, member_id, payload, occurred_at) ");
+        let mut query = Builder::new("INSERT INTO events (tenant_id, id, kind, member_id, payload, occurred_at) ");
         query.push_values(chunk, |mut b, (tenant, id, event, at)| {
             b.push_bind(tenant.0)
                 .push_bind(*id)
@@ -448,14 +454,14 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &Writes) -> Result<()> {
     }
 
     for (tenant, member) in &writes.erased {
-        sqlx::query("DELETE FROM idempotency WHERE tenant_id = ? AND member_id = ?")
+        sqlx::query("DELETE FROM idempotency WHERE tenant_id = $1 AND member_id = $2")
             .bind(tenant.0)
             .bind(member.0)
             .execute(&mut *conn)
             .await?;
     }
     for chunk in writes.idempotency.chunks(chunk_rows(7)) {
-        let mut query = QueryBuilder::<Sqlite>::new(
+        let mut query = Builder::new(
             "INSERT INTO idempotency (tenant_id, key, request_hash, status, body, member_id, created_at) ",
         );
         query.push_values(chunk, |mut b, (tenant, key, response, at)| {
@@ -477,7 +483,7 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &Writes) -> Result<()> {
 }
 
 /// The writer's own connection.
-pub type Connection = SqliteConnection;
+pub type Connection = AnyConnection;
 
 /// The last ids handed out, read inside the batch transaction (which holds the write lock).
 /// Returns the allocator and the last event id.
@@ -502,8 +508,8 @@ pub async fn id_seeds(conn: &mut Connection) -> Result<(IdAllocator, i64)> {
 /// Stores the last ids a batch handed out, in its transaction.
 pub async fn save_id_seeds(conn: &mut Connection, ids: &IdAllocator, last_event_id: i64) -> Result<()> {
     sqlx::query(
-        "UPDATE sequences SET last = CASE name WHEN 'lot' THEN ?1 WHEN 'movement' THEN ?2 WHEN 'purchase' THEN ?3
-         WHEN 'member' THEN ?4 WHEN 'event' THEN ?5 WHEN 'checkout' THEN ?6 ELSE last END",
+        "UPDATE sequences SET last = CASE name WHEN 'lot' THEN $1 WHEN 'movement' THEN $2 WHEN 'purchase' THEN $3
+         WHEN 'member' THEN $4 WHEN 'event' THEN $5 WHEN 'checkout' THEN $6 ELSE last END",
     )
     .bind(ids.next_lot)
     .bind(ids.next_movement)
@@ -516,14 +522,14 @@ pub async fn save_id_seeds(conn: &mut Connection, ids: &IdAllocator, last_event_
     Ok(())
 }
 
-/// Starts the batch transaction, taking the write lock at once (no deferred upgrade that could
-/// fail halfway).
+/// Starts the batch transaction holding the store's write lock (`sql::begin_write`): on SQLite
+/// the database lock, on PostgreSQL a cluster-wide advisory lock, so batches of every node
+/// serialize and each loads what the one before committed.
 pub async fn begin(conn: &mut Connection) -> Result<()> {
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-    Ok(())
+    crate::sql::begin_write(conn).await
 }
 
-/// Commits; with `synchronous = FULL` the batch is on disk when this returns.
+/// Commits; the batch is durable when this returns (`synchronous = FULL` on SQLite).
 pub async fn commit(conn: &mut Connection) -> Result<()> {
     sqlx::query("COMMIT").execute(&mut *conn).await?;
     Ok(())

@@ -4,7 +4,8 @@
 //! list that names a member once too often gives nothing twice.
 
 use kopilka_core::{MemberId, TenantId};
-use sqlx::{QueryBuilder, Sqlite};
+
+use crate::sql::Builder;
 
 use crate::{micros, Result, Store};
 
@@ -24,15 +25,16 @@ impl Store {
         }
         // One indexed lookup per kind of date, joined: an OR of the two would read every member.
         // The empty first select lets each lookup start with UNION.
-        let mut query: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT id FROM (SELECT 0 AS id WHERE 0");
+        let mut query = Builder::new("SELECT id FROM (SELECT 0 AS id WHERE 1 = 0");
+        let first_purchase_at = self.backend.json_text("state", "stats.first_purchase_at");
         for (index, column, days) in [
             ("members_birthday", "birth_date", birthdays),
-            ("members_first_purchase_day", "json_extract(state, '$.stats.first_purchase_at')", anniversaries),
+            ("members_first_purchase_day", first_purchase_at.as_str(), anniversaries),
         ] {
             if days.is_empty() {
                 continue;
             }
-            query.push(format!(" UNION SELECT id FROM members INDEXED BY {index} WHERE tenant_id = "));
+            query.push(format!(" UNION SELECT id FROM members{} WHERE tenant_id = ", self.backend.indexed_by(index)));
             query.push_bind(tenant.0);
             query.push(format!(" AND {column} IS NOT NULL AND substr({column}, 6, 5) IN ("));
             let mut separated = query.separated(", ");
@@ -41,7 +43,7 @@ impl Store {
             }
             query.push(") AND merged_into IS NULL AND id > ").push_bind(after.0);
         }
-        query.push(") ORDER BY id LIMIT ").push_bind(limit);
+        query.push(") AS due ORDER BY id LIMIT ").push_bind(limit);
         let ids: Vec<i64> = query.build_query_scalar().fetch_all(&self.pool).await?;
         Ok(ids.into_iter().map(MemberId).collect())
     }
@@ -56,19 +58,21 @@ impl Store {
         after: MemberId,
         limit: i64,
     ) -> Result<Vec<MemberId>> {
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT DISTINCT member_id FROM lots INDEXED BY lots_expiry_due
-             WHERE state IN ('pending', 'available') AND expires_at > ?1 AND expires_at <= ?2
-               AND tenant_id = ?3 AND remaining > 0 AND member_id > ?4
-             ORDER BY member_id LIMIT ?5",
-        )
-        .bind(micros::of(from))
-        .bind(micros::of(to))
-        .bind(tenant.0)
-        .bind(after.0)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let sql = format!(
+            "SELECT DISTINCT member_id FROM lots{}
+             WHERE state IN ('pending', 'available') AND expires_at > $1 AND expires_at <= $2
+               AND tenant_id = $3 AND remaining > 0 AND member_id > $4
+             ORDER BY member_id LIMIT $5",
+            self.backend.indexed_by("lots_expiry_due")
+        );
+        let ids: Vec<i64> = sqlx::query_scalar(&sql)
+            .bind(micros::of(from))
+            .bind(micros::of(to))
+            .bind(tenant.0)
+            .bind(after.0)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(ids.into_iter().map(MemberId).collect())
     }
 }

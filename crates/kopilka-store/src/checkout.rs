@@ -7,9 +7,10 @@ use jiff::Timestamp;
 use kopilka_core::checkout::{CampaignRecord, Checkout, Coupon, CouponCampaign, Hold};
 use kopilka_core::rewards::RedemptionId;
 use kopilka_core::{MemberId, TenantId};
-use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
 
+use crate::sql::Builder;
 use crate::{micros, Result, Store, StoreError};
 
 /// SQLite allows 32,766 bound values per statement.
@@ -29,12 +30,12 @@ fn corrupt(table: &'static str) -> impl Fn(String) -> StoreError {
     move |detail| StoreError::Corrupt { table, detail }
 }
 
-fn checkout_of_row(row: &SqliteRow) -> Result<Checkout> {
+fn checkout_of_row(row: &AnyRow) -> Result<Checkout> {
     let document: String = row.get("document");
     serde_json::from_str(&document).map_err(|e| corrupt("checkouts")(e.to_string()))
 }
 
-fn coupon_of_row(row: &SqliteRow) -> Result<Coupon> {
+fn coupon_of_row(row: &AnyRow) -> Result<Coupon> {
     let holds: String = row.get("holds");
     let uses: i64 = row.get("uses");
     Ok(Coupon {
@@ -46,7 +47,7 @@ fn coupon_of_row(row: &SqliteRow) -> Result<Coupon> {
     })
 }
 
-fn campaign_of_row(row: &SqliteRow) -> Result<CampaignRecord> {
+fn campaign_of_row(row: &AnyRow) -> Result<CampaignRecord> {
     let document: String = row.get("document");
     let used: i64 = row.get("used");
     Ok(CampaignRecord {
@@ -54,14 +55,14 @@ fn campaign_of_row(row: &SqliteRow) -> Result<CampaignRecord> {
         campaign: serde_json::from_str::<CouponCampaign>(&document)
             .map_err(|e| corrupt("coupon_campaigns")(e.to_string()))?,
         used: used as u64,
-        active: row.get("active"),
+        active: row.get::<i64, _>("active") != 0,
     })
 }
 
 /// Loads the checkouts named, then the codes named and those the checkouts hold, then the
 /// campaigns of those codes. Returns the members the checkouts belong to, to load with the batch.
 pub(crate) async fn load(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     checkouts: &[(TenantId, i64)],
     codes: &[(TenantId, String)],
 ) -> Result<(LoadedCheckout, Vec<(TenantId, MemberId)>)> {
@@ -69,11 +70,13 @@ pub(crate) async fn load(
     let mut members = Vec::new();
     let mut codes = codes.to_vec();
     for chunk in checkouts.chunks(BIND_VALUES_MAX / 2) {
-        let mut query = QueryBuilder::<Sqlite>::new("WITH k(t, v) AS (");
+        let mut query = Builder::new("WITH k(t, v) AS (");
         query.push_values(chunk, |mut b, (tenant, id)| {
             b.push_bind(tenant.0).push_bind(id);
         });
-        query.push(") SELECT tenant_id, document FROM k CROSS JOIN checkouts ON checkouts.tenant_id = k.t AND checkouts.id = k.v");
+        query.push(
+            ") SELECT tenant_id, document FROM k JOIN checkouts ON checkouts.tenant_id = k.t AND checkouts.id = k.v",
+        );
         for row in query.build().fetch_all(&mut *conn).await? {
             let tenant = TenantId(row.get("tenant_id"));
             let checkout = checkout_of_row(&row)?;
@@ -86,11 +89,11 @@ pub(crate) async fn load(
     codes.dedup();
     let mut campaigns = Vec::new();
     for chunk in codes.chunks(BIND_VALUES_MAX / 2) {
-        let mut query = QueryBuilder::<Sqlite>::new("WITH k(t, v) AS (");
+        let mut query = Builder::new("WITH k(t, v) AS (");
         query.push_values(chunk, |mut b, (tenant, code)| {
             b.push_bind(tenant.0).push_bind(code);
         });
-        query.push(") SELECT tenant_id, code, campaign_id, member_id, uses, holds FROM k CROSS JOIN coupons ON coupons.tenant_id = k.t AND coupons.code = k.v");
+        query.push(") SELECT tenant_id, code, campaign_id, member_id, uses, holds FROM k JOIN coupons ON coupons.tenant_id = k.t AND coupons.code = k.v");
         for row in query.build().fetch_all(&mut *conn).await? {
             let tenant = TenantId(row.get("tenant_id"));
             let coupon = coupon_of_row(&row)?;
@@ -100,11 +103,11 @@ pub(crate) async fn load(
     }
     let unknown: Vec<&(TenantId, String)> = codes.iter().filter(|key| !loaded.coupons.contains_key(*key)).collect();
     for chunk in unknown.chunks(BIND_VALUES_MAX / 2) {
-        let mut query = QueryBuilder::<Sqlite>::new("WITH k(t, v) AS (");
+        let mut query = Builder::new("WITH k(t, v) AS (");
         query.push_values(chunk, |mut b, (tenant, code)| {
             b.push_bind(tenant.0).push_bind(code);
         });
-        query.push(") SELECT tenant_id, id, voucher_code FROM k CROSS JOIN reward_redemptions ON reward_redemptions.tenant_id = k.t AND reward_redemptions.voucher_code = k.v");
+        query.push(") SELECT tenant_id, id, voucher_code FROM k JOIN reward_redemptions ON reward_redemptions.tenant_id = k.t AND reward_redemptions.voucher_code = k.v");
         for row in query.build().fetch_all(&mut *conn).await? {
             let tenant = TenantId(row.get("tenant_id"));
             loaded.vouchers.insert((tenant, row.get("voucher_code")), RedemptionId(row.get("id")));
@@ -113,11 +116,11 @@ pub(crate) async fn load(
     campaigns.sort();
     campaigns.dedup();
     for chunk in campaigns.chunks(BIND_VALUES_MAX / 2) {
-        let mut query = QueryBuilder::<Sqlite>::new("WITH k(t, v) AS (");
+        let mut query = Builder::new("WITH k(t, v) AS (");
         query.push_values(chunk, |mut b, (tenant, id)| {
             b.push_bind(tenant.0).push_bind(id);
         });
-        query.push(") SELECT tenant_id, id, document, used, active FROM k CROSS JOIN coupon_campaigns ON coupon_campaigns.tenant_id = k.t AND coupon_campaigns.id = k.v");
+        query.push(") SELECT tenant_id, id, document, used, active FROM k JOIN coupon_campaigns ON coupon_campaigns.tenant_id = k.t AND coupon_campaigns.id = k.v");
         for row in query.build().fetch_all(&mut *conn).await? {
             let tenant = TenantId(row.get("tenant_id"));
             let record = campaign_of_row(&row)?;
@@ -141,9 +144,9 @@ impl CheckoutWrites {
     }
 }
 
-pub(crate) async fn flush(conn: &mut SqliteConnection, writes: &CheckoutWrites) -> Result<()> {
+pub(crate) async fn flush(conn: &mut AnyConnection, writes: &CheckoutWrites) -> Result<()> {
     for chunk in writes.checkouts.chunks(BIND_VALUES_MAX / 9) {
-        let mut query = QueryBuilder::<Sqlite>::new(
+        let mut query = Builder::new(
             "INSERT INTO checkouts (tenant_id, id, member_id, status, expires_at, purchase_id, document, created_at, updated_at) ",
         );
         query.push_values(chunk, |mut b, (tenant, c)| {
@@ -169,7 +172,7 @@ pub(crate) async fn flush(conn: &mut SqliteConnection, writes: &CheckoutWrites) 
         query.build().execute(&mut *conn).await?;
     }
     for chunk in writes.coupons.chunks(BIND_VALUES_MAX / 4) {
-        let mut query = QueryBuilder::<Sqlite>::new("WITH k(t, c, u, h) AS (");
+        let mut query = Builder::new("WITH k(t, c, u, h) AS (");
         query.push_values(chunk, |mut b, (tenant, coupon)| {
             b.push_bind(tenant.0)
                 .push_bind(&coupon.code)
@@ -182,7 +185,7 @@ pub(crate) async fn flush(conn: &mut SqliteConnection, writes: &CheckoutWrites) 
         query.build().execute(&mut *conn).await?;
     }
     for (tenant, id, used) in &writes.campaign_uses {
-        sqlx::query("UPDATE coupon_campaigns SET used = ? WHERE tenant_id = ? AND id = ?")
+        sqlx::query("UPDATE coupon_campaigns SET used = $1 WHERE tenant_id = $2 AND id = $3")
             .bind(*used as i64)
             .bind(tenant.0)
             .bind(id)
@@ -206,14 +209,14 @@ pub mod admin {
     use super::*;
 
     pub async fn insert_campaign(
-        conn: &mut SqliteConnection,
+        conn: &mut AnyConnection,
         tenant: TenantId,
         campaign: &CouponCampaign,
         now: Timestamp,
     ) -> Result<i64> {
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO coupon_campaigns (tenant_id, id, document, created_at, updated_at)
-             VALUES (?1, (SELECT COALESCE(MAX(id), 0) + 1 FROM coupon_campaigns WHERE tenant_id = ?1), ?2, ?3, ?3)
+             VALUES ($1, (SELECT COALESCE(MAX(id), 0) + 1 FROM coupon_campaigns WHERE tenant_id = $1), $2, $3, $3)
              RETURNING id",
         )
         .bind(tenant.0)
@@ -226,25 +229,26 @@ pub mod admin {
 
     /// Stops or restarts a campaign; None when there is no such campaign.
     pub async fn set_campaign_active(
-        conn: &mut SqliteConnection,
+        conn: &mut AnyConnection,
         tenant: TenantId,
         id: i64,
         active: bool,
         now: Timestamp,
     ) -> Result<Option<()>> {
-        let done = sqlx::query("UPDATE coupon_campaigns SET active = ?, updated_at = ? WHERE tenant_id = ? AND id = ?")
-            .bind(active)
-            .bind(micros::of(now))
-            .bind(tenant.0)
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
+        let done =
+            sqlx::query("UPDATE coupon_campaigns SET active = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4")
+                .bind(i64::from(active))
+                .bind(micros::of(now))
+                .bind(tenant.0)
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
         Ok((done.rows_affected() == 1).then_some(()))
     }
 
-    pub async fn campaign(conn: &mut SqliteConnection, tenant: TenantId, id: i64) -> Result<Option<CampaignRow>> {
+    pub async fn campaign(conn: &mut AnyConnection, tenant: TenantId, id: i64) -> Result<Option<CampaignRow>> {
         let row = sqlx::query(
-            "SELECT id, document, used, active, codes, created_at, updated_at FROM coupon_campaigns WHERE tenant_id = ? AND id = ?",
+            "SELECT id, document, used, active, codes, created_at, updated_at FROM coupon_campaigns WHERE tenant_id = $1 AND id = $2",
         )
         .bind(tenant.0)
         .bind(id)
@@ -254,18 +258,14 @@ pub mod admin {
     }
 
     /// Of `codes`, those the tenant already has.
-    pub async fn existing_codes(
-        conn: &mut SqliteConnection,
-        tenant: TenantId,
-        codes: &[String],
-    ) -> Result<Vec<String>> {
+    pub async fn existing_codes(conn: &mut AnyConnection, tenant: TenantId, codes: &[String]) -> Result<Vec<String>> {
         let mut found = Vec::new();
         for chunk in codes.chunks(BIND_VALUES_MAX / 2) {
-            let mut query = QueryBuilder::<Sqlite>::new("WITH k(t, v) AS (");
+            let mut query = Builder::new("WITH k(t, v) AS (");
             query.push_values(chunk, |mut b, code| {
                 b.push_bind(tenant.0).push_bind(code);
             });
-            query.push(") SELECT code FROM k CROSS JOIN coupons ON coupons.tenant_id = k.t AND coupons.code = k.v");
+            query.push(") SELECT code FROM k JOIN coupons ON coupons.tenant_id = k.t AND coupons.code = k.v");
             found.extend(query.build().fetch_all(&mut *conn).await?.iter().map(|row| row.get::<String, _>(0)));
         }
         Ok(found)
@@ -273,7 +273,7 @@ pub mod admin {
 
     /// Inserts codes, skipping any the tenant already has; returns the codes inserted.
     pub async fn insert_codes(
-        conn: &mut SqliteConnection,
+        conn: &mut AnyConnection,
         tenant: TenantId,
         campaign: i64,
         codes: &[(String, Option<MemberId>)],
@@ -285,9 +285,7 @@ pub mod admin {
         sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut inserted = 0;
         for chunk in sorted.chunks(BIND_VALUES_MAX / 3) {
-            let mut query = QueryBuilder::<Sqlite>::new(
-                "INSERT OR IGNORE INTO coupons (tenant_id, code, campaign_id, member_id, created_at) ",
-            );
+            let mut query = Builder::new("INSERT INTO coupons (tenant_id, code, campaign_id, member_id, created_at) ");
             // Tenant, campaign and time are the same for every row: bound once, not per row.
             query.push("SELECT ");
             query.push_bind(tenant.0);
@@ -304,10 +302,11 @@ pub mod admin {
                 values.push_bind_unseparated(member.map(|m| m.0));
                 values.push_unseparated(")");
             }
-            query.push(")");
+            // `WHERE true` tells SQLite's parser that ON CONFLICT belongs to the INSERT.
+            query.push(") AS v WHERE true ON CONFLICT DO NOTHING");
             inserted += query.build().execute(&mut *conn).await?.rows_affected();
         }
-        sqlx::query("UPDATE coupon_campaigns SET codes = codes + ?, updated_at = ? WHERE tenant_id = ? AND id = ?")
+        sqlx::query("UPDATE coupon_campaigns SET codes = codes + $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4")
             .bind(inserted as i64)
             .bind(micros::of(now))
             .bind(tenant.0)
@@ -318,7 +317,7 @@ pub mod admin {
     }
 }
 
-fn campaign_row(row: &SqliteRow) -> Result<CampaignRow> {
+fn campaign_row(row: &AnyRow) -> Result<CampaignRow> {
     Ok(CampaignRow {
         record: campaign_of_row(row)?,
         codes: row.get("codes"),
@@ -335,7 +334,7 @@ impl Store {
 
     pub async fn coupon_campaigns(&self, tenant: TenantId) -> Result<Vec<CampaignRow>> {
         let rows = sqlx::query(
-            "SELECT id, document, used, active, codes, created_at, updated_at FROM coupon_campaigns WHERE tenant_id = ? ORDER BY id",
+            "SELECT id, document, used, active, codes, created_at, updated_at FROM coupon_campaigns WHERE tenant_id = $1 ORDER BY id",
         )
         .bind(tenant.0)
         .fetch_all(&self.pool)
@@ -345,22 +344,19 @@ impl Store {
 
     /// A page of a campaign's codes in code order, after `after`.
     pub async fn coupons_page(&self, tenant: TenantId, campaign: i64, after: &str, limit: i64) -> Result<Vec<Coupon>> {
-        let rows = sqlx::query(
-            "SELECT code, campaign_id, member_id, uses, holds FROM coupons INDEXED BY coupons_campaign
-             WHERE tenant_id = ? AND campaign_id = ? AND code > ? ORDER BY code LIMIT ?",
-        )
-        .bind(tenant.0)
-        .bind(campaign)
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let sql = format!(
+            "SELECT code, campaign_id, member_id, uses, holds FROM coupons{}
+             WHERE tenant_id = $1 AND campaign_id = $2 AND code > $3 ORDER BY code LIMIT $4",
+            self.backend.indexed_by("coupons_campaign")
+        );
+        let rows =
+            sqlx::query(&sql).bind(tenant.0).bind(campaign).bind(after).bind(limit).fetch_all(&self.pool).await?;
         rows.iter().map(coupon_of_row).collect()
     }
 
     pub async fn coupon(&self, tenant: TenantId, code: &str) -> Result<Option<Coupon>> {
         let row = sqlx::query(
-            "SELECT code, campaign_id, member_id, uses, holds FROM coupons WHERE tenant_id = ? AND code = ?",
+            "SELECT code, campaign_id, member_id, uses, holds FROM coupons WHERE tenant_id = $1 AND code = $2",
         )
         .bind(tenant.0)
         .bind(code)
@@ -370,7 +366,7 @@ impl Store {
     }
 
     pub async fn checkout(&self, tenant: TenantId, id: i64) -> Result<Option<Checkout>> {
-        let row = sqlx::query("SELECT document FROM checkouts WHERE tenant_id = ? AND id = ?")
+        let row = sqlx::query("SELECT document FROM checkouts WHERE tenant_id = $1 AND id = $2")
             .bind(tenant.0)
             .bind(id)
             .fetch_optional(&self.pool)

@@ -1,6 +1,7 @@
-//! Persistence for Kopilka. Today one implementation, SQLite (the embedded default); the interface
-//! is shaped for PostgreSQL beside it: the write path is "load what a batch needs, decide in
-//! memory, flush the batch" (`batch`), so a database round trip is paid per batch, not per command.
+//! Persistence for Kopilka, on SQLite (the embedded default) or PostgreSQL (many nodes), with one
+//! body of SQL for both through sqlx's `Any` driver; `sql` holds the few places they differ. The
+//! write path is "load what a batch needs, decide in memory, flush the batch" (`batch`), so a
+//! database round trip is paid per batch, not per command.
 //!
 //! This crate knows SQL and rows; it never decides anything about points. It does not know HTTP.
 
@@ -13,11 +14,15 @@ pub mod reads;
 pub mod referrals;
 pub mod rewards;
 pub mod rows;
-pub mod sqlite;
+pub mod sql;
+pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod verify;
 
 pub use rows::{ApiKeyRow, MemberRow, Role, StoredResponse};
-pub use sqlite::Store;
+pub use sql::Backend;
+pub use store::{Database, Store};
 
 /// A failure of the store itself (the database, a corrupt row), never a business rejection.
 #[derive(Debug, thiserror::Error)]

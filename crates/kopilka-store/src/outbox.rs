@@ -1,26 +1,18 @@
-//! The outbox as its consumers see it: a connection pool of their own on the store's file, the
-//! events past a cursor, and the cursor itself.
+//! The outbox as its consumers see it: a connection pool of their own on the store, the events
+//! past a cursor, and the cursor itself.
 //!
 //! The server's writer holds one connection and is the only writer of ledger rows; consumers (the
 //! notification dispatcher) write only their own tables, through this second pool. SQLite in WAL
-//! mode lets them read beside the writer, and `busy_timeout` makes their short write transactions
-//! wait for the writer's instead of failing. The cursor lives in `notify_cursor`, and the caller
-//! advances it in the same transaction as the rows it derived from the events.
-
-use std::path::Path;
-use std::str::FromStr;
-use std::time::Duration;
+//! mode lets them read beside the writer, and `busy_timeout` (30 s, `store::SQLITE_PRAGMAS`)
+//! makes their short write transactions wait for the writer's instead of failing. The cursor lives
+//! in `notify_cursor`, and the caller advances it in the same transaction as the rows it derived
+//! from the events.
 
 use jiff::Timestamp;
 use kopilka_core::{MemberId, TenantId};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqliteConnection, SqlitePool};
+use sqlx::{AnyConnection, AnyPool, Row};
 
 use crate::{micros, Result};
-
-/// How long a consumer's write waits for the writer's transaction before failing. The writer's
-/// batches take milliseconds; this is generous so a checkpoint never surfaces as an error.
-const BUSY_TIMEOUT_SECONDS: u64 = 30;
 
 /// One row of the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,21 +26,14 @@ pub struct OutboxEvent {
     pub occurred_at: Timestamp,
 }
 
-/// A pool of `connections_max` connections to the store in `data_dir`, for a consumer of the
-/// outbox. The store must have been opened (and so migrated) by `Store::open` first.
-pub async fn open_pool(data_dir: &Path, connections_max: u32) -> Result<SqlitePool> {
-    let url = format!("sqlite://{}", data_dir.join("kopilka.db").display());
-    let options = SqliteConnectOptions::from_str(&url)?
-        .create_if_missing(false)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(Duration::from_secs(BUSY_TIMEOUT_SECONDS))
-        .pragma("temp_store", "memory");
-    Ok(SqlitePoolOptions::new().max_connections(connections_max).min_connections(1).connect_with(options).await?)
+/// A pool of `connections_max` connections to the store at `database`, for a consumer of the
+/// outbox. The store must have been opened (and so migrated) by `Store::connect` first.
+pub async fn open_pool(database: &crate::Database, connections_max: u32) -> Result<AnyPool> {
+    database.pool(1, connections_max, false).await
 }
 
 /// Every tenant with its cursor (0 when nothing was consumed yet).
-pub async fn cursors(conn: &mut SqliteConnection) -> Result<Vec<(TenantId, i64)>> {
+pub async fn cursors(conn: &mut AnyConnection) -> Result<Vec<(TenantId, i64)>> {
     let rows = sqlx::query(
         "SELECT t.id, COALESCE(c.last_event_id, 0) FROM tenants t
          LEFT JOIN notify_cursor c ON c.tenant_id = t.id ORDER BY t.id",
@@ -60,14 +45,14 @@ pub async fn cursors(conn: &mut SqliteConnection) -> Result<Vec<(TenantId, i64)>
 
 /// Up to `limit` events of `tenant` after `after`, oldest first.
 pub async fn events_after(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     tenant: TenantId,
     after: i64,
     limit: i64,
 ) -> Result<Vec<OutboxEvent>> {
     let rows = sqlx::query(
         "SELECT id, kind, member_id, payload, occurred_at FROM events
-         WHERE tenant_id = ? AND id > ? ORDER BY id LIMIT ?",
+         WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3",
     )
     .bind(tenant.0)
     .bind(after)
@@ -90,13 +75,13 @@ pub async fn events_after(
 /// Moves `tenant`'s cursor to `last_event_id`. Call it inside the transaction that stored what
 /// the events up to there produced.
 pub async fn advance_cursor(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     tenant: TenantId,
     last_event_id: i64,
     now: Timestamp,
 ) -> Result<()> {
     let moved = sqlx::query(
-        "INSERT INTO notify_cursor (tenant_id, last_event_id, updated_at) VALUES (?, ?, ?)
+        "INSERT INTO notify_cursor (tenant_id, last_event_id, updated_at) VALUES ($1, $2, $3)
          ON CONFLICT (tenant_id) DO UPDATE SET last_event_id = excluded.last_event_id, updated_at = excluded.updated_at
          WHERE excluded.last_event_id > notify_cursor.last_event_id",
     )
@@ -112,9 +97,9 @@ pub async fn advance_cursor(
 
 /// A member as a consumer sees it inside its own transaction (`Store::member` reads through the
 /// server's pool instead).
-pub async fn member(conn: &mut SqliteConnection, tenant: TenantId, id: MemberId) -> Result<Option<crate::MemberRow>> {
+pub async fn member(conn: &mut AnyConnection, tenant: TenantId, id: MemberId) -> Result<Option<crate::MemberRow>> {
     let row =
-        sqlx::query(&format!("SELECT {} FROM members WHERE tenant_id = ? AND id = ?", crate::batch::MEMBER_COLUMNS))
+        sqlx::query(&format!("SELECT {} FROM members WHERE tenant_id = $1 AND id = $2", crate::batch::MEMBER_COLUMNS))
             .bind(tenant.0)
             .bind(id.0)
             .fetch_optional(&mut *conn)

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use jiff::Timestamp;
 use kopilka_core::partners::Partner;
 use kopilka_core::{Account, MemberId, PartnerId, Posting, TenantId};
-use sqlx::sqlite::SqliteConnection;
+use sqlx::AnyConnection;
 use sqlx::Row;
 
 use crate::{micros, Result, Role, Store, StoreError};
@@ -56,10 +56,10 @@ fn partner_of(record: &str) -> Result<Partner> {
     serde_json::from_str(record).map_err(|e| StoreError::Corrupt { table: "partners", detail: e.to_string() })
 }
 
-pub async fn load(conn: &mut SqliteConnection, keys: &PartnerKeys) -> Result<PartnersLoaded> {
+pub async fn load(conn: &mut AnyConnection, keys: &PartnerKeys) -> Result<PartnersLoaded> {
     let mut loaded = PartnersLoaded::default();
     for (tenant, id) in &keys.partners {
-        let record: Option<String> = sqlx::query_scalar("SELECT record FROM partners WHERE tenant_id = ? AND id = ?")
+        let record: Option<String> = sqlx::query_scalar("SELECT record FROM partners WHERE tenant_id = $1 AND id = $2")
             .bind(tenant.0)
             .bind(id.0)
             .fetch_optional(&mut *conn)
@@ -69,7 +69,7 @@ pub async fn load(conn: &mut SqliteConnection, keys: &PartnerKeys) -> Result<Par
         }
     }
     for tenant in &keys.creating {
-        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM partners WHERE tenant_id = ?")
+        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM partners WHERE tenant_id = $1")
             .bind(tenant.0)
             .fetch_one(&mut *conn)
             .await?;
@@ -77,10 +77,10 @@ pub async fn load(conn: &mut SqliteConnection, keys: &PartnerKeys) -> Result<Par
     }
     for (tenant, member, currency, since) in &keys.exchange_usage {
         let used: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(SUM(p.amount), 0) FROM postings p
+            "SELECT CAST(COALESCE(SUM(p.amount), 0) AS BIGINT) FROM postings p
              JOIN movements m ON m.tenant_id = p.tenant_id AND m.id = p.movement_id
-             WHERE p.tenant_id = ? AND p.account = 'exchange' AND p.amount > 0 AND p.currency = ?
-               AND m.member_id = ? AND m.occurred_at >= ?",
+             WHERE p.tenant_id = $1 AND p.account = 'exchange' AND p.amount > 0 AND p.currency = $2
+               AND m.member_id = $3 AND m.occurred_at >= $4",
         )
         .bind(tenant.0)
         .bind(currency)
@@ -93,9 +93,9 @@ pub async fn load(conn: &mut SqliteConnection, keys: &PartnerKeys) -> Result<Par
     Ok(loaded)
 }
 
-pub async fn flush(conn: &mut SqliteConnection, writes: &PartnerWrites) -> Result<()> {
+pub async fn flush(conn: &mut AnyConnection, writes: &PartnerWrites) -> Result<()> {
     for (tenant, partner) in &writes.partners {
-        sqlx::query("INSERT INTO partners (tenant_id, id, record, created_at) VALUES (?, ?, ?, ?)")
+        sqlx::query("INSERT INTO partners (tenant_id, id, record, created_at) VALUES ($1, $2, $3, $4)")
             .bind(tenant.0)
             .bind(partner.id.0)
             .bind(serde_json::to_string(partner).expect("partners serialize"))
@@ -104,7 +104,7 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &PartnerWrites) -> Resul
             .await?;
     }
     for key in &writes.keys {
-        crate::sqlite::admin::insert_api_key(
+        crate::store::admin::insert_api_key(
             conn,
             &key.key_hash,
             Some(key.tenant),
@@ -113,7 +113,7 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &PartnerWrites) -> Resul
             key.created_at,
         )
         .await?;
-        sqlx::query("INSERT INTO partner_keys (key_hash, tenant_id, partner_id) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO partner_keys (key_hash, tenant_id, partner_id) VALUES ($1, $2, $3)")
             .bind(&key.key_hash)
             .bind(key.tenant.0)
             .bind(key.partner.0)
@@ -126,7 +126,7 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &PartnerWrites) -> Resul
 impl Store {
     /// The partner a key is bound to, if it is a partner's key.
     pub async fn partner_of_key(&self, key_hash: &[u8]) -> Result<Option<(TenantId, PartnerId)>> {
-        let row = sqlx::query("SELECT tenant_id, partner_id FROM partner_keys WHERE key_hash = ?")
+        let row = sqlx::query("SELECT tenant_id, partner_id FROM partner_keys WHERE key_hash = $1")
             .bind(key_hash)
             .fetch_optional(&self.pool)
             .await?;
@@ -134,7 +134,7 @@ impl Store {
     }
 
     pub async fn partner(&self, tenant: TenantId, id: PartnerId) -> Result<Option<Partner>> {
-        let record: Option<String> = sqlx::query_scalar("SELECT record FROM partners WHERE tenant_id = ? AND id = ?")
+        let record: Option<String> = sqlx::query_scalar("SELECT record FROM partners WHERE tenant_id = $1 AND id = $2")
             .bind(tenant.0)
             .bind(id.0)
             .fetch_optional(&self.pool)
@@ -143,7 +143,7 @@ impl Store {
     }
 
     pub async fn partners(&self, tenant: TenantId) -> Result<Vec<Partner>> {
-        let rows = sqlx::query("SELECT record FROM partners WHERE tenant_id = ? ORDER BY id")
+        let rows = sqlx::query("SELECT record FROM partners WHERE tenant_id = $1 ORDER BY id")
             .bind(tenant.0)
             .fetch_all(&self.pool)
             .await?;
@@ -160,7 +160,7 @@ impl Store {
     ) -> Result<Vec<Posting>> {
         let rows = sqlx::query(
             "SELECT p.account, p.amount FROM postings p JOIN movements m ON m.tenant_id = p.tenant_id AND m.id = p.movement_id
-             WHERE p.tenant_id = ? AND p.partner_id = ? AND m.occurred_at >= ? AND m.occurred_at < ?
+             WHERE p.tenant_id = $1 AND p.partner_id = $2 AND m.occurred_at >= $3 AND m.occurred_at < $4
              ORDER BY p.movement_id, p.seq",
         )
         .bind(tenant.0)
@@ -188,7 +188,7 @@ impl Store {
     ) -> Result<bool> {
         let found: Option<i64> = sqlx::query_scalar(
             "SELECT 1 FROM postings p JOIN movements m ON m.tenant_id = p.tenant_id AND m.id = p.movement_id
-             WHERE p.tenant_id = ? AND p.partner_id = ? AND m.member_id = ? LIMIT 1",
+             WHERE p.tenant_id = $1 AND p.partner_id = $2 AND m.member_id = $3 LIMIT 1",
         )
         .bind(tenant.0)
         .bind(partner.0)

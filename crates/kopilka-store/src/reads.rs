@@ -7,14 +7,15 @@ use kopilka_core::{
     Account, Lot, MemberId, Movement, MovementId, MovementKind, PointCurrency, Posting, Program, ProgramId, PurchaseId,
     TenantId,
 };
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::Row;
 
 use crate::batch::{lot_of_row, member_of_row, purchase_of_row, LOT_COLUMNS, MEMBER_COLUMNS};
+use crate::sql::Builder;
 use crate::{micros, MemberRow, Result, Store, StoreError};
 
 impl Store {
     pub async fn member(&self, tenant: TenantId, id: MemberId) -> Result<Option<MemberRow>> {
-        let row = sqlx::query(&format!("SELECT {MEMBER_COLUMNS} FROM members WHERE tenant_id = ? AND id = ?"))
+        let row = sqlx::query(&format!("SELECT {MEMBER_COLUMNS} FROM members WHERE tenant_id = $1 AND id = $2"))
             .bind(tenant.0)
             .bind(id.0)
             .fetch_optional(&self.pool)
@@ -25,7 +26,7 @@ impl Store {
     /// The member an identifier belongs to (which may be a merged member: the caller follows
     /// `merged_into`).
     pub async fn member_by(&self, tenant: TenantId, kind: IdentifierKind, value: &str) -> Result<Option<MemberRow>> {
-        let sql = format!("SELECT {MEMBER_COLUMNS} FROM members WHERE tenant_id = ? AND {} = ?", kind.as_str());
+        let sql = format!("SELECT {MEMBER_COLUMNS} FROM members WHERE tenant_id = $1 AND {} = $2", kind.as_str());
         let row = sqlx::query(&sql).bind(tenant.0).bind(value).fetch_optional(&self.pool).await?;
         row.as_ref().map(member_of_row).transpose()
     }
@@ -33,7 +34,7 @@ impl Store {
     /// Members in id order after `after`, for listing and export.
     pub async fn members_page(&self, tenant: TenantId, after: MemberId, limit: i64) -> Result<Vec<MemberRow>> {
         let rows = sqlx::query(&format!(
-            "SELECT {MEMBER_COLUMNS} FROM members WHERE tenant_id = ? AND id > ? ORDER BY id LIMIT ?"
+            "SELECT {MEMBER_COLUMNS} FROM members WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3"
         ))
         .bind(tenant.0)
         .bind(after.0)
@@ -46,7 +47,7 @@ impl Store {
     /// Members merged into `survivor`, whose history now belongs to it.
     pub async fn merged_into(&self, tenant: TenantId, survivor: MemberId) -> Result<Vec<MemberId>> {
         let ids: Vec<i64> =
-            sqlx::query_scalar("SELECT id FROM members WHERE tenant_id = ? AND merged_into = ? ORDER BY id")
+            sqlx::query_scalar("SELECT id FROM members WHERE tenant_id = $1 AND merged_into = $2 ORDER BY id")
                 .bind(tenant.0)
                 .bind(survivor.0)
                 .fetch_all(&self.pool)
@@ -58,7 +59,7 @@ impl Store {
     pub async fn lots(&self, tenant: TenantId, member: MemberId, all: bool) -> Result<Vec<Lot>> {
         let filter = if all { "" } else { "AND state IN ('pending', 'available')" };
         let rows = sqlx::query(&format!(
-            "SELECT {LOT_COLUMNS} FROM lots WHERE tenant_id = ? AND member_id = ? {filter} ORDER BY expires_at, id"
+            "SELECT {LOT_COLUMNS} FROM lots WHERE tenant_id = $1 AND member_id = $2 {filter} ORDER BY expires_at, id"
         ))
         .bind(tenant.0)
         .bind(member.0)
@@ -75,7 +76,7 @@ impl Store {
         before: Option<MovementId>,
         limit: i64,
     ) -> Result<Vec<Movement>> {
-        let mut query = QueryBuilder::<Sqlite>::new(
+        let mut query = Builder::new(
             "SELECT id, member_id, kind, currency, occurred_at, purchase_id, reason FROM movements WHERE tenant_id = ",
         );
         query.push_bind(tenant.0).push(" AND member_id IN (");
@@ -108,7 +109,7 @@ impl Store {
         if movements.is_empty() {
             return Ok(movements);
         }
-        let mut query = QueryBuilder::<Sqlite>::new(
+        let mut query = Builder::new(
             "SELECT movement_id, account, member_id, amount, lot_id, partner_id FROM postings WHERE tenant_id = ",
         );
         query.push_bind(tenant.0).push(" AND movement_id IN (");
@@ -140,7 +141,7 @@ impl Store {
     }
 
     pub async fn purchase(&self, tenant: TenantId, id: PurchaseId) -> Result<Option<PurchaseRecord>> {
-        let row = sqlx::query("SELECT tenant_id, program_id, record FROM purchases WHERE tenant_id = ? AND id = ?")
+        let row = sqlx::query("SELECT tenant_id, program_id, record FROM purchases WHERE tenant_id = $1 AND id = $2")
             .bind(tenant.0)
             .bind(id.0)
             .fetch_optional(&self.pool)
@@ -150,8 +151,7 @@ impl Store {
 
     /// Every purchase of the given members, oldest first.
     pub async fn purchases_of(&self, tenant: TenantId, members: &[MemberId]) -> Result<Vec<PurchaseRecord>> {
-        let mut query =
-            QueryBuilder::<Sqlite>::new("SELECT tenant_id, program_id, record FROM purchases WHERE tenant_id = ");
+        let mut query = Builder::new("SELECT tenant_id, program_id, record FROM purchases WHERE tenant_id = ");
         query.push_bind(tenant.0).push(" AND member_id IN (");
         let mut separated = query.separated(", ");
         for member in members {
@@ -165,7 +165,7 @@ impl Store {
     /// Purchases in id order after `after`, for export.
     pub async fn purchases_page(&self, tenant: TenantId, after: PurchaseId, limit: i64) -> Result<Vec<PurchaseRecord>> {
         let rows = sqlx::query(
-            "SELECT tenant_id, program_id, record FROM purchases WHERE tenant_id = ? AND id > ? ORDER BY id LIMIT ?",
+            "SELECT tenant_id, program_id, record FROM purchases WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3",
         )
         .bind(tenant.0)
         .bind(after.0)
@@ -196,25 +196,27 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<(TenantId, MemberId)>> {
         let sql = match due {
-            DueLots::Activation => {
-                "SELECT tenant_id, member_id FROM lots INDEXED BY lots_pending_due
-                 WHERE state = 'pending' AND available_from <= ?1
-                 AND (?2 IS NULL OR tenant_id = ?2) GROUP BY tenant_id, member_id ORDER BY MIN(available_from) LIMIT ?3"
-            }
-            DueLots::Expiry => {
-                "SELECT tenant_id, member_id FROM lots INDEXED BY lots_expiry_due
-                 WHERE state IN ('pending', 'available') AND expires_at <= ?1
-                 AND (?2 IS NULL OR tenant_id = ?2) GROUP BY tenant_id, member_id ORDER BY MIN(expires_at) LIMIT ?3"
-            }
+            DueLots::Activation => format!(
+                "SELECT tenant_id, member_id FROM lots{}
+                 WHERE state = 'pending' AND available_from <= $1
+                 AND ($2 IS NULL OR tenant_id = $2) GROUP BY tenant_id, member_id ORDER BY MIN(available_from) LIMIT $3",
+                self.backend.indexed_by("lots_pending_due")
+            ),
+            DueLots::Expiry => format!(
+                "SELECT tenant_id, member_id FROM lots{}
+                 WHERE state IN ('pending', 'available') AND expires_at <= $1
+                 AND ($2 IS NULL OR tenant_id = $2) GROUP BY tenant_id, member_id ORDER BY MIN(expires_at) LIMIT $3",
+                self.backend.indexed_by("lots_expiry_due")
+            ),
         };
         let rows =
-            sqlx::query(sql).bind(micros::of(now)).bind(tenant.map(|t| t.0)).bind(limit).fetch_all(&self.pool).await?;
+            sqlx::query(&sql).bind(micros::of(now)).bind(tenant.map(|t| t.0)).bind(limit).fetch_all(&self.pool).await?;
         Ok(rows.into_iter().map(|row| (TenantId(row.get(0)), MemberId(row.get(1)))).collect())
     }
 
     /// The current version of every program of a tenant.
     pub async fn programs_of(&self, tenant: TenantId) -> Result<Vec<(ProgramId, i64, Program)>> {
-        let rows = sqlx::query("SELECT id, version, document FROM programs WHERE tenant_id = ? ORDER BY id")
+        let rows = sqlx::query("SELECT id, version, document FROM programs WHERE tenant_id = $1 ORDER BY id")
             .bind(tenant.0)
             .fetch_all(&self.pool)
             .await?;
@@ -224,7 +226,7 @@ impl Store {
     /// A program's current version: the named one, or the tenant's first.
     pub async fn program(&self, tenant: TenantId, id: Option<ProgramId>) -> Result<Option<(ProgramId, i64, Program)>> {
         let row = sqlx::query(
-            "SELECT id, version, document FROM programs WHERE tenant_id = ? AND (? IS NULL OR id = ?) ORDER BY id LIMIT 1",
+            "SELECT id, version, document FROM programs WHERE tenant_id = $1 AND ($2 IS NULL OR id = $3) ORDER BY id LIMIT 1",
         )
         .bind(tenant.0)
         .bind(id.map(|i| i.0))
@@ -236,7 +238,7 @@ impl Store {
 }
 
 /// Reads `id, version, document` columns.
-pub(crate) fn program_of_row(row: &sqlx::sqlite::SqliteRow) -> Result<(ProgramId, i64, Program)> {
+pub(crate) fn program_of_row(row: &sqlx::any::AnyRow) -> Result<(ProgramId, i64, Program)> {
     let document: String = row.get("document");
     let program = serde_json::from_str(&document)
         .map_err(|error| StoreError::Corrupt { table: "programs", detail: error.to_string() })?;
@@ -253,19 +255,17 @@ impl Store {
         after: MemberId,
         limit: i64,
     ) -> Result<Vec<MemberId>> {
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT id FROM members INDEXED BY members_tier_review
-             WHERE tenant_id = ? AND json_extract(state, '$.tier') IS NOT NULL
-               AND (json_extract(state, '$.tier_reviewed') IS NULL OR json_extract(state, '$.tier_reviewed') < ?)
-               AND id > ? AND merged_into IS NULL
-             ORDER BY id LIMIT ?",
-        )
-        .bind(tenant.0)
-        .bind(due)
-        .bind(after.0)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let (tier, reviewed) =
+            (self.backend.json_text("state", "tier"), self.backend.json_text("state", "tier_reviewed"));
+        let sql = format!(
+            "SELECT id FROM members{}
+             WHERE tenant_id = $1 AND {tier} IS NOT NULL AND ({reviewed} IS NULL OR {reviewed} < $2)
+               AND id > $3 AND merged_into IS NULL
+             ORDER BY id LIMIT $4",
+            self.backend.indexed_by("members_tier_review")
+        );
+        let ids: Vec<i64> =
+            sqlx::query_scalar(&sql).bind(tenant.0).bind(due).bind(after.0).bind(limit).fetch_all(&self.pool).await?;
         Ok(ids.into_iter().map(MemberId).collect())
     }
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use kopilka_core::referrals::{Referral, ReferralStatus};
 use kopilka_core::{MemberId, TenantId};
-use sqlx::sqlite::SqliteConnection;
+use sqlx::AnyConnection;
 use sqlx::Row;
 
 use crate::{Result, Store, StoreError};
@@ -62,7 +62,7 @@ fn referral_of(record: &str) -> Result<Referral> {
 }
 
 async fn load_referrer(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     tenant: TenantId,
     member: MemberId,
     loaded: &mut ReferralsLoaded,
@@ -71,7 +71,7 @@ async fn load_referrer(
         return Ok(());
     }
     let code: Option<String> =
-        sqlx::query_scalar("SELECT code FROM referral_codes WHERE tenant_id = ? AND member_id = ?")
+        sqlx::query_scalar("SELECT code FROM referral_codes WHERE tenant_id = $1 AND member_id = $2")
             .bind(tenant.0)
             .bind(member.0)
             .fetch_optional(&mut *conn)
@@ -80,13 +80,13 @@ async fn load_referrer(
         loaded.code_owners.insert((tenant, code.clone()), member);
         loaded.codes.insert((tenant, member), code);
     }
-    let devices = sqlx::query_scalar("SELECT device_id FROM member_devices WHERE tenant_id = ? AND member_id = ?")
+    let devices = sqlx::query_scalar("SELECT device_id FROM member_devices WHERE tenant_id = $1 AND member_id = $2")
         .bind(tenant.0)
         .bind(member.0)
         .fetch_all(&mut *conn)
         .await?;
     loaded.devices.insert((tenant, member), devices);
-    let rows = sqlx::query("SELECT record FROM referrals WHERE tenant_id = ? AND referrer_id = ?")
+    let rows = sqlx::query("SELECT record FROM referrals WHERE tenant_id = $1 AND referrer_id = $2")
         .bind(tenant.0)
         .bind(member.0)
         .fetch_all(&mut *conn)
@@ -100,7 +100,7 @@ async fn load_referrer(
 
 /// Loads what `keys` names and adds the members involved to `members`.
 pub async fn load(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     keys: &ReferralKeys,
     members: &mut Vec<(TenantId, MemberId)>,
 ) -> Result<ReferralsLoaded> {
@@ -108,7 +108,7 @@ pub async fn load(
     let mut referrers = keys.referrers.clone();
     for (tenant, code) in &keys.codes {
         let owner: Option<i64> =
-            sqlx::query_scalar("SELECT member_id FROM referral_codes WHERE tenant_id = ? AND code = ?")
+            sqlx::query_scalar("SELECT member_id FROM referral_codes WHERE tenant_id = $1 AND code = $2")
                 .bind(tenant.0)
                 .bind(code)
                 .fetch_optional(&mut *conn)
@@ -120,7 +120,7 @@ pub async fn load(
     }
     for (tenant, referred) in &keys.referred {
         let record: Option<String> =
-            sqlx::query_scalar("SELECT record FROM referrals WHERE tenant_id = ? AND referred_id = ?")
+            sqlx::query_scalar("SELECT record FROM referrals WHERE tenant_id = $1 AND referred_id = $2")
                 .bind(tenant.0)
                 .bind(referred.0)
                 .fetch_optional(&mut *conn)
@@ -139,9 +139,9 @@ pub async fn load(
     Ok(loaded)
 }
 
-pub async fn flush(conn: &mut SqliteConnection, writes: &ReferralWrites) -> Result<()> {
+pub async fn flush(conn: &mut AnyConnection, writes: &ReferralWrites) -> Result<()> {
     for (tenant, member, code) in &writes.codes {
-        sqlx::query("INSERT INTO referral_codes (tenant_id, member_id, code) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO referral_codes (tenant_id, member_id, code) VALUES ($1, $2, $3)")
             .bind(tenant.0)
             .bind(member.0)
             .bind(code)
@@ -149,16 +149,20 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &ReferralWrites) -> Resu
             .await?;
     }
     for (tenant, member, device) in &writes.devices {
-        sqlx::query("INSERT OR IGNORE INTO member_devices (tenant_id, member_id, device_id) VALUES (?, ?, ?)")
-            .bind(tenant.0)
-            .bind(member.0)
-            .bind(device)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(
+            "INSERT INTO member_devices (tenant_id, member_id, device_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(tenant.0)
+        .bind(member.0)
+        .bind(device)
+        .execute(&mut *conn)
+        .await?;
     }
     for (tenant, referral) in &writes.referrals {
         sqlx::query(
-            "INSERT OR REPLACE INTO referrals (tenant_id, referred_id, referrer_id, status, record) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO referrals (tenant_id, referred_id, referrer_id, status, record) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (tenant_id, referred_id) DO UPDATE SET referrer_id = excluded.referrer_id,
+             status = excluded.status, record = excluded.record",
         )
         .bind(tenant.0)
         .bind(referral.referred_id.0)
@@ -174,7 +178,7 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &ReferralWrites) -> Resu
 impl Store {
     /// The member's referral code, if one was assigned.
     pub async fn referral_code(&self, tenant: TenantId, member: MemberId) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT code FROM referral_codes WHERE tenant_id = ? AND member_id = ?")
+        Ok(sqlx::query_scalar("SELECT code FROM referral_codes WHERE tenant_id = $1 AND member_id = $2")
             .bind(tenant.0)
             .bind(member.0)
             .fetch_optional(&self.pool)
@@ -184,7 +188,7 @@ impl Store {
     /// The referrals the member made, oldest first.
     pub async fn referrals_by(&self, tenant: TenantId, referrer: MemberId) -> Result<Vec<Referral>> {
         let rows =
-            sqlx::query("SELECT record FROM referrals WHERE tenant_id = ? AND referrer_id = ? ORDER BY referred_id")
+            sqlx::query("SELECT record FROM referrals WHERE tenant_id = $1 AND referrer_id = $2 ORDER BY referred_id")
                 .bind(tenant.0)
                 .bind(referrer.0)
                 .fetch_all(&self.pool)
@@ -195,7 +199,7 @@ impl Store {
     /// The referral that brought the member, if any.
     pub async fn referral_of(&self, tenant: TenantId, referred: MemberId) -> Result<Option<Referral>> {
         let record: Option<String> =
-            sqlx::query_scalar("SELECT record FROM referrals WHERE tenant_id = ? AND referred_id = ?")
+            sqlx::query_scalar("SELECT record FROM referrals WHERE tenant_id = $1 AND referred_id = $2")
                 .bind(tenant.0)
                 .bind(referred.0)
                 .fetch_optional(&self.pool)
@@ -206,8 +210,8 @@ impl Store {
     /// Referred members after `after` still waiting for their referrer's reward, at most `limit`.
     pub async fn accepted_referrals(&self, tenant: TenantId, after: MemberId, limit: i64) -> Result<Vec<MemberId>> {
         let ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT referred_id FROM referrals WHERE tenant_id = ? AND status = 'accepted' AND referred_id > ?
-             ORDER BY referred_id LIMIT ?",
+            "SELECT referred_id FROM referrals WHERE tenant_id = $1 AND status = 'accepted' AND referred_id > $2
+             ORDER BY referred_id LIMIT $3",
         )
         .bind(tenant.0)
         .bind(after.0)
@@ -225,7 +229,7 @@ impl Store {
         min_minor: i64,
     ) -> Result<Option<kopilka_core::PurchaseId>> {
         let id: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM purchases WHERE tenant_id = ? AND member_id = ? AND total_minor >= ? ORDER BY occurred_at, id LIMIT 1",
+            "SELECT id FROM purchases WHERE tenant_id = $1 AND member_id = $2 AND total_minor >= $3 ORDER BY occurred_at, id LIMIT 1",
         )
         .bind(tenant.0)
         .bind(member.0)

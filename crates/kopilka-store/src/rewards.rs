@@ -12,9 +12,10 @@ use kopilka_core::rewards::{
     RewardRedemption, RewardSpec,
 };
 use kopilka_core::{MemberId, TenantId};
-use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
 
+use crate::sql::{Backend, Builder};
 use crate::{micros, Result, Store, StoreError};
 
 /// Rows per multi-row statement: far under SQLite's bound-value limit for these narrow rows.
@@ -71,7 +72,7 @@ impl RewardWrites {
 
 const REWARD_COLUMNS: &str = "id, spec, redeemed_count, created_at, updated_at";
 
-fn reward_of_row(row: &SqliteRow) -> Result<Reward> {
+fn reward_of_row(row: &AnyRow) -> Result<Reward> {
     let spec: String = row.get("spec");
     let spec: RewardSpec = serde_json::from_str(&spec)
         .map_err(|error| StoreError::Corrupt { table: "rewards", detail: error.to_string() })?;
@@ -84,15 +85,15 @@ fn reward_of_row(row: &SqliteRow) -> Result<Reward> {
     })
 }
 
-fn record_of_row<T: serde::de::DeserializeOwned>(row: &SqliteRow, table: &'static str) -> Result<T> {
+fn record_of_row<T: serde::de::DeserializeOwned>(row: &AnyRow, table: &'static str) -> Result<T> {
     let record: String = row.get("record");
     serde_json::from_str(&record).map_err(|error| StoreError::Corrupt { table, detail: error.to_string() })
 }
 
 /// A query over the constant table `k(t, v)` of wanted keys joined to `table`, as `batch` does, so
 /// each key is one index search.
-fn keyed_query<'a>(keys: &'a [(TenantId, i64)], select: &str) -> QueryBuilder<'a, Sqlite> {
-    let mut query = QueryBuilder::<Sqlite>::new("WITH k(t, v) AS (");
+fn keyed_query<'a>(keys: &'a [(TenantId, i64)], select: &str) -> Builder<'a> {
+    let mut query = Builder::new("WITH k(t, v) AS (");
     query.push_values(keys, |mut b, (tenant, id)| {
         b.push_bind(tenant.0).push_bind(*id);
     });
@@ -103,7 +104,7 @@ fn keyed_query<'a>(keys: &'a [(TenantId, i64)], select: &str) -> QueryBuilder<'a
 
 /// Loads what `keys` names, and adds the members of the loaded redemptions to `members`.
 pub async fn load(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     keys: &RewardKeys,
     members: &mut Vec<(TenantId, MemberId)>,
 ) -> Result<RewardsLoaded> {
@@ -126,7 +127,7 @@ pub async fn load(
     let payout_keys: Vec<_> = keys.payouts.iter().map(|(t, id)| (*t, id.0)).collect();
     let mut redemption_keys: Vec<_> = keys.redemptions.iter().map(|(t, id)| (*t, id.0)).collect();
     for chunk in payout_keys.chunks(CHUNK_ROWS_MAX) {
-        let select = "SELECT tenant_id, record FROM k CROSS JOIN cashback_payouts ON cashback_payouts.tenant_id = k.t AND cashback_payouts.id = k.v";
+        let select = "SELECT tenant_id, record FROM k JOIN cashback_payouts ON cashback_payouts.tenant_id = k.t AND cashback_payouts.id = k.v";
         for row in keyed_query(chunk, select).build().fetch_all(&mut *conn).await? {
             let tenant = TenantId(row.get("tenant_id"));
             let payout: CashbackPayout = record_of_row(&row, "cashback_payouts")?;
@@ -137,7 +138,7 @@ pub async fn load(
     let mut reward_keys: Vec<_> = keys.rewards.iter().map(|(t, id)| (*t, id.0)).collect();
     let mut more_payouts = Vec::new();
     for chunk in redemption_keys.chunks(CHUNK_ROWS_MAX) {
-        let select = "SELECT tenant_id, record FROM k CROSS JOIN reward_redemptions ON reward_redemptions.tenant_id = k.t AND reward_redemptions.id = k.v";
+        let select = "SELECT tenant_id, record FROM k JOIN reward_redemptions ON reward_redemptions.tenant_id = k.t AND reward_redemptions.id = k.v";
         for row in keyed_query(chunk, select).build().fetch_all(&mut *conn).await? {
             let tenant = TenantId(row.get("tenant_id"));
             let redemption: RewardRedemption = record_of_row(&row, "reward_redemptions")?;
@@ -153,22 +154,23 @@ pub async fn load(
     }
     // A cancellation named by its redemption needs the redemption's payout too.
     for chunk in more_payouts.chunks(CHUNK_ROWS_MAX) {
-        let select = "SELECT tenant_id, record FROM k CROSS JOIN cashback_payouts ON cashback_payouts.tenant_id = k.t AND cashback_payouts.id = k.v";
+        let select = "SELECT tenant_id, record FROM k JOIN cashback_payouts ON cashback_payouts.tenant_id = k.t AND cashback_payouts.id = k.v";
         for row in keyed_query(chunk, select).build().fetch_all(&mut *conn).await? {
             let payout: CashbackPayout = record_of_row(&row, "cashback_payouts")?;
             loaded.payouts.insert((TenantId(row.get("tenant_id")), payout.id), payout);
         }
     }
     for chunk in keys.member_rewards.chunks(CHUNK_ROWS_MAX) {
-        let mut query = QueryBuilder::<Sqlite>::new("WITH k(t, m, r) AS (");
+        let mut query = Builder::new("WITH k(t, m, r) AS (");
         query.push_values(chunk, |mut b, (tenant, member, reward)| {
             b.push_bind(tenant.0).push_bind(member.0).push_bind(reward.0);
         });
-        query.push(
-            ") SELECT tenant_id, record FROM k CROSS JOIN reward_redemptions INDEXED BY reward_redemptions_member
+        query.push(format!(
+            ") SELECT tenant_id, record FROM k JOIN reward_redemptions{}
              ON reward_redemptions.tenant_id = k.t AND reward_redemptions.member_id = k.m AND reward_redemptions.reward_id = k.r
              WHERE status <> 'cancelled'",
-        );
+            Backend::of(conn).indexed_by("reward_redemptions_member")
+        ));
         for row in query.build().fetch_all(&mut *conn).await? {
             let redemption: RewardRedemption = record_of_row(&row, "reward_redemptions")?;
             loaded.redemptions.entry((TenantId(row.get("tenant_id")), redemption.id)).or_insert(redemption);
@@ -178,7 +180,7 @@ pub async fn load(
     reward_keys.dedup();
     for chunk in reward_keys.chunks(CHUNK_ROWS_MAX) {
         let select = format!(
-            "SELECT tenant_id, {REWARD_COLUMNS} FROM k CROSS JOIN rewards ON rewards.tenant_id = k.t AND rewards.id = k.v"
+            "SELECT tenant_id, {REWARD_COLUMNS} FROM k JOIN rewards ON rewards.tenant_id = k.t AND rewards.id = k.v"
         );
         for row in keyed_query(chunk, &select).build().fetch_all(&mut *conn).await? {
             let reward = reward_of_row(&row)?;
@@ -189,9 +191,9 @@ pub async fn load(
 }
 
 /// Writes what a batch of reward commands decided: rows are upserted, seeds saved.
-pub async fn flush(conn: &mut SqliteConnection, writes: &RewardWrites) -> Result<()> {
+pub async fn flush(conn: &mut AnyConnection, writes: &RewardWrites) -> Result<()> {
     for chunk in writes.rewards.chunks(CHUNK_ROWS_MAX) {
-        let mut query = QueryBuilder::<Sqlite>::new(format!("INSERT INTO rewards (tenant_id, {REWARD_COLUMNS}) "));
+        let mut query = Builder::new(format!("INSERT INTO rewards (tenant_id, {REWARD_COLUMNS}) "));
         query.push_values(chunk, |mut b, (tenant, reward)| {
             assert!(reward.redeemed_count >= 0 && reward.spec.stock.is_none_or(|s| s >= 0));
             b.push_bind(tenant.0)
@@ -208,7 +210,7 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &RewardWrites) -> Result
         query.build().execute(&mut *conn).await?;
     }
     for chunk in writes.redemptions.chunks(CHUNK_ROWS_MAX) {
-        let mut query = QueryBuilder::<Sqlite>::new(
+        let mut query = Builder::new(
             "INSERT INTO reward_redemptions (tenant_id, id, member_id, reward_id, status, voucher_code, redeemed_at, record) ",
         );
         query.push_values(chunk, |mut b, (tenant, r)| {
@@ -225,9 +227,8 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &RewardWrites) -> Result
         query.build().execute(&mut *conn).await?;
     }
     for chunk in writes.payouts.chunks(CHUNK_ROWS_MAX) {
-        let mut query = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO cashback_payouts (tenant_id, id, member_id, redemption_id, status, record) ",
-        );
+        let mut query =
+            Builder::new("INSERT INTO cashback_payouts (tenant_id, id, member_id, redemption_id, status, record) ");
         query.push_values(chunk, |mut b, (tenant, p)| {
             b.push_bind(tenant.0)
                 .push_bind(p.id.0)
@@ -241,8 +242,8 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &RewardWrites) -> Result
     }
     if let Some(ids) = &writes.ids {
         sqlx::query(
-            "UPDATE reward_sequences SET last = CASE name WHEN 'reward' THEN ?1 WHEN 'redemption' THEN ?2
-             WHEN 'payout' THEN ?3 END",
+            "UPDATE reward_sequences SET last = CASE name WHEN 'reward' THEN $1 WHEN 'redemption' THEN $2
+             WHEN 'payout' THEN $3 END",
         )
         .bind(ids.next_reward)
         .bind(ids.next_redemption)
@@ -256,7 +257,7 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &RewardWrites) -> Result
 impl Store {
     /// The tenant's rewards by id, inactive ones included.
     pub async fn rewards(&self, tenant: TenantId) -> Result<Vec<Reward>> {
-        let rows = sqlx::query(&format!("SELECT {REWARD_COLUMNS} FROM rewards WHERE tenant_id = ? ORDER BY id"))
+        let rows = sqlx::query(&format!("SELECT {REWARD_COLUMNS} FROM rewards WHERE tenant_id = $1 ORDER BY id"))
             .bind(tenant.0)
             .fetch_all(&self.pool)
             .await?;
@@ -264,7 +265,7 @@ impl Store {
     }
 
     pub async fn reward(&self, tenant: TenantId, id: RewardId) -> Result<Option<Reward>> {
-        let row = sqlx::query(&format!("SELECT {REWARD_COLUMNS} FROM rewards WHERE tenant_id = ? AND id = ?"))
+        let row = sqlx::query(&format!("SELECT {REWARD_COLUMNS} FROM rewards WHERE tenant_id = $1 AND id = $2"))
             .bind(tenant.0)
             .bind(id.0)
             .fetch_optional(&self.pool)
@@ -274,17 +275,18 @@ impl Store {
 
     /// The member's redemptions, newest first.
     pub async fn redemptions_of(&self, tenant: TenantId, member: MemberId) -> Result<Vec<RewardRedemption>> {
-        let rows =
-            sqlx::query("SELECT record FROM reward_redemptions WHERE tenant_id = ? AND member_id = ? ORDER BY id DESC")
-                .bind(tenant.0)
-                .bind(member.0)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT record FROM reward_redemptions WHERE tenant_id = $1 AND member_id = $2 ORDER BY id DESC",
+        )
+        .bind(tenant.0)
+        .bind(member.0)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(|row| record_of_row(row, "reward_redemptions")).collect()
     }
 
     pub async fn redemption(&self, tenant: TenantId, id: RedemptionId) -> Result<Option<RewardRedemption>> {
-        let row = sqlx::query("SELECT record FROM reward_redemptions WHERE tenant_id = ? AND id = ?")
+        let row = sqlx::query("SELECT record FROM reward_redemptions WHERE tenant_id = $1 AND id = $2")
             .bind(tenant.0)
             .bind(id.0)
             .fetch_optional(&self.pool)
@@ -294,7 +296,7 @@ impl Store {
 
     /// The redemption holding a voucher code, for checkout to honour the voucher.
     pub async fn redemption_by_voucher(&self, tenant: TenantId, code: &str) -> Result<Option<RewardRedemption>> {
-        let row = sqlx::query("SELECT record FROM reward_redemptions WHERE tenant_id = ? AND voucher_code = ?")
+        let row = sqlx::query("SELECT record FROM reward_redemptions WHERE tenant_id = $1 AND voucher_code = $2")
             .bind(tenant.0)
             .bind(code)
             .fetch_optional(&self.pool)
@@ -304,15 +306,16 @@ impl Store {
 
     /// When the member redeemed each reward, cancelled redemptions left out: per-member limits.
     pub async fn reward_uses(&self, tenant: TenantId, member: MemberId) -> Result<HashMap<RewardId, Vec<Timestamp>>> {
-        let rows = sqlx::query(
-            "SELECT reward_id, redeemed_at FROM reward_redemptions INDEXED BY reward_redemptions_member
-             WHERE tenant_id = ? AND member_id = ? AND status <> ?",
-        )
-        .bind(tenant.0)
-        .bind(member.0)
-        .bind(RedemptionStatus::Cancelled.as_str())
-        .fetch_all(&self.pool)
-        .await?;
+        let sql = format!(
+            "SELECT reward_id, redeemed_at FROM reward_redemptions{} WHERE tenant_id = $1 AND member_id = $2 AND status <> $3",
+            self.backend.indexed_by("reward_redemptions_member")
+        );
+        let rows = sqlx::query(&sql)
+            .bind(tenant.0)
+            .bind(member.0)
+            .bind(RedemptionStatus::Cancelled.as_str())
+            .fetch_all(&self.pool)
+            .await?;
         let mut uses: HashMap<RewardId, Vec<Timestamp>> = HashMap::new();
         for row in rows {
             uses.entry(RewardId(row.get(0))).or_default().push(micros::to_ts(row.get(1)));
@@ -331,7 +334,7 @@ impl Store {
         let limit = limit.clamp(1, PAGE_SIZE_MAX);
         let rows = match status {
             Some(status) => sqlx::query(
-                "SELECT record FROM cashback_payouts WHERE tenant_id = ? AND status = ? AND id > ? ORDER BY id LIMIT ?",
+                "SELECT record FROM cashback_payouts WHERE tenant_id = $1 AND status = $2 AND id > $3 ORDER BY id LIMIT $4",
             )
             .bind(tenant.0)
             .bind(status.as_str())
@@ -340,7 +343,7 @@ impl Store {
             .fetch_all(&self.pool)
             .await?,
             None => {
-                sqlx::query("SELECT record FROM cashback_payouts WHERE tenant_id = ? AND id > ? ORDER BY id LIMIT ?")
+                sqlx::query("SELECT record FROM cashback_payouts WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3")
                     .bind(tenant.0)
                     .bind(after.0)
                     .bind(limit)

@@ -25,7 +25,7 @@ impl Store {
             problems: Vec::new(),
         };
         let unbalanced = sqlx::query(
-            "SELECT tenant_id, movement_id, SUM(amount) FROM postings GROUP BY tenant_id, movement_id HAVING SUM(amount) <> 0 LIMIT 20",
+            "SELECT tenant_id, movement_id, CAST(SUM(amount) AS BIGINT) FROM postings GROUP BY tenant_id, movement_id HAVING SUM(amount) <> 0 LIMIT 20",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -38,7 +38,7 @@ impl Store {
             ));
         }
         let totals = sqlx::query(
-            "SELECT tenant_id, currency, SUM(amount) FROM postings GROUP BY tenant_id, currency HAVING SUM(amount) <> 0",
+            "SELECT tenant_id, currency, CAST(SUM(amount) AS BIGINT) FROM postings GROUP BY tenant_id, currency HAVING SUM(amount) <> 0",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -52,7 +52,7 @@ impl Store {
         }
         let mut by_account: BTreeMap<(i64, i64, String, String), (i64, i64)> = BTreeMap::new();
         let accounts = sqlx::query(
-            "SELECT tenant_id, member_id, currency, account, SUM(amount) FROM postings
+            "SELECT tenant_id, member_id, currency, account, CAST(SUM(amount) AS BIGINT) FROM postings
              WHERE member_id IS NOT NULL GROUP BY tenant_id, member_id, currency, account",
         )
         .fetch_all(&self.pool)
@@ -62,7 +62,7 @@ impl Store {
             by_account.entry(key).or_default().0 = row.get(4);
         }
         let lots = sqlx::query(
-            "SELECT tenant_id, member_id, currency, 'member_' || state, SUM(remaining) FROM lots
+            "SELECT tenant_id, member_id, currency, 'member_' || state, CAST(SUM(remaining) AS BIGINT) FROM lots
              WHERE state IN ('pending', 'available') GROUP BY tenant_id, member_id, currency, state",
         )
         .fetch_all(&self.pool)

@@ -38,11 +38,12 @@ use kopilka_server::dto::{BalanceView, PurchaseRequest, PurchaseResponse};
 use kopilka_server::engine::{Command, Idempotency, Request};
 use kopilka_server::writer::{Writer, BATCH_SIZE_MAX};
 use kopilka_store::batch::{self, Writes};
-use kopilka_store::sqlite::hash_api_key;
+use kopilka_store::sql::Builder;
+use kopilka_store::store::hash_api_key;
 use kopilka_store::{micros, Store, StoredResponse};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::AnyConnection;
 
 /// SQLite's bound-value limit as the store chunks multi-row statements (`kopilka_store::batch`).
 const BIND_VALUES_MAX: usize = 32_000;
@@ -581,16 +582,15 @@ async fn anchor_phase(dir: &Path, workload: &Workload, sizes: Sizes, batch: usiz
     let now = micros::of(Timestamp::now());
 
     // Untimed: the tenant and its members, so the tables are as the engine's were.
-    sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES (?, 'anchor', ?)")
+    sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES ($1, 'anchor', $2)")
         .bind(tenant)
         .bind(now)
         .execute(&mut conn)
         .await?;
     sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await?;
     for chunk in (0..workload.members).collect::<Vec<_>>().chunks(BIND_VALUES_MAX / 7) {
-        let mut query = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO members (tenant_id, id, card, consents, signup_at, created_at, updated_at) ",
-        );
+        let mut query =
+            Builder::new("INSERT INTO members (tenant_id, id, card, consents, signup_at, created_at, updated_at) ");
         query.push_values(chunk, |mut b, i| {
             b.push_bind(tenant)
                 .push_bind(*i as i64 + 1)
@@ -656,7 +656,7 @@ async fn anchor_phase(dir: &Path, workload: &Workload, sizes: Sizes, batch: usiz
     })
 }
 
-async fn table_counts(conn: &mut SqliteConnection) -> anyhow::Result<Vec<(&'static str, i64)>> {
+async fn table_counts(conn: &mut AnyConnection) -> anyhow::Result<Vec<(&'static str, i64)>> {
     let mut rows = Vec::new();
     for table in PURCHASE_TABLES {
         let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}")).fetch_one(&mut *conn).await?;
@@ -674,7 +674,7 @@ async fn count(store: &Store, table: &str) -> anyhow::Result<i64> {
 
 async fn http_phase(dir: &Path, workload: Arc<Workload>, sizes: Sizes) -> anyhow::Result<Phase> {
     let config = Config {
-        data_dir: dir.to_path_buf(),
+        database: dir.into(),
         listen: "127.0.0.1:0".parse().expect("an address"),
         jobs_interval: Duration::from_secs(24 * 3600),
     };

@@ -15,8 +15,8 @@ use kopilka_server::app;
 use kopilka_server::checkout::{AddCodesRequest, CampaignCommand, CodesAdded};
 use kopilka_server::clock::SystemClock;
 use kopilka_server::engine::{Command, Request};
+use kopilka_store::sql::Builder;
 use kopilka_store::{micros, Store};
-use sqlx::{QueryBuilder, Sqlite};
 
 /// Codes per statement in the anchor: under SQLite's bound-value limit at five values a row.
 const ANCHOR_ROWS_PER_STATEMENT: usize = 6_000;
@@ -81,9 +81,8 @@ async fn anchor(dir: &Path, codes: usize) -> anyhow::Result<Duration> {
     let started = Instant::now();
     sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await?;
     for chunk in ready.chunks(ANCHOR_ROWS_PER_STATEMENT) {
-        let mut query = QueryBuilder::<Sqlite>::new(
-            "INSERT OR IGNORE INTO coupons (tenant_id, code, campaign_id, member_id, created_at) ",
-        );
+        let mut query =
+            Builder::new("INSERT OR IGNORE INTO coupons (tenant_id, code, campaign_id, member_id, created_at) ");
         query.push_values(chunk, |mut b, code| {
             b.push_bind(1i64).push_bind(code).push_bind(1i64).push_bind(None::<i64>).push_bind(now);
         });

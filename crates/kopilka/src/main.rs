@@ -18,7 +18,7 @@ use kopilka_server::auth::generate_key;
 use kopilka_server::clock::SystemClock;
 use kopilka_server::engine::{Command as WriterCommand, Request};
 use kopilka_server::jobs::{self, Job};
-use kopilka_store::Role;
+use kopilka_store::{Database, Role};
 
 /// The writer and its SQLite worker allocate a great deal per batch (rows, binds, JSON); glibc's
 /// allocator showed up at the top of the profile, mimalloc does not.
@@ -31,6 +31,9 @@ struct Cli {
     /// Where the embedded SQLite store lives.
     #[arg(long, global = true, env = "KOPILKA_DATA_DIR", default_value = "kopilka-data")]
     data_dir: PathBuf,
+    /// The store of many nodes, `postgres://USER@HOST:PORT/DB`; without it, SQLite in --data-dir.
+    #[arg(long, global = true, env = "KOPILKA_DATABASE_URL")]
+    database: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -129,29 +132,30 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let database = Database::choose(&cli.data_dir, cli.database.as_deref()).map_err(anyhow::Error::msg)?;
     match cli.command {
-        Command::Serve { listen, jobs_interval_secs } => serve(cli.data_dir, listen, jobs_interval_secs).await,
-        Command::Demo(args) => data::demo(&cli.data_dir, args).await,
-        Command::Import(args) => data::import(&cli.data_dir, args).await,
-        Command::Export(args) => data::export(&cli.data_dir, args).await,
+        Command::Serve { listen, jobs_interval_secs } => serve(database, listen, jobs_interval_secs).await,
+        Command::Demo(args) => data::demo(&database, args).await,
+        Command::Import(args) => data::import(&database, args).await,
+        Command::Export(args) => data::export(&database, args).await,
         Command::Program { command: ProgramCommand::Validate { file } } => validate_program(&file),
-        Command::Jobs { command: JobsCommand::Run { job, as_of } } => run_job(&cli.data_dir, job, as_of).await,
+        Command::Jobs { command: JobsCommand::Run { job, as_of } } => run_job(&database, job, as_of).await,
         Command::Keys { command: KeysCommand::Create { role, tenant, name } } => {
-            create_key(&cli.data_dir, &role, tenant, &name).await
+            create_key(&database, &role, tenant, &name).await
         }
-        Command::Verify => verify(&cli.data_dir).await,
+        Command::Verify => verify(&database).await,
         Command::Bench(args) => bench::run(args).await,
     }
 }
 
-async fn serve(data_dir: PathBuf, listen: SocketAddr, jobs_interval_secs: u64) -> anyhow::Result<()> {
-    let config = Config { data_dir, listen, jobs_interval: Duration::from_secs(jobs_interval_secs.max(1)) };
+async fn serve(database: Database, listen: SocketAddr, jobs_interval_secs: u64) -> anyhow::Result<()> {
+    let config = Config { database, listen, jobs_interval: Duration::from_secs(jobs_interval_secs.max(1)) };
     let running = app::start(&config, Arc::new(SystemClock)).await?;
     if let Some(tenant) = app::bootstrap(&running.state).await? {
         println!("Created tenant {} ({:?}) with the default program.", tenant.id, tenant.name);
         println!("Its admin API key, shown this once (only its hash is kept):\n\n    {}\n", tenant.admin_key);
     }
-    println!("Kopilka listens on http://{} (data in {})", running.addr, config.data_dir.display());
+    println!("Kopilka listens on http://{} (store: {})", running.addr, config.database.describe());
     tokio::signal::ctrl_c().await?;
     println!("Stopping: finishing requests in flight.");
     running.stop().await;
@@ -182,12 +186,12 @@ fn validate_program(file: &std::path::Path) -> anyhow::Result<()> {
     }
 }
 
-async fn run_job(data_dir: &std::path::Path, job: JobName, as_of: Option<jiff::Timestamp>) -> anyhow::Result<()> {
+async fn run_job(database: &Database, job: JobName, as_of: Option<jiff::Timestamp>) -> anyhow::Result<()> {
     let clock: Arc<dyn kopilka_server::clock::Clock> = match as_of {
         Some(at) => Arc::new(kopilka_server::clock::ManualClock::new(at)),
         None => Arc::new(SystemClock),
     };
-    let (state, writer_task) = app::open(data_dir, clock).await?;
+    let (state, writer_task) = app::open(database, clock).await?;
     let job = match job {
         JobName::Expiry => Job::Expiry,
         JobName::Activate => Job::Activate,
@@ -203,11 +207,11 @@ async fn run_job(data_dir: &std::path::Path, job: JobName, as_of: Option<jiff::T
     Ok(())
 }
 
-async fn create_key(data_dir: &std::path::Path, role: &str, tenant: Option<i64>, name: &str) -> anyhow::Result<()> {
+async fn create_key(database: &Database, role: &str, tenant: Option<i64>, name: &str) -> anyhow::Result<()> {
     let Some(role) = Role::parse(role) else {
         bail!("--role {role:?} is not a role: use operator, admin, pos, analyst or partner");
     };
-    let (state, writer_task) = app::open(data_dir, Arc::new(SystemClock)).await?;
+    let (state, writer_task) = app::open(database, Arc::new(SystemClock)).await?;
     let key = generate_key();
     let request = match (role, tenant) {
         (Role::Operator, None) => Request {
@@ -236,8 +240,8 @@ async fn create_key(data_dir: &std::path::Path, role: &str, tenant: Option<i64>,
     Ok(())
 }
 
-async fn verify(data_dir: &std::path::Path) -> anyhow::Result<()> {
-    let store = kopilka_store::Store::open(data_dir).await?;
+async fn verify(database: &Database) -> anyhow::Result<()> {
+    let store = kopilka_store::Store::connect(database).await?;
     let report = store.verify().await?;
     println!("{} movements, {} postings checked", report.movements, report.postings);
     if report.problems.is_empty() {

@@ -40,7 +40,7 @@ impl Harness {
             .fetch_one(&store.pool)
             .await
             .unwrap();
-        let dispatcher = Dispatcher::open(dir.path(), clock.clone(), config).await.unwrap();
+        let dispatcher = Dispatcher::open(&dir.path().into(), clock.clone(), config).await.unwrap();
         Harness { dir, store, clock, dispatcher, tenant: TenantId(tenant), next_event: 1.into() }
     }
 
@@ -52,7 +52,7 @@ impl Harness {
         self.clock.advance(by);
     }
 
-    pub fn pool(&self) -> &sqlx::SqlitePool {
+    pub fn pool(&self) -> &sqlx::AnyPool {
         &self.store.pool
     }
 
@@ -60,7 +60,7 @@ impl Harness {
     pub async fn member(&self, id: i64, consents: Value) {
         sqlx::query(
             "INSERT INTO members (tenant_id, id, card, phone, email, name, consents, signup_at, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, 0)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 0, 0, 0)",
         )
         .bind(self.tenant.0)
         .bind(id)
@@ -78,7 +78,7 @@ impl Harness {
     pub async fn event(&self, event: &kopilka_core::DomainEvent) -> i64 {
         let id = self.next_event.fetch_add(1, Ordering::Relaxed);
         sqlx::query(
-            "INSERT INTO events (tenant_id, id, kind, member_id, payload, occurred_at) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO events (tenant_id, id, kind, member_id, payload, occurred_at) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(self.tenant.0)
         .bind(id)

@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use jiff::Timestamp;
 use kopilka_core::partners::{settle, Partner, PartnerTerms, Settlement};
 use kopilka_core::{MemberId, PartnerId, TenantId};
-use kopilka_store::sqlite::hash_api_key;
+use kopilka_store::store::hash_api_key;
 use kopilka_store::Role;
 use serde::{Deserialize, Serialize};
 

@@ -1,5 +1,9 @@
-//! `spawn_app()`: the real server on a random loopback port, with its own SQLite store in a
-//! temporary directory and a clock the test moves. Helpers read like loyalty scenarios.
+//! `spawn_app()`: the real server on a random loopback port, with a store of its own and a clock
+//! the test moves. Helpers read like loyalty scenarios.
+//!
+//! Tests written inside `both_stores! { … }` run twice, as `NAME::sqlite` and `NAME::postgres`:
+//! `spawn_app()` opens the store the running half asks for (a temporary SQLite directory, or a
+//! PostgreSQL database of the test's own; see `kopilka_store::testing`).
 
 #![allow(dead_code)]
 
@@ -10,6 +14,7 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use kopilka_server::app::{self, Config, Running};
 use kopilka_server::clock::ManualClock;
+use kopilka_store::testing::{StoreKind, TestDatabase};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -19,7 +24,7 @@ pub struct TestApp {
     pub admin_key: String,
     pub clock: Arc<ManualClock>,
     pub running: Option<Running>,
-    pub data_dir: tempfile::TempDir,
+    pub store: TestDatabase,
     keys: AtomicU64,
 }
 
@@ -43,11 +48,63 @@ impl Answer {
 
 pub const START: &str = "2026-01-15T10:00:00Z";
 
+tokio::task_local! {
+    static STORE_KIND: StoreKind;
+}
+
+/// Runs `test` with `spawn_app()` opening stores of `kind`; a PostgreSQL half without a server
+/// (and without `KOPILKA_TEST_PG`) is skipped.
+pub async fn on_store<F: std::future::Future<Output = ()>>(kind: StoreKind, test: F) {
+    if kind == StoreKind::Postgres && TestDatabase::new(kind).await.is_none() {
+        return;
+    }
+    STORE_KIND.scope(kind, test).await
+}
+
+/// The store the running test asked for (SQLite outside `both_stores!`).
+pub async fn test_store() -> TestDatabase {
+    let kind = STORE_KIND.try_with(|kind| *kind).unwrap_or(StoreKind::Sqlite);
+    TestDatabase::new(kind).await.expect("on_store checked that the store is available")
+}
+
+/// Writes each test twice, on SQLite and on PostgreSQL: `NAME::sqlite`, `NAME::postgres`.
+#[allow(unused_macros)]
+macro_rules! both_stores {
+    ($($(#[$meta:meta])* async fn $name:ident() $body:block)*) => {$(
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            $(#[$meta])*
+            async fn body() $body
+
+            #[tokio::test]
+            async fn sqlite() {
+                $crate::support::on_store(kopilka_store::testing::StoreKind::Sqlite, body()).await
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                $crate::support::on_store(kopilka_store::testing::StoreKind::Postgres, body()).await
+            }
+        }
+    )*};
+}
+#[allow(unused_imports)]
+pub(crate) use both_stores;
+
 pub async fn spawn_app() -> TestApp {
-    let data_dir = tempfile::tempdir().expect("temp dir");
+    // Errors the server logs show with a failing test's output (RUST_LOG to see more).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,sqlx=error".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let store = test_store().await;
     let clock = Arc::new(ManualClock::new(START.parse().unwrap()));
     let config = Config {
-        data_dir: data_dir.path().to_path_buf(),
+        database: store.database.clone(),
         listen: "127.0.0.1:0".parse().unwrap(),
         // The scheduled jobs stay out of the way; tests run them on demand.
         jobs_interval: Duration::from_secs(3600),
@@ -60,7 +117,7 @@ pub async fn spawn_app() -> TestApp {
         admin_key: tenant.admin_key,
         clock,
         running: Some(running),
-        data_dir,
+        store,
         keys: AtomicU64::new(0),
     }
 }

@@ -9,8 +9,8 @@
 //! ledger (how many points a member can spend today); they use fractions drawn in the plan, so
 //! they too are the same for a seed.
 
+use kopilka_store::Database;
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -45,7 +45,7 @@ const JOBS_EVERY_DAYS: i64 = 7;
 /// Refusals printed in full; the rest are counted.
 const REFUSALS_SHOWN_MAX: usize = 10;
 
-pub async fn demo(data_dir: &Path, args: DemoArgs) -> anyhow::Result<()> {
+pub async fn demo(database: &Database, args: DemoArgs) -> anyhow::Result<()> {
     if args.members == 0 || args.members > MEMBERS_MAX {
         bail!("--members must be between 1 and {MEMBERS_MAX}");
     }
@@ -58,7 +58,7 @@ pub async fn demo(data_dir: &Path, args: DemoArgs) -> anyhow::Result<()> {
     let plan = Plan::generate(args.seed, args.members, first_day, now, &tz)?;
 
     let clock = Arc::new(ManualClock::new(day_end(first_day, &tz, now)?));
-    let (state, writer_task) = app::open(data_dir, clock.clone()).await?;
+    let (state, writer_task) = app::open(database, clock.clone()).await?;
     let result = run(&state, &clock, &plan, &args, &tz, first_day, now, started).await;
     drop(state);
     writer_task.await?;

@@ -7,9 +7,9 @@
 //! returns per line, not per return receipt, and a single return of the same quantities moves the
 //! same points.
 
+use kopilka_store::Database;
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::Path;
 
 use anyhow::{bail, Context};
 use kopilka_core::member::IdentifierKind;
@@ -22,8 +22,8 @@ use super::{DataKind, ExportArgs};
 /// Rows read from the store per query.
 const PAGE_SIZE: i64 = 1_000;
 
-pub async fn export(data_dir: &Path, args: ExportArgs) -> anyhow::Result<()> {
-    let store = Store::open(data_dir).await?;
+pub async fn export(database: &Database, args: ExportArgs) -> anyhow::Result<()> {
+    let store = Store::connect(database).await?;
     let tenant = TenantId(args.tenant);
     if !store.tenant_exists(tenant).await? {
         bail!("--tenant {}: no such tenant", args.tenant);

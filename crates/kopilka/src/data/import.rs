@@ -14,6 +14,7 @@
 //! with an error listing the refused rows; after fixing them, the operator runs the same file again
 //! and only what was refused is new. See [`IMPORT_HELP`] for the columns.
 
+use kopilka_store::Database;
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
@@ -100,14 +101,14 @@ const MEMBER_REF_COLUMNS: [(&str, IdentifierKind); 4] = [
 /// Hops followed from a merged member to its survivor before calling the data corrupt.
 const MERGE_HOPS_MAX: usize = 16;
 
-pub async fn import(data_dir: &Path, args: ImportArgs) -> anyhow::Result<()> {
+pub async fn import(database: &Database, args: ImportArgs) -> anyhow::Result<()> {
     if args.format == InputFormat::OnlineRetail {
-        return super::online_retail::import(data_dir, &args).await;
+        return super::online_retail::import(database, &args).await;
     }
     let started = Instant::now();
     let file = display_name(&args.file);
     let records = read_records(&args.file)?;
-    let (state, writer_task) = app::open(data_dir, Arc::new(SystemClock)).await?;
+    let (state, writer_task) = app::open(database, Arc::new(SystemClock)).await?;
     let result = async {
         let tenant = target_tenant(&state, &args).await?;
         match args.kind {

@@ -27,6 +27,7 @@
 //! `online-retail:return:<cancellation>:<purchase>`), so running the same file again into the same
 //! tenant changes nothing.
 
+use kopilka_store::Database;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::Path;
@@ -955,7 +956,7 @@ async fn gbp_tenant(state: &AppState, args: &ImportArgs) -> anyhow::Result<(Tena
     Ok((tenant, program))
 }
 
-pub async fn import(data_dir: &Path, args: &ImportArgs) -> anyhow::Result<()> {
+pub async fn import(database: &Database, args: &ImportArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let file = display_name(&args.file);
     let data = read_file(&args.file)?;
@@ -970,7 +971,7 @@ pub async fn import(data_dir: &Path, args: &ImportArgs) -> anyhow::Result<()> {
         plan.matching.cancellations
     );
     let clock = Arc::new(ManualClock::new(Timestamp::now()));
-    let (state, writer_task) = app::open(data_dir, clock.clone()).await?;
+    let (state, writer_task) = app::open(database, clock.clone()).await?;
     let result = async {
         let (tenant, program) = gbp_tenant(&state, args).await?;
         let replayed = replay(&state, &clock, tenant, &program, &data, &plan, started).await?;

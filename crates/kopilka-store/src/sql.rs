@@ -1,0 +1,219 @@
+//! The two SQL dialects the store speaks, and a statement builder that works for both.
+//!
+//! Every statement goes through sqlx's `Any` driver, so one body of code serves SQLite and
+//! PostgreSQL. They differ in a handful of places, which live here and nowhere else:
+//! placeholders (`$1, $2…`, which sqlx's SQLite driver also accepts), how a transaction takes the
+//! write lock, JSON paths, and SQLite's `INDEXED BY` hints (PostgreSQL plans with statistics).
+//!
+//! `Builder` stands in for sqlx's `QueryBuilder`, whose `Any` flavour writes `?` placeholders that
+//! PostgreSQL rejects.
+
+use std::fmt::{Display, Write as _};
+
+use sqlx::any::AnyArguments;
+use sqlx::query::{Query, QueryScalar};
+use sqlx::AnyConnection;
+use sqlx::{Any, Arguments, Encode, Type};
+
+/// Which database a pool or connection talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn of(conn: &AnyConnection) -> Backend {
+        Backend::of_name(conn.backend_name())
+    }
+
+    pub(crate) fn of_name(name: &str) -> Backend {
+        if name.eq_ignore_ascii_case("postgresql") || name.eq_ignore_ascii_case("postgres") {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        }
+    }
+
+    /// A hint naming the index SQLite must use (it has no statistics to choose well); nothing on
+    /// PostgreSQL.
+    pub fn indexed_by(self, index: &str) -> String {
+        match self {
+            Backend::Sqlite => format!(" INDEXED BY {index}"),
+            Backend::Postgres => String::new(),
+        }
+    }
+
+    /// The text at `path` (dot-separated keys) of a JSON document kept in a TEXT column. The
+    /// expression indexes of the migrations use exactly these forms, so lookups can use them.
+    pub fn json_text(self, column: &str, path: &str) -> String {
+        match self {
+            Backend::Sqlite => format!("json_extract({column}, '$.{path}')"),
+            Backend::Postgres => format!("(({column})::jsonb #>> '{{{}}}')", path.replace('.', ",")),
+        }
+    }
+
+    /// Lets concurrent claimers of rows (dispatchers on several nodes) pass over rows another has
+    /// locked instead of waiting for them and claiming them twice. SQLite has one writer at a
+    /// time, so nothing is needed there.
+    pub fn skip_locked(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+
+    /// The statement that opens a writing transaction holding the store's write lock. SQLite takes
+    /// the database lock at once (no deferred upgrade that could fail halfway); PostgreSQL takes a
+    /// transaction-scoped advisory lock that every writer of every node takes first, so batches
+    /// see each other's commits whole and ids are handed out by one writer at a time.
+    pub fn begin_write(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN ISOLATION LEVEL READ COMMITTED",
+        }
+    }
+}
+
+/// PostgreSQL advisory lock keys: what each lock serializes across the nodes of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lock {
+    /// The writer's batches (ledger, members, everything the engine decides).
+    Write = 0x6b6f_7001,
+    /// The notification fan-out, which turns outbox events into deliveries past a cursor.
+    Fanout = 0x6b6f_7002,
+}
+
+/// Opens a writing transaction holding `lock` (see `Backend::begin_write`).
+pub async fn begin_write(conn: &mut AnyConnection) -> crate::Result<()> {
+    let backend = Backend::of(conn);
+    sqlx::query(backend.begin_write()).execute(&mut *conn).await?;
+    take_lock(conn, backend, Lock::Write).await
+}
+
+/// The same as a sqlx transaction, which rolls back when dropped (a pass cancelled at shutdown
+/// leaves nothing half-done and no lock held).
+pub async fn begin_locked(conn: &mut AnyConnection, lock: Lock) -> crate::Result<sqlx::Transaction<'_, Any>> {
+    let backend = Backend::of(conn);
+    let mut tx = sqlx::Connection::begin_with(conn, backend.begin_write()).await?;
+    take_lock(&mut tx, backend, lock).await?;
+    Ok(tx)
+}
+
+async fn take_lock(conn: &mut AnyConnection, backend: Backend, lock: Lock) -> crate::Result<()> {
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(lock as i64).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// A statement with bound values, numbered `$1, $2…` as both databases accept.
+pub struct Builder<'a> {
+    sql: String,
+    args: AnyArguments<'a>,
+    bound: usize,
+}
+
+impl<'a> Builder<'a> {
+    pub fn new(init: impl Into<String>) -> Builder<'a> {
+        Builder { sql: init.into(), args: AnyArguments::default(), bound: 0 }
+    }
+
+    pub fn push(&mut self, sql: impl Display) -> &mut Self {
+        write!(self.sql, "{sql}").expect("writing to a String cannot fail");
+        self
+    }
+
+    pub fn push_bind<T>(&mut self, value: T) -> &mut Self
+    where
+        T: 'a + Encode<'a, Any> + Type<Any>,
+    {
+        self.bound += 1;
+        write!(self.sql, "${}", self.bound).expect("writing to a String cannot fail");
+        self.args.add(value).expect("values of the store's types always encode");
+        self
+    }
+
+    /// Items pushed through the result are separated by `separator`.
+    pub fn separated<'b>(&'b mut self, separator: &'static str) -> Separated<'b, 'a> {
+        Separated { builder: self, separator, first: true }
+    }
+
+    /// ` VALUES (…), (…)`: one parenthesised row per item, its values pushed by `row`.
+    pub fn push_values<I, F>(&mut self, items: I, mut row: F) -> &mut Self
+    where
+        I: IntoIterator,
+        F: FnMut(Separated<'_, 'a>, I::Item),
+    {
+        self.push("VALUES ");
+        for (i, item) in items.into_iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.push("(");
+            row(self.separated(", "), item);
+            self.push(")");
+        }
+        self
+    }
+
+    pub fn sql(&self) -> &str {
+        &self.sql
+    }
+
+    /// The statement, ready to run. The builder keeps its text and gives up its values.
+    pub fn build(&mut self) -> Query<'_, Any, AnyArguments<'_>> {
+        sqlx::query_with(&self.sql, std::mem::take(&mut self.args))
+    }
+
+    pub fn build_query_scalar<O>(&mut self) -> QueryScalar<'_, Any, O, AnyArguments<'_>>
+    where
+        (O,): for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow>,
+    {
+        sqlx::query_scalar_with(&self.sql, std::mem::take(&mut self.args))
+    }
+}
+
+/// Pushes into a `Builder` with a separator between items.
+pub struct Separated<'b, 'a> {
+    builder: &'b mut Builder<'a>,
+    separator: &'static str,
+    first: bool,
+}
+
+impl<'a> Separated<'_, 'a> {
+    fn separate(&mut self) {
+        if !self.first {
+            self.builder.sql.push_str(self.separator);
+        }
+        self.first = false;
+    }
+
+    pub fn push(&mut self, sql: impl Display) -> &mut Self {
+        self.separate();
+        self.builder.push(sql);
+        self
+    }
+
+    pub fn push_unseparated(&mut self, sql: impl Display) -> &mut Self {
+        self.builder.push(sql);
+        self
+    }
+
+    pub fn push_bind<T>(&mut self, value: T) -> &mut Self
+    where
+        T: 'a + Encode<'a, Any> + Type<Any>,
+    {
+        self.separate();
+        self.builder.push_bind(value);
+        self
+    }
+
+    pub fn push_bind_unseparated<T>(&mut self, value: T) -> &mut Self
+    where
+        T: 'a + Encode<'a, Any> + Type<Any>,
+    {
+        self.builder.push_bind(value);
+        self
+    }
+}
