@@ -136,13 +136,15 @@ impl TierProgram {
         start.checked_add(span).ok()
     }
 
-    /// The day of the next review after `today`: a window's review waits `downgrade.grace_days`
-    /// past its start, so while the current window is still in grace its own review is next.
-    pub fn next_review(&self, today: Date) -> Option<Date> {
+    /// The day of the member's next review after `today`, given the window start their tier was
+    /// last reviewed for (or earned in): a window's review waits `downgrade.grace_days` past its
+    /// start, so while the current window is still in grace and not yet reviewed, that review is
+    /// next; otherwise the current window's end plus the grace days.
+    pub fn next_review(&self, today: Date, reviewed: Option<Date>) -> Option<Date> {
         let grace = jiff::Span::new().days(self.downgrade.grace_days);
         let start = self.window_start(today)?;
         let grace_over = start.checked_add(grace).ok()?;
-        if today < grace_over {
+        if today < grace_over && reviewed.is_none_or(|done| done < start) {
             return Some(grace_over);
         }
         self.window_end(today)?.checked_add(grace).ok()

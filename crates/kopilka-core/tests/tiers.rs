@@ -216,7 +216,10 @@ fn the_next_review_waits_for_the_grace_days() {
     let program = program(serde_json::json!({ "downgrade": { "max_levels": 1, "grace_days": 30 } }));
     let tiers = program.tiers.as_ref().unwrap();
     let day = |text: &str| text.parse::<jiff::civil::Date>().unwrap();
-    assert_eq!(tiers.next_review(day("2026-06-15")), Some(day("2027-01-31")));
-    assert_eq!(tiers.next_review(day("2027-01-10")), Some(day("2027-01-31")), "the closed year's review, in grace");
-    assert_eq!(tiers.next_review(day("2027-01-31")), Some(day("2028-01-31")));
+    let reviewed = Some(day("2026-01-01"));
+    assert_eq!(tiers.next_review(day("2026-06-15"), reviewed), Some(day("2027-01-31")));
+    assert_eq!(tiers.next_review(day("2027-01-10"), reviewed), Some(day("2027-01-31")), "2026's review, in grace");
+    assert_eq!(tiers.next_review(day("2027-01-31"), reviewed), Some(day("2028-01-31")));
+    let earned_this_year = Some(day("2027-01-01"));
+    assert_eq!(tiers.next_review(day("2027-01-10"), earned_this_year), Some(day("2028-01-31")), "nothing to review");
 }

@@ -102,7 +102,7 @@ pub async fn progress(
         manual: assignment.manual,
         benefits: level.benefits.clone(),
     });
-    let review_on = tiers.next_review(today);
+    let review_on = tiers.next_review(today, member.state.tier_reviewed);
     Ok(Json(TierProgress {
         member_id: member.id.0,
         tier,
