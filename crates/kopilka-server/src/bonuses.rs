@@ -175,10 +175,10 @@ impl BatchState<'_> {
                 continue;
             }
             let mut state = row.state.clone();
-            let birthday =
-                row.profile.birth_date.and_then(|date| {
-                bonuses::birthday_due(&program, date, &state.events, row.signup_at, now)
-            });
+            let birthday = row
+                .profile
+                .birth_date
+                .and_then(|date| bonuses::birthday_due(&program, date, &state.events, row.signup_at, now));
             let anniversary =
                 state.stats.first_purchase_at.and_then(|at| bonuses::anniversary_due(&program, at, &state.events, now));
             let mut grants = Vec::new();
