@@ -267,11 +267,33 @@ pub fn yearly_due(month: i8, day: i8, bonus: &DateBonus, today: Date, given: Opt
     })
 }
 
-/// The birthday bonus due today, if any: the year it is for.
-pub fn birthday_due(program: &Program, birth_date: Date, marks: &EventMarks, now: Timestamp) -> Option<i16> {
+/// How many days after its window a birthday bonus the `events` job missed is still given. Jobs
+/// catch up after downtime, but a birthday greeting weeks late reads as a mistake rather than a
+/// gift, so the bound is a week: enough for a weekend outage or a frozen deploy, short enough that
+/// the bonus still belongs to the birthday (and keeps the job's list of calendar days short).
+pub const BIRTHDAY_CATCH_UP_DAYS: u32 = 7;
+
+/// The birthday bonus due today, if any: the year it is for. Inside the window, always; up to
+/// [`BIRTHDAY_CATCH_UP_DAYS`] after it, only for a member enrolled before the window closed (one
+/// the job would have rewarded had it run), so joining after a birthday brings no bonus for it.
+/// `birthday_year` in the marks makes it once a year either way.
+pub fn birthday_due(
+    program: &Program,
+    birth_date: Date,
+    marks: &EventMarks,
+    enrolled_at: Timestamp,
+    now: Timestamp,
+) -> Option<i16> {
     let bonus = program.event_bonuses.as_ref()?.birthday.as_ref()?;
     let today = now.to_zoned(program.tz()).date();
-    yearly_due(birth_date.month(), birth_date.day(), bonus, today, marks.birthday_year)
+    let (month, day) = (birth_date.month(), birth_date.day());
+    if let Some(year) = yearly_due(month, day, bonus, today, marks.birthday_year) {
+        return Some(year);
+    }
+    let late = DateBonus { days_after: bonus.days_after.saturating_add(BIRTHDAY_CATCH_UP_DAYS), ..bonus.clone() };
+    let year = yearly_due(month, day, &late, today, marks.birthday_year)?;
+    let window_end = anniversary_in(month, day, year)?.checked_add((bonus.days_after as i64).days()).ok()?;
+    (enrolled_at.to_zoned(program.tz()).date() <= window_end).then_some(year)
 }
 
 /// The anniversary bonus due today, if any: never before the first anniversary.

@@ -77,7 +77,7 @@ pub struct TierChange {
     pub at: Timestamp,
     pub from: Option<String>,
     pub to: Option<String>,
-    /// `qualified`, `review`, `manual`.
+    /// `qualified`, `review`, `manual`, `manual_ended`.
     pub reason: String,
 }
 
@@ -191,6 +191,12 @@ fn check_tag(field: &str, value: &str) -> Result<(), DomainError> {
 }
 
 impl MemberState {
+    /// When an admin-assigned tier ends, if one with an end date is held (stored beside the state
+    /// so the tiers job can find it).
+    pub fn manual_tier_until(&self) -> Option<Timestamp> {
+        self.tier.as_ref().filter(|t| t.manual).and_then(|t| t.until)
+    }
+
     /// The tier in force at `at`.
     pub fn tier_at(&self, at: Timestamp) -> Option<&str> {
         self.tier.as_ref().filter(|t| t.until.is_none_or(|until| at < until)).map(|t| t.tier.as_str())

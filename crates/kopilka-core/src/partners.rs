@@ -239,6 +239,12 @@ impl ExchangeRate {
     }
 }
 
+/// The reason both movements of an exchange into `to_program` carry. Exchange limits are counted
+/// per rate, that is per pair of programs, and this is how the store tells the pairs apart.
+pub fn exchange_reason(to_program: i64) -> String {
+    format!("exchange to program {to_program}")
+}
+
 /// Converts `points` of `from` into `to` at `rate` for the member: a debit of `from`'s points into
 /// `exchange` and a credit of `to`'s points out of it, available at once. Refused, changing
 /// nothing, when the points are not available or convert to nothing. Limits are the caller's,
@@ -265,7 +271,7 @@ pub fn decide_exchange(
         return Err(DomainError::InsufficientPoints { available, requested: points });
     }
     let mut outcome = caught_up(ledger, now, ids);
-    let reason = Some(format!("exchange to program {}", rate.to_program));
+    let reason = Some(exchange_reason(rate.to_program));
     let debit = ledger.debit_available(
         ids,
         MovementKind::Redeem,

@@ -142,6 +142,30 @@ pub struct PurchaseRecord {
     #[serde(default)]
     pub points_lapsed: i64,
     pub program_version: i64,
+    /// Each return, when it was made and how much it took back, oldest first. A referral is
+    /// judged by when its purchase was returned, not by when the job looks (records from before
+    /// this list existed have returns it does not hold: `returned_minor` minus its sum).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub returns: Vec<ReturnMark>,
+}
+
+/// One return of a purchase.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReturnMark {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub at: Timestamp,
+    pub returned_minor: i64,
+}
+
+impl PurchaseRecord {
+    /// The amount returned before `at`. Returns recorded without their time count as made before
+    /// anything, which is what the record could say of them before times were kept.
+    pub fn returned_before(&self, at: Timestamp) -> i64 {
+        let timed: i64 = self.returns.iter().map(|r| r.returned_minor).sum();
+        let untimed = self.returned_minor - timed;
+        untimed + self.returns.iter().filter(|r| r.at < at).map(|r| r.returned_minor).sum::<i64>()
+    }
 }
 
 /// What a decided command produced.
@@ -380,6 +404,7 @@ pub fn decide_purchase(
         points_unrecovered: 0,
         points_lapsed: 0,
         program_version,
+        returns: Vec::new(),
     };
     outcome.explanation = evaluation.explanation;
     outcome.events.push(DomainEvent::PurchaseRecorded {
@@ -520,6 +545,7 @@ pub fn decide_return(
         }
     }
     purchase.returned_minor += summary.returned_minor;
+    purchase.returns.push(ReturnMark { at: now, returned_minor: summary.returned_minor });
     purchase.points_reversed += summary.points_reversed;
     purchase.points_restored += summary.points_restored;
     purchase.points_unrecovered += summary.points_unrecovered;

@@ -234,8 +234,10 @@ pub fn qualifies(terms: &ReferralProgram, purchase: &PurchaseRecord) -> bool {
     purchase.total_minor >= terms.min_purchase_minor.max(1)
 }
 
-/// Judges a qualifying purchase at `now`. A return that keeps the purchase above the minimum
-/// does not void it; a return that leaves less does, even if made on the window's last day.
+/// Judges a qualifying purchase at `now`. Only returns made before the return window closed
+/// count: one that leaves less than the minimum voids the referral, even if made on the window's
+/// last day; one made after the window closed does not, however late the job looks. So the
+/// verdict depends on when things happened, never on when the job runs.
 pub fn judge_purchase(
     terms: &ReferralProgram,
     program: &Program,
@@ -243,11 +245,12 @@ pub fn judge_purchase(
     now: Timestamp,
 ) -> Verdict {
     assert!(qualifies(terms, purchase), "only a qualifying purchase is judged");
-    let kept_minor = purchase.total_minor - purchase.returned_minor;
+    let window_end = program.available_from(purchase.occurred_at);
+    let kept_minor = purchase.total_minor - purchase.returned_before(window_end);
     if kept_minor < terms.min_purchase_minor.max(1) {
         return Verdict::Void;
     }
-    if now < program.available_from(purchase.occurred_at) {
+    if now < window_end {
         return Verdict::Wait;
     }
     Verdict::Reward

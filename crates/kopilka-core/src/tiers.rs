@@ -136,6 +136,20 @@ impl TierProgram {
         start.checked_add(span).ok()
     }
 
+    /// The day of the member's next review after `today`, given the window start their tier was
+    /// last reviewed for (or earned in): a window's review waits `downgrade.grace_days` past its
+    /// start, so while the current window is still in grace and not yet reviewed, that review is
+    /// next; otherwise the current window's end plus the grace days.
+    pub fn next_review(&self, today: Date, reviewed: Option<Date>) -> Option<Date> {
+        let grace = jiff::Span::new().days(self.downgrade.grace_days);
+        let start = self.window_start(today)?;
+        let grace_over = start.checked_add(grace).ok()?;
+        if today < grace_over && reviewed.is_none_or(|done| done < start) {
+            return Some(grace_over);
+        }
+        self.window_end(today)?.checked_add(grace).ok()
+    }
+
     /// The review a member is due for at `today`: the window start it is for, once the grace days
     /// into the window have passed.
     pub fn review_due(&self, today: Date) -> Option<Date> {
@@ -270,17 +284,44 @@ impl MemberState {
         Some(change)
     }
 
-    /// The review at the end of a window: keep the level the closed window qualifies for, dropping
-    /// at most `downgrade.max_levels`. Does nothing if the review was done, is not due, or an
-    /// admin's assignment still holds. Returns the change, if the tier changed.
+    /// The last of the changes `review_tiers` makes (kept for callers that expect one review).
     pub fn review_tier(&mut self, program: &Program, at: Timestamp) -> Option<TierChange> {
-        let tiers = program.tiers.as_ref()?;
+        self.review_tiers(program, at).pop()
+    }
+
+    /// Everything due for the member's tier at `at`, in the order it fell due: every review of a
+    /// window boundary passed since the last one done (a server down over several month ends
+    /// reviews each in turn, so a rolling window drops a level per missed review as it would have
+    /// live), and the end of an admin's assignment whose date passed. Returns the changes, oldest
+    /// first; doing it again at the same `at` changes nothing.
+    pub fn review_tiers(&mut self, program: &Program, at: Timestamp) -> Vec<TierChange> {
+        let mut changes = Vec::new();
+        let Some(tiers) = program.tiers.as_ref() else { return changes };
         let today = at.to_zoned(program.tz()).date();
-        let due = tiers.review_due(today)?;
-        if self.tier_reviewed.is_some_and(|done| done >= due) {
-            return None;
+        if let Some(due) = tiers.review_due(today) {
+            let mut next = match self.tier_reviewed {
+                Some(done) if done >= due => None,
+                // The window after the one last reviewed (a window's end is the next one's start).
+                Some(done) => tiers.window_end(done).filter(|start| *start <= due),
+                None => Some(due),
+            };
+            while let Some(start) = next {
+                let grace_over = start.checked_add(jiff::Span::new().days(tiers.downgrade.grace_days)).unwrap_or(start);
+                let review_at = grace_over.to_zoned(program.tz()).map(|z| z.timestamp()).unwrap_or(at).min(at);
+                changes.extend(self.end_manual_tier(program, review_at));
+                changes.extend(self.review_window(tiers, start, review_at));
+                next = tiers.window_end(start).filter(|after| *after <= due);
+            }
         }
-        self.tier_reviewed = Some(due);
+        changes.extend(self.end_manual_tier(program, at));
+        changes
+    }
+
+    /// The review for the window starting `due`, at `at`: keep the level the closed window
+    /// qualifies for, dropping at most `downgrade.max_levels`. An admin's assignment holding at
+    /// `at` is left alone.
+    fn review_window(&mut self, tiers: &TierProgram, due: Date, at: Timestamp) -> Option<TierChange> {
+        self.tier_reviewed = Some(self.tier_reviewed.map_or(due, |done| done.max(due)));
         let held = self.tier.as_ref()?;
         if held.manual && held.until.is_none_or(|until| at < until) {
             return None;
@@ -300,6 +341,29 @@ impl MemberState {
         }
         let id = next.map(|rank| tiers.levels[rank].id.clone());
         Some(self.set_tier(id.as_deref(), at, "review"))
+    }
+
+    /// Ends an admin's assignment whose end date is at or before `at`: the member falls back to
+    /// the level their metric qualifies for when it ended (the better of the window then running
+    /// and the window closed before it, since a level earned in the closed window is kept until a
+    /// review), as a tier change dated at the assignment's end with reason `manual_ended`. The
+    /// tiers job calls it through `review_tiers`, and a purchase before the job ran does too.
+    pub fn end_manual_tier(&mut self, program: &Program, at: Timestamp) -> Option<TierChange> {
+        let tiers = program.tiers.as_ref()?;
+        let held = self.tier.as_ref().filter(|t| t.manual)?;
+        let until = held.until.filter(|until| *until <= at)?;
+        let from = held.tier.clone();
+        let day = until.to_zoned(program.tz()).date();
+        let running = tiers.qualified(tiers.metric(program, self, until));
+        let closed = tiers.window_start(day).and_then(|start| tiers.qualified(tiers.closed_window_metric(self, start)));
+        let level = running.max(closed).map(|rank| tiers.levels[rank].id.clone());
+        if let Some(start) = tiers.window_start(day) {
+            self.tier_reviewed = Some(self.tier_reviewed.map_or(start, |done| done.max(start)));
+        }
+        self.tier = level.clone().map(|tier| TierAssignment { tier, since: until, until: None, manual: false });
+        let change = TierChange { at: until, from: Some(from), to: level, reason: "manual_ended".into() };
+        self.push_tier_change(change.clone());
+        Some(change)
     }
 
     fn set_tier(&mut self, tier: Option<&str>, at: Timestamp, reason: &str) -> TierChange {

@@ -49,6 +49,7 @@ fn purchase(when: &str, total_minor: i64) -> PurchaseRecord {
         points_unrecovered: 0,
         points_lapsed: 0,
         program_version: 1,
+        returns: Vec::new(),
     }
 }
 
@@ -165,4 +166,60 @@ fn overlapping_thresholds_and_unknown_tiers_are_named_with_their_paths() {
     let paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
     assert_eq!(paths, ["tiers.levels[1].threshold", "earn_rules[0].condition.tier", "discounts[0].kind.tier.bronze"]);
     assert!(issues[0].message.contains("overlaps \"silver\""), "{}", issues[0].message);
+}
+
+#[test]
+fn reviews_missed_over_several_month_ends_are_each_done_in_turn() {
+    let program = program(serde_json::json!({ "window": "rolling_12_months" }));
+    let mut state = MemberState::default();
+    buy(&mut state, &program, "2026-01-10T10:00:00Z", 60_000_00);
+    assert_eq!(state.tier_at(at("2026-01-10T10:00:00Z")), Some("gold"));
+    // Nothing reviewed from January 2026 until mid-April 2027. The year to January 2027 kept
+    // gold; the reviews of 1 February and 1 March 2027 each take a level.
+    let changes = state.review_tiers(&program, at("2027-04-15T12:00:00Z"));
+    let steps: Vec<(Timestamp, Option<&str>)> = changes.iter().map(|c| (c.at, c.to.as_deref())).collect();
+    // Midnight in Moscow is 21:00 UTC the day before.
+    assert_eq!(steps, [(at("2027-01-31T21:00:00Z"), Some("silver")), (at("2027-02-28T21:00:00Z"), None)]);
+    assert!(state.review_tiers(&program, at("2027-04-20T12:00:00Z")).is_empty(), "each review once");
+}
+
+#[test]
+fn an_admins_tier_that_ends_falls_back_to_the_level_the_metric_qualifies_for() {
+    let program = program(serde_json::json!({}));
+    let mut state = MemberState::default();
+    buy(&mut state, &program, "2026-03-10T10:00:00Z", 12_000_00);
+    let change = StateChange {
+        tier: Some(Some("platinum".into())),
+        tier_until: Some(at("2026-06-01T00:00:00Z")),
+        ..StateChange::default()
+    };
+    state.apply(&change, at("2026-04-01T00:00:00Z")).unwrap();
+    assert_eq!(state.manual_tier_until(), Some(at("2026-06-01T00:00:00Z")));
+    assert!(state.review_tiers(&program, at("2026-05-31T23:00:00Z")).is_empty(), "it still holds");
+
+    let changes = state.review_tiers(&program, at("2026-06-10T00:00:00Z"));
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    let ended = &changes[0];
+    assert_eq!(
+        (ended.at, ended.from.as_deref(), ended.to.as_deref(), ended.reason.as_str()),
+        (at("2026-06-01T00:00:00Z"), Some("platinum"), Some("silver"), "manual_ended")
+    );
+    assert_eq!(state.tier_at(at("2026-06-10T00:00:00Z")), Some("silver"));
+    assert!(!state.tier.as_ref().unwrap().manual);
+    assert_eq!(state.manual_tier_until(), None, "nothing left for the job to find");
+    assert_eq!(state.tier_history.last(), Some(ended));
+    assert!(state.review_tiers(&program, at("2026-06-11T00:00:00Z")).is_empty(), "ended once");
+}
+
+#[test]
+fn the_next_review_waits_for_the_grace_days() {
+    let program = program(serde_json::json!({ "downgrade": { "max_levels": 1, "grace_days": 30 } }));
+    let tiers = program.tiers.as_ref().unwrap();
+    let day = |text: &str| text.parse::<jiff::civil::Date>().unwrap();
+    let reviewed = Some(day("2026-01-01"));
+    assert_eq!(tiers.next_review(day("2026-06-15"), reviewed), Some(day("2027-01-31")));
+    assert_eq!(tiers.next_review(day("2027-01-10"), reviewed), Some(day("2027-01-31")), "2026's review, in grace");
+    assert_eq!(tiers.next_review(day("2027-01-31"), reviewed), Some(day("2028-01-31")));
+    let earned_this_year = Some(day("2027-01-01"));
+    assert_eq!(tiers.next_review(day("2027-01-10"), earned_this_year), Some(day("2028-01-31")), "nothing to review");
 }

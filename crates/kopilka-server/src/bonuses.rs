@@ -175,8 +175,10 @@ impl BatchState<'_> {
                 continue;
             }
             let mut state = row.state.clone();
-            let birthday =
-                row.profile.birth_date.and_then(|date| bonuses::birthday_due(&program, date, &state.events, now));
+            let birthday = row
+                .profile
+                .birth_date
+                .and_then(|date| bonuses::birthday_due(&program, date, &state.events, row.signup_at, now));
             let anniversary =
                 state.stats.first_purchase_at.and_then(|at| bonuses::anniversary_due(&program, at, &state.events, now));
             let mut grants = Vec::new();
@@ -269,7 +271,15 @@ pub async fn run_events_job(
             }
             days
         };
-        let birthdays = sections.birthday.as_ref().map(|b| days_around(b, 0)).unwrap_or_default();
+        // Birthdays a few days past their window too: those the job missed while it was down.
+        let birthdays = sections
+            .birthday
+            .as_ref()
+            .map(|b| {
+                let late = bonuses::BIRTHDAY_CATCH_UP_DAYS;
+                days_around(&bonuses::DateBonus { days_after: b.days_after.saturating_add(late), ..b.clone() }, 0)
+            })
+            .unwrap_or_default();
         let anniversaries = sections.anniversary.as_ref().map(|b| days_around(b, 1)).unwrap_or_default();
         let page =
             |after| store.members_with_yearly_dates(tenant, &birthdays, &anniversaries, after, CHUNK_MEMBERS_MAX);

@@ -263,7 +263,9 @@ impl BatchState<'_> {
     ) -> Quote {
         let now = self.now;
         let row = &self.members[&(tenant, member)];
-        let state = row.state.clone();
+        let mut state = row.state.clone();
+        // Priced at the level an ended admin assignment falls back to, as the confirmation will be.
+        state.end_manual_tier(program, now);
         let context = state.context(program, row.profile.birth_date, now);
         let program = &*program.for_tier(state.tier_at(now));
         let spend = Spend {
@@ -465,6 +467,7 @@ impl BatchState<'_> {
             // The points asked for, not the quote's clamp: more than allowed is refused with the reason.
             redeem_points: basket.redeem_points,
         };
+        self.end_manual_tier(tenant, member, &entry.program);
         let tier = self.members[&(tenant, member)].state.tier_at(self.now).map(str::to_string);
         let earn_program = quote.earn_program(&entry.program.for_tier(tier.as_deref()));
         let (record, explanation) = self.commit_purchase(tenant, member, &entry, &earn_program, command)?;

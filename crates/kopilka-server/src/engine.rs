@@ -616,7 +616,19 @@ impl<'a> BatchState<'a> {
         self.event(tenant, event);
     }
 
-    /// The tier reviews due at the batch's time for these members (the `tiers` job).
+    /// Ends the member's admin-assigned tier if its date passed, before a purchase is priced, so
+    /// the member buys at the level they fall back to even if the tiers job has not run yet.
+    pub(crate) fn end_manual_tier(&mut self, tenant: TenantId, member: MemberId, program: &Program) {
+        let now = self.now;
+        let row = self.members.get_mut(&(tenant, member)).expect("resolved by the caller");
+        if let Some(change) = row.state.end_manual_tier(program, now) {
+            self.dirty_states.insert((tenant, member));
+            self.tier_event(tenant, member, change);
+        }
+    }
+
+    /// The tier reviews due at the batch's time for these members, and the admin assignments that
+    /// ended (the `tiers` job).
     fn review_tiers(&mut self, tenant: TenantId, members: &[MemberId]) -> Result<Reply, ApiError> {
         let program = self.programs.get(tenant, None)?.program.clone();
         let now = self.now;
@@ -627,11 +639,11 @@ impl<'a> BatchState<'a> {
                 continue;
             }
             let before = row.state.clone();
-            let change = row.state.review_tier(&program, now);
+            let changes = row.state.review_tiers(&program, now);
             if row.state != before {
                 self.dirty_states.insert((tenant, *member));
             }
-            if let Some(change) = change {
+            for change in changes {
                 changed += 1;
                 self.tier_event(tenant, *member, change);
             }
@@ -701,6 +713,7 @@ impl<'a> BatchState<'a> {
             lines: request.lines.clone(),
             redeem_points: request.redeem_points,
         };
+        self.end_manual_tier(tenant, member, &entry.program);
         let tier = self.members[&(tenant, member)].state.tier_at(occurred_at).map(str::to_string);
         let earn_program = entry.program.for_tier(tier.as_deref()).into_owned();
         let (record, explanation) = self.commit_purchase(tenant, member, &entry, &earn_program, command)?;

@@ -158,7 +158,7 @@ where
 }
 
 /// Reviews the tiers of every member due, tenant by tenant: each tenant's program says when its
-/// windows end. `movements` in the report counts tier changes.
+/// windows end; then ends the admin assignments whose date passed. `movements` in the report counts tier changes.
 async fn review_tiers(
     store: &Store,
     writer: &Writer,
@@ -169,9 +169,15 @@ async fn review_tiers(
     for (tenant, program) in first_programs(store, only).await? {
         let Some(tiers) = &program.tiers else { continue };
         let today = clock.now().to_zoned(program.tz_or_utc()).date();
-        let Some(due) = tiers.review_due(today) else { continue };
-        let due = due.to_string();
-        let page = |after| store.members_due_tier_review(tenant, &due, after, CHUNK_MEMBERS_MAX);
+        if let Some(due) = tiers.review_due(today) {
+            let due = due.to_string();
+            let page = |after| store.members_due_tier_review(tenant, &due, after, CHUNK_MEMBERS_MAX);
+            let command = |members| Command::ReviewTiers { members };
+            submit_pages(writer, tenant, &mut report, "changed", page, command).await?;
+        }
+        // Admin assignments that ended, whether or not a review is due: the same command ends them.
+        let now = clock.now();
+        let page = |after| store.members_manual_tier_ended(tenant, now, after, CHUNK_MEMBERS_MAX);
         submit_pages(writer, tenant, &mut report, "changed", page, |members| Command::ReviewTiers { members }).await?;
     }
     Ok(report)

@@ -58,9 +58,10 @@ impl PartnerCommand {
                 keys.partners.partners.push((tenant, *partner_id));
                 keys.members.push((tenant, *member_id));
             }
-            PartnerCommand::Exchange { member_id, from_currency, usage_since, .. } => {
+            PartnerCommand::Exchange { member_id, from_currency, to_program, usage_since, .. } => {
                 keys.members.push((tenant, *member_id));
-                keys.partners.exchange_usage.push((tenant, *member_id, from_currency.clone(), *usage_since));
+                let reason = partners::exchange_reason(*to_program);
+                keys.partners.exchange_usage.push((tenant, *member_id, from_currency.clone(), reason, *usage_since));
             }
         }
     }
@@ -71,7 +72,7 @@ impl PartnerCommand {
 pub struct PartnerState {
     partners: HashMap<(TenantId, PartnerId), Partner>,
     last_ids: HashMap<TenantId, i64>,
-    exchange_used: HashMap<(TenantId, MemberId, String), i64>,
+    exchange_used: HashMap<(TenantId, MemberId, String, String), i64>,
     writes: PartnerWrites,
 }
 
@@ -234,7 +235,11 @@ impl BatchState<'_> {
                 field: Some("to_program_id".into()),
             }
         })?;
-        let usage_key = (tenant, member_id, from_currency.to_string());
+        // The program document sets a limit inside each rate (`exchanges[i].limit`), so it bounds
+        // what a member converts along that rate: from this program into `to_program`. Keyed by
+        // the point currency alone, two rates out of one program into two others would share one
+        // allowance, and converting into one partner would use up the limit set for another.
+        let usage_key = (tenant, member_id, from_currency.to_string(), partners::exchange_reason(to_program));
         let used = self.partners.exchange_used.get(&usage_key).copied().unwrap_or(0);
         if let Some(limit) = rate.limit {
             if used + points > limit.points {

@@ -400,7 +400,20 @@ both_stores! {
         let spec = app.client.get(format!("{}/v1/openapi.json", app.base)).send().await.unwrap();
         let spec: serde_json::Value = spec.json().await.unwrap();
         assert_eq!(spec["openapi"].as_str().unwrap().chars().next(), Some('3'));
-        for path in ["/v1/purchases", "/v1/returns", "/v1/redemptions", "/v1/members/{id}/history"] {
+        for path in [
+            "/v1/purchases",
+            "/v1/returns",
+            "/v1/redemptions",
+            "/v1/members/{id}/history",
+            "/v1/members/{id}/referrals",
+            "/v1/partners",
+            "/v1/partners/{id}/api-keys",
+            "/v1/partners/{id}/settlement",
+            "/v1/partners/{id}/members/{member_id}/balance",
+            "/v1/partner-purchases",
+            "/v1/partner-redemptions",
+            "/v1/exchanges",
+        ] {
             assert!(spec["paths"].get(path).is_some(), "{path} missing from the spec");
         }
         let health = app.client.get(format!("{}/healthz", app.base)).send().await.unwrap();
@@ -598,6 +611,108 @@ both_stores! {
             .await
             .unwrap();
         assert_eq!(events, 3);
+        app.stop().await;
+    }
+}
+
+/// Silver from 1,000 RUB and gold (10% off, 2× points) from 5,000 RUB of spend in a calendar
+/// year, a review 30 days into the new year.
+async fn with_tiers(app: &support::TestApp) {
+    let mut program = app.get("/v1/programs/1").await.body["program"].clone();
+    program["tiers"] = json!({ "metric": "spend", "window": "calendar_year",
+        "downgrade": { "max_levels": 1, "grace_days": 30 },
+        "levels": [
+            { "id": "silver", "name": "Silver", "threshold": 1_000_00 },
+            { "id": "gold", "name": "Gold", "threshold": 5_000_00,
+              "benefits": { "earn_multiplier_percent": 200, "discount_percent": 10 } },
+        ] });
+    let body = Some(program.to_string().into_bytes());
+    let key = app.fresh_key();
+    assert_eq!(app.send("PUT", "/v1/programs/1", &app.admin_key, Some(&key), body).await.status, 200);
+}
+
+async fn tier_events(app: &support::TestApp) -> Vec<serde_json::Value> {
+    let store = &app.running.as_ref().unwrap().state.store;
+    let payloads: Vec<String> =
+        sqlx::query_scalar("SELECT payload FROM events WHERE kind = 'tier_changed' ORDER BY id")
+            .fetch_all(&store.pool)
+            .await
+            .unwrap();
+    payloads.iter().map(|p| serde_json::from_str(p).unwrap()).collect()
+}
+
+both_stores! {
+    async fn an_admins_tier_that_ends_falls_back_when_the_tiers_job_runs_and_review_on_counts_grace() {
+        let app = spawn_app().await;
+        with_tiers(&app).await;
+        let member = app.create_member("T-1").await;
+        app.purchase(member, "R-1", 1_200_00).await;
+        let progress = app.get(&format!("/v1/members/{member}/tier")).await;
+        assert_eq!(progress.body["tier"]["id"], "silver");
+        assert_eq!(progress.body["review_on"], "2027-01-31", "the year's end plus 30 days of grace");
+
+        let path = format!("/v1/members/{member}/loyalty");
+        let gold = json!({ "tier": "gold", "tier_until": "2026-03-01T00:00:00Z" }).to_string().into_bytes();
+        assert_eq!(app.send("PATCH", &path, &app.admin_key, Some("gold"), Some(gold)).await.status, 200);
+        app.advance_days(30);
+        assert_eq!(app.run_job("tiers").await["movements"], 0, "the assignment still holds");
+        app.advance_days(20);
+        let run = app.run_job("tiers").await;
+        assert_eq!((run["members"].as_i64(), run["movements"].as_i64()), (Some(1), Some(1)));
+        assert_eq!(app.run_job("tiers").await["members"], 0, "nobody left to end");
+        let progress = app.get(&format!("/v1/members/{member}/tier")).await;
+        assert_eq!(progress.body["tier"]["id"], "silver");
+        assert_eq!(progress.body["tier"]["manual"], false);
+        let last = progress.body["history"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(
+            (&last["from"], &last["to"], &last["reason"], &last["at"]),
+            (&json!("gold"), &json!("silver"), &json!("manual_ended"), &json!("2026-03-01T00:00:00Z"))
+        );
+        let events = tier_events(&app).await;
+        let ended = events.last().unwrap();
+        assert_eq!((&ended["member_id"], &ended["from"], &ended["to"]), (&json!(member), &json!("gold"), &json!("silver")));
+        app.stop().await;
+    }
+}
+
+both_stores! {
+    async fn an_ended_admin_tier_falls_back_at_the_next_purchase_if_the_job_has_not_run() {
+        let app = spawn_app().await;
+        with_tiers(&app).await;
+        let member = app.create_member("T-2").await;
+        let path = format!("/v1/members/{member}/loyalty");
+        let gold = json!({ "tier": "gold", "tier_until": "2026-02-01T00:00:00Z" }).to_string().into_bytes();
+        assert_eq!(app.send("PATCH", &path, &app.admin_key, Some("gold"), Some(gold)).await.status, 200);
+        app.advance_days(20);
+        // No tier left: the base rate of 1 point per 100 RUB, then silver from this purchase on.
+        assert_eq!(app.purchase(member, "R-1", 1_000_00).await.body["purchase"]["points_earned"], 10);
+        let progress = app.get(&format!("/v1/members/{member}/tier")).await;
+        let reasons: Vec<&str> =
+            progress.body["history"].as_array().unwrap().iter().map(|c| c["reason"].as_str().unwrap()).collect();
+        assert_eq!(reasons, ["manual", "manual_ended", "qualified"]);
+        assert_eq!(tier_events(&app).await.len(), 3);
+        assert_eq!(app.run_job("tiers").await["movements"], 0, "the purchase already ended it");
+        app.stop().await;
+    }
+}
+
+both_stores! {
+    async fn a_checkout_quote_shows_the_tier_discount_after_an_upgrade() {
+        let app = spawn_app().await;
+        with_tiers(&app).await;
+        let member = app.create_member("T-3").await;
+        let basket = json!({ "member_id": member, "currency": "RUB",
+            "lines": [{ "sku": "A", "category": "food", "quantity": 1, "unit_price_minor": 1_000_00 }] });
+        let before = app.post("/v1/checkouts", basket.clone()).await;
+        assert_eq!(before.status, 201, "{:?}", before.body);
+        assert_eq!(before.body["quote"]["lines"][0]["program_discount_minor"], 0);
+        app.purchase(member, "R-1", 5_000_00).await;
+        let after = app.post("/v1/checkouts", basket).await;
+        assert_eq!(after.status, 201, "{:?}", after.body);
+        let line = &after.body["quote"]["lines"][0];
+        assert_eq!(line["program_discount_minor"], 100_00);
+        assert_eq!(line["discounts"]["applied"][0]["discount_id"], "tier.gold");
+        assert_eq!(after.body["quote"]["total_minor"], 900_00);
         app.stop().await;
     }
 }

@@ -274,3 +274,25 @@ both_stores! {
         app.stop().await;
     }
 }
+
+both_stores! {
+    async fn a_birthday_missed_while_the_server_was_down_is_given_within_a_week_once() {
+        let app = spawn_app().await;
+        let section = json!({ "birthday": { "points": 100 } });
+        assert_eq!(set_event_bonuses(&app, section).await.status, 200);
+        let anna = create_member_born(&app, "A", "1990-03-10").await;
+        let long_ago = create_member_born(&app, "B", "1990-03-06").await;
+        // Down from 9 March to 14 March: Anna's day passed, Boris's (6 March) is 8 days ago.
+        app.clock.set(at("2026-03-12T09:00:00Z"));
+        let late_joiner = create_member_born(&app, "C", "1991-03-10").await;
+        app.clock.set(at("2026-03-14T09:00:00Z"));
+        assert_eq!(app.run_job("events").await["movements"], 1);
+        assert_eq!(app.run_job("events").await["movements"], 0, "never twice");
+        assert_eq!(app.balance(anna).await, (100, 0));
+        assert_eq!(event_payloads(&app, "bonus_granted", anna).await[0]["reason"], "birthday 2026");
+        assert_eq!(app.balance(long_ago).await, (0, 0), "past the week's catch-up");
+        assert_eq!(app.balance(late_joiner).await, (0, 0), "joined after the day: not the job's miss");
+        app.assert_ledger_sound().await;
+        app.stop().await;
+    }
+}

@@ -224,3 +224,32 @@ both_stores! {
         app.assert_ledger_sound().await;
     }
 }
+
+both_stores! {
+    async fn each_exchange_rate_has_its_own_limit() {
+        let app = spawn_app().await;
+        for (name, currency) in [("Miles", "MIL"), ("Stars", "STR")] {
+            let mut other: Value = app.get("/v1/programs/1").await.body["program"].clone();
+            other["name"] = json!(name);
+            other["point_currency"] = json!(currency);
+            let created = app.post("/v1/programs", other).await;
+            assert_eq!(created.status, 201, "{:?}", created.body);
+        }
+        let mut main: Value = app.get("/v1/programs/1").await.body["program"].clone();
+        main["exchanges"] = json!([
+            { "to_program": 2, "points_from": 1, "points_to": 1, "limit": { "points": 600, "period_days": 30 } },
+            { "to_program": 3, "points_from": 1, "points_to": 1, "limit": { "points": 600, "period_days": 30 } },
+        ]);
+        let saved =
+            app.send("PUT", "/v1/programs/1", &app.admin_key, Some("rates"), Some(main.to_string().into_bytes())).await;
+        assert_eq!(saved.status, 200, "{:?}", saved.body);
+        let anna = app.create_member("5001").await;
+        assert_eq!(app.adjust(anna, 2000).await.status, 201);
+        assert_eq!(app.post("/v1/exchanges", exchange(anna, 1, 2, 500)).await.status, 201);
+        let into_stars = app.post("/v1/exchanges", exchange(anna, 1, 3, 600)).await;
+        assert_eq!(into_stars.status, 201, "miles used none of the stars' allowance: {:?}", into_stars.body);
+        let over = app.post("/v1/exchanges", exchange(anna, 1, 2, 101)).await;
+        assert_eq!((over.status.as_u16(), over.code()), (422, "exchange_limit_reached"));
+        app.assert_ledger_sound().await;
+    }
+}

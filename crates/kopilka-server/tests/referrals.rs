@@ -182,3 +182,78 @@ both_stores! {
         app.assert_ledger_sound().await;
     }
 }
+
+/// The outbox's events of `kind`, payloads parsed, oldest first.
+async fn outbox(app: &TestApp, kind: &str) -> Vec<Value> {
+    let store = &app.running.as_ref().unwrap().state.store;
+    let payloads: Vec<String> = sqlx::query_scalar("SELECT payload FROM events WHERE kind = $1 ORDER BY id")
+        .bind(kind)
+        .fetch_all(&store.pool)
+        .await
+        .unwrap();
+    payloads.iter().map(|p| serde_json::from_str(p).unwrap()).collect()
+}
+
+both_stores! {
+    async fn a_return_after_the_window_closed_does_not_void_the_referral_however_late_the_job_runs() {
+        let app = spawn_app().await;
+        with_referrals(&app, None).await;
+        let anna = app.create_member("6001").await;
+        let code = code_of(&app, anna).await;
+        let boris = sign_up(&app, json!({ "card": "6002", "referral_code": code })).await["id"].as_i64().unwrap();
+        let olga = sign_up(&app, json!({ "card": "6003", "referral_code": code })).await["id"].as_i64().unwrap();
+        assert_eq!(app.purchase(boris, "B-1", 100_000).await.status, 201);
+        assert_eq!(app.purchase(olga, "O-1", 100_000).await.status, 201);
+        // Olga returns on the window's last day, Boris the day after it closed; the job was down.
+        app.advance_days(13);
+        assert_eq!(app.post("/v1/returns", json!({ "purchase_external_id": "O-1" })).await.status, 201);
+        app.advance_days(2);
+        assert_eq!(app.post("/v1/returns", json!({ "purchase_external_id": "B-1" })).await.status, 201);
+        app.advance_days(10);
+        app.run_job("referrals").await;
+        let referred = app.get(&format!("/v1/members/{anna}/referrals")).await.body["referred"].clone();
+        let statuses: Vec<(i64, &str)> = referred
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["referred_id"].as_i64().unwrap(), r["status"].as_str().unwrap()))
+            .collect();
+        assert_eq!(statuses, [(boris, "rewarded"), (olga, "voided")]);
+        assert_eq!(app.balance(anna).await, (100, 0));
+        app.assert_ledger_sound().await;
+    }
+}
+
+both_stores! {
+    async fn referral_events_reach_the_outbox_with_their_payloads() {
+        let app = spawn_app().await;
+        with_referrals(&app, None).await;
+        let anna = app.create_member("7001").await;
+        let code = code_of(&app, anna).await;
+        let boris = sign_up(&app, json!({ "card": "7002", "referral_code": code })).await["id"].as_i64().unwrap();
+        let twin = sign_up(&app, json!({ "card": "0007001", "referral_code": code })).await["id"].as_i64().unwrap();
+        assert_eq!(app.purchase(boris, "R-1", 100_000).await.status, 201);
+        app.advance_days(15);
+        app.run_job("referrals").await;
+        app.run_job("referrals").await;
+
+        let accepted = outbox(&app, "referral_accepted").await;
+        assert_eq!(accepted.len(), 1, "{accepted:?}");
+        assert_eq!(
+            (&accepted[0]["member_id"], &accepted[0]["referrer_id"], &accepted[0]["welcome_points"]),
+            (&json!(boris), &json!(anna), &json!(50))
+        );
+        let rejected = outbox(&app, "referral_rejected").await;
+        assert_eq!(rejected.len(), 1, "{rejected:?}");
+        assert_eq!(
+            (&rejected[0]["member_id"], &rejected[0]["referrer_id"], &rejected[0]["reason"]),
+            (&json!(twin), &json!(anna), &json!("self_referral_shared_card"))
+        );
+        let rewarded = outbox(&app, "referral_rewarded").await;
+        assert_eq!(rewarded.len(), 1, "rewarded once over two runs: {rewarded:?}");
+        assert_eq!(
+            (&rewarded[0]["member_id"], &rewarded[0]["referred_id"], &rewarded[0]["points"]),
+            (&json!(anna), &json!(boris), &json!(100))
+        );
+    }
+}

@@ -305,8 +305,8 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
         );
         query.build().execute(&mut *conn).await?;
     }
-    for chunk in writes.members.chunks(chunk_rows(16)) {
-        let mut query = Builder::new(format!("INSERT INTO members (tenant_id, {MEMBER_COLUMNS}) "));
+    for chunk in writes.members.chunks(chunk_rows(17)) {
+        let mut query = Builder::new(format!("INSERT INTO members (tenant_id, {MEMBER_COLUMNS}, manual_tier_until) "));
         query.push_values(chunk, |mut b, (tenant, m)| {
             b.push_bind(tenant.0)
                 .push_bind(m.id.0)
@@ -323,25 +323,31 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
                 .push_bind(micros::of(m.signup_at))
                 .push_bind(m.merged_into.map(|s| s.0))
                 .push_bind(micros::of(m.created_at))
-                .push_bind(micros::of(m.updated_at));
+                .push_bind(micros::of(m.updated_at))
+                .push_bind(m.state.manual_tier_until().map(micros::of));
         });
         query.push(
             " ON CONFLICT (tenant_id, id) DO UPDATE SET card = excluded.card, phone = excluded.phone,
               email = excluded.email, external_id = excluded.external_id, name = excluded.name,
               birth_date = excluded.birth_date, gender = excluded.gender, city = excluded.city,
-              consents = excluded.consents, state = excluded.state, merged_into = excluded.merged_into, updated_at = excluded.updated_at",
+              consents = excluded.consents, state = excluded.state, merged_into = excluded.merged_into, updated_at = excluded.updated_at,
+              manual_tier_until = excluded.manual_tier_until",
         );
         query.build().execute(&mut *conn).await?;
     }
 
-    for chunk in writes.member_states.chunks(chunk_rows(3)) {
-        let mut query = Builder::new("WITH k(t, v, s) AS (");
+    for chunk in writes.member_states.chunks(chunk_rows(4)) {
+        let mut query = Builder::new("WITH k(t, v, s, u) AS (");
         query.push_values(chunk, |mut b, (tenant, member, state)| {
             b.push_bind(tenant.0)
                 .push_bind(member.0)
-                .push_bind(serde_json::to_string(state).expect("member states serialize"));
+                .push_bind(serde_json::to_string(state).expect("member states serialize"))
+                .push_bind(state.manual_tier_until().map(micros::of));
         });
-        query.push(") UPDATE members SET state = k.s FROM k WHERE members.tenant_id = k.t AND members.id = k.v");
+        query.push(
+            ") UPDATE members SET state = k.s, manual_tier_until = k.u FROM k
+             WHERE members.tenant_id = k.t AND members.id = k.v",
+        );
         query.build().execute(&mut *conn).await?;
     }
 

@@ -17,8 +17,9 @@ pub struct PartnerKeys {
     pub partners: Vec<(TenantId, PartnerId)>,
     /// Tenants creating a partner: their highest partner id is loaded to allocate the next.
     pub creating: Vec<TenantId>,
-    /// Points a member converted out of a currency since a time, for exchange limits.
-    pub exchange_usage: Vec<(TenantId, MemberId, String, Timestamp)>,
+    /// Points a member converted out of a currency, in movements with a reason (the pair of
+    /// programs), since a time, for exchange limits.
+    pub exchange_usage: Vec<(TenantId, MemberId, String, String, Timestamp)>,
 }
 
 /// What `load` found.
@@ -26,7 +27,7 @@ pub struct PartnerKeys {
 pub struct PartnersLoaded {
     pub partners: HashMap<(TenantId, PartnerId), Partner>,
     pub last_ids: HashMap<TenantId, i64>,
-    pub exchange_used: HashMap<(TenantId, MemberId, String), i64>,
+    pub exchange_used: HashMap<(TenantId, MemberId, String, String), i64>,
 }
 
 /// A partner's API key: the `api_keys` row and its binding.
@@ -75,20 +76,21 @@ pub async fn load(conn: &mut AnyConnection, keys: &PartnerKeys) -> Result<Partne
             .await?;
         loaded.last_ids.insert(*tenant, last.unwrap_or(0));
     }
-    for (tenant, member, currency, since) in &keys.exchange_usage {
+    for (tenant, member, currency, reason, since) in &keys.exchange_usage {
         let used: i64 = sqlx::query_scalar(
             "SELECT CAST(COALESCE(SUM(p.amount), 0) AS BIGINT) FROM postings p
              JOIN movements m ON m.tenant_id = p.tenant_id AND m.id = p.movement_id
              WHERE p.tenant_id = $1 AND p.account = 'exchange' AND p.amount > 0 AND p.currency = $2
-               AND m.member_id = $3 AND m.occurred_at >= $4",
+               AND m.member_id = $3 AND m.occurred_at >= $4 AND m.reason = $5",
         )
         .bind(tenant.0)
         .bind(currency)
         .bind(member.0)
         .bind(micros::of(*since))
+        .bind(reason)
         .fetch_one(&mut *conn)
         .await?;
-        loaded.exchange_used.insert((*tenant, *member, currency.clone()), used);
+        loaded.exchange_used.insert((*tenant, *member, currency.clone(), reason.clone()), used);
     }
     Ok(loaded)
 }

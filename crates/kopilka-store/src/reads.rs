@@ -268,4 +268,28 @@ impl Store {
             sqlx::query_scalar(&sql).bind(tenant.0).bind(due).bind(after.0).bind(limit).fetch_all(&self.pool).await?;
         Ok(ids.into_iter().map(MemberId).collect())
     }
+
+    /// Members whose admin-assigned tier ended by `now`, a page at a time after `after`: the tiers
+    /// job ends each (the column is cleared when the state no longer holds such an assignment).
+    pub async fn members_manual_tier_ended(
+        &self,
+        tenant: TenantId,
+        now: jiff::Timestamp,
+        after: MemberId,
+        limit: i64,
+    ) -> Result<Vec<MemberId>> {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM members
+             WHERE tenant_id = $1 AND manual_tier_until IS NOT NULL AND manual_tier_until <= $2
+               AND id > $3 AND merged_into IS NULL
+             ORDER BY id LIMIT $4",
+        )
+        .bind(tenant.0)
+        .bind(crate::micros::of(now))
+        .bind(after.0)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.into_iter().map(MemberId).collect())
+    }
 }

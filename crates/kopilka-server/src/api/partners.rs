@@ -20,7 +20,7 @@ use crate::app::AppState;
 use crate::auth::{generate_key, Caller, ADMINS};
 use crate::dto::BalanceView;
 use crate::engine::{Command, Reply};
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::extract::{Mutation, Query};
 use crate::partners::PartnerCommand;
 
@@ -78,7 +78,7 @@ async fn partner_or_404(state: &AppState, tenant: TenantId, id: PartnerId) -> Re
         .ok_or_else(|| ApiError::not_found("partner_not_found", format!("partner {id} does not exist")))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePartnerRequest {
     pub name: String,
@@ -87,6 +87,9 @@ pub struct CreatePartnerRequest {
     pub redeem_value_minor: Option<i64>,
 }
 
+#[utoipa::path(post, path = "/v1/partners", tag = "partners", request_body = CreatePartnerRequest,
+    params(("Idempotency-Key" = String, Header, description = "unique per intended change")),
+    responses((status = 201, body = Partner), (status = 400, body = Problem, description = "validation_failed")))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -108,11 +111,14 @@ pub async fn create(
     state.submit(tenant, m.idempotency, Command::Partner(PartnerCommand::Create(terms))).await
 }
 
+#[utoipa::path(get, path = "/v1/partners", tag = "partners", responses((status = 200, body = Vec<Partner>)))]
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<Partner>>, ApiError> {
     let tenant = caller.tenant_for(&[Role::Admin, Role::Analyst])?;
     Ok(Json(state.store.partners(tenant).await?))
 }
 
+#[utoipa::path(get, path = "/v1/partners/{id}", tag = "partners",
+    responses((status = 200, body = Partner), (status = 404, body = Problem, description = "partner_not_found")))]
 pub async fn get_partner(
     State(state): State<AppState>,
     caller: Caller,
@@ -123,12 +129,16 @@ pub async fn get_partner(
     Ok(Json(partner_or_404(&state, tenant, partner).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyRequest {
     pub name: String,
 }
 
+#[utoipa::path(post, path = "/v1/partners/{id}/api-keys", tag = "partners", request_body = CreateKeyRequest,
+    params(("Idempotency-Key" = String, Header, description = "unique per intended change")),
+    responses((status = 201, body = crate::partners::PartnerKeyCreated, description = "the key, shown once"),
+        (status = 404, body = Problem, description = "partner_not_found")))]
 pub async fn create_key(
     State(state): State<AppState>,
     caller: Caller,
@@ -140,7 +150,7 @@ pub async fn create_key(
     state.submit(tenant, m.idempotency, Command::Partner(command)).await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PartnerPointsRequest {
     /// Required for an admin; a partner key may omit it or must name its own partner.
@@ -170,6 +180,10 @@ async fn at_partner(
 }
 
 /// Points a member earned at the partner, at the partner's cost.
+#[utoipa::path(post, path = "/v1/partner-purchases", tag = "partners", request_body = PartnerPointsRequest,
+    params(("Idempotency-Key" = String, Header, description = "unique per intended change")),
+    responses((status = 201, body = crate::partners::PartnerMovementResponse),
+        (status = 404, body = Problem, description = "partner_not_found, member_not_found")))]
 pub async fn earn(
     State(state): State<AppState>,
     caller: Caller,
@@ -180,6 +194,10 @@ pub async fn earn(
 }
 
 /// Points a member spent at the partner; the program owes the partner their value.
+#[utoipa::path(post, path = "/v1/partner-redemptions", tag = "partners", request_body = PartnerPointsRequest,
+    params(("Idempotency-Key" = String, Header, description = "unique per intended change")),
+    responses((status = 201, body = crate::partners::PartnerMovementResponse),
+        (status = 422, body = Problem, description = "insufficient_points")))]
 pub async fn redeem(
     State(state): State<AppState>,
     caller: Caller,
@@ -189,17 +207,22 @@ pub async fn redeem(
     at_partner(state, caller, headers, m, false).await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PeriodQuery {
+    #[param(value_type = String, format = DateTime)]
     pub from: Timestamp,
+    #[param(value_type = String, format = DateTime)]
     pub to: Timestamp,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SettlementReport {
     pub partner_id: i64,
+    #[schema(value_type = String, format = DateTime)]
     pub from: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
     pub to: Timestamp,
     pub currency: String,
     pub issue_cost_minor: i64,
@@ -209,6 +232,8 @@ pub struct SettlementReport {
 }
 
 /// What the partner and the program owe each other for movements in `[from, to)`.
+#[utoipa::path(get, path = "/v1/partners/{id}/settlement", tag = "partners", params(PeriodQuery),
+    responses((status = 200, body = SettlementReport), (status = 404, body = Problem, description = "partner_not_found")))]
 pub async fn settlement(
     State(state): State<AppState>,
     caller: Caller,
@@ -241,6 +266,8 @@ pub async fn settlement(
 
 /// A member's balance as a partner sees it: only members who earned or spent at that partner,
 /// so a partner key cannot browse the program's members.
+#[utoipa::path(get, path = "/v1/partners/{id}/members/{member_id}/balance", tag = "partners",
+    responses((status = 200, body = BalanceView), (status = 404, body = Problem, description = "member_not_found")))]
 pub async fn member_balance(
     State(state): State<AppState>,
     caller: Caller,
@@ -263,7 +290,7 @@ pub async fn member_balance(
     Ok(Json(BalanceView { member_id, currency: program.point_currency.to_string(), balance, as_of: now }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExchangeRequest {
     pub member_id: i64,
@@ -273,6 +300,10 @@ pub struct ExchangeRequest {
 }
 
 /// Converts a member's points of one program into another at the rate the first one sets.
+#[utoipa::path(post, path = "/v1/exchanges", tag = "partners", request_body = ExchangeRequest,
+    params(("Idempotency-Key" = String, Header, description = "unique per intended change")),
+    responses((status = 201, body = crate::partners::ExchangeResponse),
+        (status = 422, body = Problem, description = "exchange_not_offered, exchange_limit_reached, insufficient_points")))]
 pub async fn exchange(
     State(state): State<AppState>,
     caller: Caller,

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::app::AppState;
 use crate::auth::{Caller, READERS};
 use crate::engine::{Command, Reply, Request};
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::extract::{parse_json, Mutation};
 use crate::referrals::ReferralCommand;
 
@@ -60,7 +60,7 @@ pub async fn create_member(
     state.submit(tenant, mutation.idempotency, command).await
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MemberReferrals {
     pub member_id: i64,
     pub code: String,
@@ -73,6 +73,8 @@ pub struct MemberReferrals {
 }
 
 /// The member's code (assigned on first ask), link and referrals.
+#[utoipa::path(get, path = "/v1/members/{id}/referrals", tag = "members",
+    responses((status = 200, body = MemberReferrals), (status = 404, body = Problem, description = "member_not_found")))]
 pub async fn member_referrals(
     State(state): State<AppState>,
     caller: Caller,

@@ -24,7 +24,8 @@ pub struct TierProgress {
     pub window: SpendWindow,
     /// The metric over the current window so far.
     pub value: i64,
-    /// When the current window closes and tiers are reviewed (none for a lifetime window).
+    /// The day of the next review: the current window's end plus the grace days (none for a
+    /// lifetime window).
     #[schema(value_type = Option<String>, format = Date)]
     pub review_on: Option<Date>,
     /// The next level up and what is left to reach it.
@@ -101,7 +102,7 @@ pub async fn progress(
         manual: assignment.manual,
         benefits: level.benefits.clone(),
     });
-    let review_on = tiers.window_end(today);
+    let review_on = tiers.next_review(today, member.state.tier_reviewed);
     Ok(Json(TierProgress {
         member_id: member.id.0,
         tier,
