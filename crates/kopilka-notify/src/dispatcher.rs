@@ -196,22 +196,37 @@ impl Dispatcher {
                 (delivery, webhook, config)
             })
             .collect();
-        let settings = &settings;
-        let results: Vec<AttemptResult> = futures::stream::iter(attempts)
+        let messages: HashMap<String, (TenantId, Option<i64>)> = attempts
+            .iter()
+            .filter(|(delivery, ..)| delivery.channel != "webhook")
+            .map(|(delivery, ..)| (delivery.id.clone(), (delivery.tenant_id, delivery.member_id)))
+            .collect();
+        let mut results: Vec<AttemptResult> = futures::stream::iter(attempts)
             .map(|(delivery, webhook, config)| async move {
                 let outcome = self.attempt(&delivery, webhook.as_ref(), config.as_ref(), now).await;
-                let mut result = self.result_of(&delivery, outcome, now);
-                // A retry of a message to a member waits out quiet hours like the first attempt.
-                if let (Some(at), Some(settings)) = (result.next_attempt_at, settings.get(&delivery.tenant_id)) {
-                    if delivery.channel != "webhook" {
-                        result.next_attempt_at = Some(settings.release_at(at));
-                    }
-                }
-                result
+                self.result_of(&delivery, outcome, now)
             })
             .buffer_unordered(self.config.concurrency_max)
             .collect()
             .await;
+        // A retry of a message to a member waits out quiet hours in the member's time zone, like
+        // the first attempt. Zones are read only for messages that failed.
+        let mut zones: HashMap<(TenantId, i64), Option<String>> = HashMap::new();
+        for result in &mut results {
+            let (Some(at), Some(&(tenant, member))) = (result.next_attempt_at, messages.get(&result.id)) else {
+                continue;
+            };
+            let Some(settings) = settings.get(&tenant) else { continue };
+            let mut zone = None;
+            if let Some(member) = member {
+                if !zones.contains_key(&(tenant, member)) {
+                    let row = kopilka_store::outbox::member(conn, tenant, kopilka_core::MemberId(member)).await?;
+                    zones.insert((tenant, member), row.and_then(|m| m.profile.time_zone));
+                }
+                zone = zones[&(tenant, member)].clone();
+            }
+            result.next_attempt_at = Some(settings.release_at_in(&settings.zone_of(zone.as_deref()), at));
+        }
         let delivered = results.iter().filter(|r| r.status == DeliveryStatus::Delivered).count();
         db::record_attempts(conn, &results, self.clock.now()).await?;
         Ok((results.len(), delivered))

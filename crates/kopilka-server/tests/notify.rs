@@ -394,3 +394,101 @@ async fn the_openapi_document_describes_the_notification_routes() {
     assert!(spec["paths"].get("/v1/purchases").is_some(), "the ledger's routes are still there");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn members_carry_a_validated_time_zone_and_language_and_their_offers_arrive_in_their_language() {
+    let app = spawn_app().await;
+    let smtp = SmtpSink::start().await;
+    let (hook, url) = Hook::start(app.clock.clone()).await;
+    let settings = json!({ "language": "en", "public_base_url": app.base });
+    assert_eq!(put(&app, "/v1/notifications/settings", settings).await.status, 200);
+    let config = json!({ "provider": "smtp", "host": "127.0.0.1", "port": smtp.port, "security": "plain",
+                         "from": "Kopilka <loyalty@example.com>" });
+    assert_eq!(put(&app, "/v1/channels/email", config).await.status, 200);
+    subscribe(&app, &hook, &url, json!(["offer_received"])).await;
+
+    let unknown = app.post("/v1/members", json!({ "card": "C-0", "time_zone": "Mars/Olympus" })).await;
+    assert_eq!((unknown.status.as_u16(), unknown.code()), (422, "unknown_time_zone"), "{:?}", unknown.body);
+    assert_eq!(unknown.body["field"], "time_zone");
+    let anna = json!({ "card": "C-1", "email": "anna@example.com", "name": "Анна", "consents": { "email": true },
+                       "time_zone": "asia/vladivostok", "language": "ru" });
+    let anna = app.post("/v1/members", anna).await;
+    assert_eq!(anna.status, 201, "{:?}", anna.body);
+    assert_eq!(
+        (anna.body["time_zone"].as_str(), anna.body["language"].as_str()),
+        (Some("Asia/Vladivostok"), Some("ru"))
+    );
+    let anna = anna.body["id"].as_i64().unwrap();
+    let boris = app
+        .post("/v1/members", json!({ "card": "C-2", "email": "boris@example.com", "consents": { "email": true } }))
+        .await;
+    let boris = boris.body["id"].as_i64().unwrap();
+    let key = app.fresh_key();
+    let patch = json!({ "time_zone": "Europe/Kaliningrad", "language": "de" }).to_string().into_bytes();
+    let refused = app.send("PATCH", &format!("/v1/members/{boris}"), &app.admin_key, Some(&key), Some(patch)).await;
+    assert_eq!((refused.status.as_u16(), refused.code()), (422, "unknown_language"));
+    assert_eq!(refused.body["field"], "language");
+    let key = app.fresh_key();
+    let patch = json!({ "time_zone": "Europe/Kaliningrad" }).to_string().into_bytes();
+    let patched = app.send("PATCH", &format!("/v1/members/{boris}"), &app.admin_key, Some(&key), Some(patch)).await;
+    assert_eq!(patched.status, 200, "{:?}", patched.body);
+    let export = app.get(&format!("/v1/members/{anna}/export")).await;
+    assert_eq!(export.body["member"]["time_zone"], "Asia/Vladivostok");
+    assert_eq!(export.body["member"]["language"], "ru");
+
+    // Anna joins a campaign; Boris gets a personal coupon. Neither template was written by the
+    // tenant: the built-in ones speak each member's language (Boris has none: the tenant's, en).
+    let key = app.fresh_key();
+    let joined = json!({ "campaigns": ["winter-tyres"] }).to_string().into_bytes();
+    let answer =
+        app.send("PATCH", &format!("/v1/members/{anna}/loyalty"), &app.admin_key, Some(&key), Some(joined)).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    let campaign = app
+        .post(
+            "/v1/coupon-campaigns",
+            json!({ "name": "Spring", "effect": { "percent": 5 }, "code_format": { "prefix": "SP-", "length": 10 } }),
+        )
+        .await;
+    let campaign = campaign.body["id"].as_i64().unwrap();
+    let personal = app.post(&format!("/v1/coupon-campaigns/{campaign}/codes"), json!({ "for_members": [boris] })).await;
+    assert_eq!(personal.status, 201, "{:?}", personal.body);
+    let code = personal.body["codes"][0].as_str().unwrap().to_string();
+
+    let offers = hook.wait_for(2).await;
+    let mut seen: Vec<(i64, String, String)> = offers
+        .iter()
+        .map(|w| {
+            let data = &w.body["data"];
+            (
+                data["member_id"].as_i64().unwrap(),
+                data["source"].as_str().unwrap().into(),
+                data["campaign"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen, [(anna, "campaign".into(), "winter-tyres".into()), (boris, "coupon".into(), "Spring".into())]);
+    assert!(offers.iter().all(|w| w.verified && w.body["kind"] == "offer_received"));
+
+    let mail = smtp.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(mail.len(), 2);
+    use mailparse::MailHeaderMap;
+    for received in mail {
+        let parsed = mailparse::parse_mail(&received.data).unwrap();
+        let subject = parsed.headers.get_first_value("Subject").unwrap();
+        let text = parsed.subparts[0].get_body().unwrap();
+        if received.to == ["anna@example.com"] {
+            assert_eq!(subject, "Персональное предложение для вас");
+            assert!(text.contains("Анна, здравствуйте!") && text.contains("«winter-tyres»"), "{text}");
+        } else {
+            assert_eq!(subject, "A personal offer for you");
+            assert!(text.contains(&format!("Your personal coupon {code} for Spring")), "{text}");
+        }
+    }
+    // The same PATCH again adds no campaign, so it offers nothing new.
+    let key = app.fresh_key();
+    let again = json!({ "campaigns": ["winter-tyres"] }).to_string().into_bytes();
+    app.send("PATCH", &format!("/v1/members/{anna}/loyalty"), &app.admin_key, Some(&key), Some(again)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(hook.seen.lock().unwrap().len(), 2);
+}

@@ -98,7 +98,7 @@ fn chunk_rows(columns: usize) -> usize {
     BIND_VALUES_MAX / columns
 }
 
-pub(crate) const MEMBER_COLUMNS: &str = "id, card, phone, email, external_id, name, birth_date, gender, city, consents, state, signup_at, merged_into, created_at, updated_at";
+pub(crate) const MEMBER_COLUMNS: &str = "id, card, phone, email, external_id, name, birth_date, gender, city, consents, time_zone, language, state, signup_at, merged_into, created_at, updated_at";
 
 pub(crate) fn member_of_row(row: &SqliteRow) -> Result<MemberRow> {
     let corrupt = |detail: String| StoreError::Corrupt { table: "members", detail };
@@ -118,6 +118,8 @@ pub(crate) fn member_of_row(row: &SqliteRow) -> Result<MemberRow> {
             gender: gender.map(|g| Gender::parse(&g).ok_or_else(|| corrupt(g))).transpose()?,
             city: row.get("city"),
             consents: serde_json::from_str::<Consents>(&consents).map_err(|e| corrupt(e.to_string()))?,
+            time_zone: row.get("time_zone"),
+            language: row.get("language"),
         },
         state: serde_json::from_str(&state).map_err(|e| corrupt(e.to_string()))?,
         signup_at: micros::to_ts(row.get("signup_at")),
@@ -298,7 +300,7 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &Writes) -> Result<()> {
         );
         query.build().execute(&mut *conn).await?;
     }
-    for chunk in writes.members.chunks(chunk_rows(16)) {
+    for chunk in writes.members.chunks(chunk_rows(18)) {
         let mut query = QueryBuilder::<Sqlite>::new(format!("INSERT INTO members (tenant_id, {MEMBER_COLUMNS}) "));
         query.push_values(chunk, |mut b, (tenant, m)| {
             b.push_bind(tenant.0)
@@ -312,6 +314,8 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &Writes) -> Result<()> {
                 .push_bind(m.profile.gender.map(|g| g.as_str()))
                 .push_bind(&m.profile.city)
                 .push_bind(serde_json::to_string(&m.profile.consents).expect("consents serialize"))
+                .push_bind(&m.profile.time_zone)
+                .push_bind(&m.profile.language)
                 .push_bind(serde_json::to_string(&m.state).expect("member states serialize"))
                 .push_bind(micros::of(m.signup_at))
                 .push_bind(m.merged_into.map(|s| s.0))
@@ -322,7 +326,8 @@ pub async fn flush(conn: &mut SqliteConnection, writes: &Writes) -> Result<()> {
             " ON CONFLICT (tenant_id, id) DO UPDATE SET card = excluded.card, phone = excluded.phone,
               email = excluded.email, external_id = excluded.external_id, name = excluded.name,
               birth_date = excluded.birth_date, gender = excluded.gender, city = excluded.city,
-              consents = excluded.consents, state = excluded.state, merged_into = excluded.merged_into, updated_at = excluded.updated_at",
+              consents = excluded.consents, time_zone = excluded.time_zone, language = excluded.language,
+              state = excluded.state, merged_into = excluded.merged_into, updated_at = excluded.updated_at",
         );
         query.build().execute(&mut *conn).await?;
     }
