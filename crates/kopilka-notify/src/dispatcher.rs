@@ -219,11 +219,15 @@ impl Dispatcher {
             let Some(settings) = settings.get(&tenant) else { continue };
             let mut zone = None;
             if let Some(member) = member {
-                if !zones.contains_key(&(tenant, member)) {
-                    let row = kopilka_store::outbox::member(conn, tenant, kopilka_core::MemberId(member)).await?;
-                    zones.insert((tenant, member), row.and_then(|m| m.profile.time_zone));
-                }
-                zone = zones[&(tenant, member)].clone();
+                zone = match zones.get(&(tenant, member)) {
+                    Some(zone) => zone.clone(),
+                    None => {
+                        let row = kopilka_store::outbox::member(conn, tenant, kopilka_core::MemberId(member)).await?;
+                        let found = row.and_then(|m| m.profile.time_zone);
+                        zones.insert((tenant, member), found.clone());
+                        found
+                    }
+                };
             }
             result.next_attempt_at = Some(settings.release_at_in(&settings.zone_of(zone.as_deref()), at));
         }
