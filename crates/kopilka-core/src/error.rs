@@ -25,6 +25,10 @@ pub enum DomainError {
     MemberMerged { member_id: i64, survivor_id: i64 },
     #[error("a member cannot be merged into itself")]
     MergeIntoSelf,
+    #[error("{field}: unknown time zone {zone:?}: use an IANA name such as Europe/Moscow")]
+    UnknownTimeZone { field: String, zone: String },
+    #[error("{field}: language {language:?} is not supported: use en or ru")]
+    UnknownLanguage { field: String, language: String },
 }
 
 impl DomainError {
@@ -40,6 +44,18 @@ impl DomainError {
             DomainError::NothingToReturn => "nothing_to_return",
             DomainError::MemberMerged { .. } => "member_merged",
             DomainError::MergeIntoSelf => "merge_into_self",
+            DomainError::UnknownTimeZone { .. } => "unknown_time_zone",
+            DomainError::UnknownLanguage { .. } => "unknown_language",
+        }
+    }
+
+    /// The request field at fault, when the rejection is about one.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            DomainError::Invalid { field, .. }
+            | DomainError::UnknownTimeZone { field, .. }
+            | DomainError::UnknownLanguage { field, .. } => Some(field),
+            _ => None,
         }
     }
 

@@ -129,6 +129,17 @@ pub enum DomainEvent {
         referred_id: MemberId,
         points: i64,
     },
+    /// A personal offer for the member: `source` is `campaign` (an admin added the member to the
+    /// campaign tagged `campaign`) or `coupon` (a personal code of the coupon campaign
+    /// `coupon_campaign_id`, named `campaign`, valid until `valid_until` if it ends).
+    OfferReceived {
+        member_id: MemberId,
+        source: String,
+        campaign: String,
+        coupon_campaign_id: Option<i64>,
+        code: Option<String>,
+        valid_until: Option<Timestamp>,
+    },
 }
 
 impl DomainEvent {
@@ -153,6 +164,7 @@ impl DomainEvent {
             DomainEvent::ReferralAccepted { .. } => "referral_accepted",
             DomainEvent::ReferralRejected { .. } => "referral_rejected",
             DomainEvent::ReferralRewarded { .. } => "referral_rewarded",
+            DomainEvent::OfferReceived { .. } => "offer_received",
             DomainEvent::Points { movement, .. } => match movement {
                 MovementKind::Earn => "points_earn",
                 MovementKind::Activate => "points_activate",
@@ -185,7 +197,8 @@ impl DomainEvent {
             | DomainEvent::CashbackPayoutCreated { member_id, .. }
             | DomainEvent::ReferralAccepted { member_id, .. }
             | DomainEvent::ReferralRejected { member_id, .. }
-            | DomainEvent::ReferralRewarded { member_id, .. } => *member_id,
+            | DomainEvent::ReferralRewarded { member_id, .. }
+            | DomainEvent::OfferReceived { member_id, .. } => *member_id,
             DomainEvent::MembersMerged { survivor_id, .. } => *survivor_id,
         }
     }

@@ -130,7 +130,18 @@ pub struct Profile {
     pub city: Option<String>,
     #[serde(default)]
     pub consents: Consents,
+    /// The member's IANA time zone (`Asia/Vladivostok`): quiet hours and the daily message cap
+    /// follow it. Absent, the tenant's notification time zone applies.
+    #[serde(default)]
+    pub time_zone: Option<String>,
+    /// The language messages are written in for this member, one of `LANGUAGES`. Absent, the
+    /// tenant's default applies.
+    #[serde(default)]
+    pub language: Option<String>,
 }
+
+/// The languages a member may choose; messages have templates in each.
+pub const LANGUAGES: &[&str] = &["en", "ru"];
 
 impl Profile {
     pub const TEXT_LEN_MAX: usize = 200;
@@ -162,6 +173,19 @@ impl Profile {
                 return Err(DomainError::invalid(field, format!("must be at most {} characters", Self::TEXT_LEN_MAX)));
             }
         }
+        if let Some(zone) = self.time_zone.take() {
+            let tz = jiff::tz::TimeZone::get(zone.trim())
+                .map_err(|_| DomainError::UnknownTimeZone { field: "time_zone".into(), zone: zone.clone() })?;
+            // The canonical spelling, so `asia/vladivostok` is stored as `Asia/Vladivostok`.
+            self.time_zone = Some(tz.iana_name().map_or(zone, str::to_string));
+        }
+        if let Some(language) = self.language.take() {
+            let language = language.trim().to_ascii_lowercase();
+            if !LANGUAGES.contains(&language.as_str()) {
+                return Err(DomainError::UnknownLanguage { field: "language".into(), language });
+            }
+            self.language = Some(language);
+        }
         Ok(self)
     }
 }
@@ -190,5 +214,20 @@ mod tests {
         let profile = Profile { card: Some("  C-001 ".into()), email: Some("bad".into()), ..Profile::default() };
         let error = profile.normalized().unwrap_err();
         assert!(matches!(error, DomainError::Invalid { ref field, .. } if field == "email"), "{error:?}");
+    }
+
+    #[test]
+    fn time_zones_and_languages_are_checked_and_spelled_canonically() {
+        let profile =
+            Profile { time_zone: Some("asia/vladivostok".into()), language: Some(" RU ".into()), ..Profile::default() };
+        let profile = profile.normalized().unwrap();
+        assert_eq!(profile.time_zone.as_deref(), Some("Asia/Vladivostok"));
+        assert_eq!(profile.language.as_deref(), Some("ru"));
+        let bad = Profile { time_zone: Some("Mars/Olympus".into()), ..Profile::default() };
+        let error = bad.normalized().unwrap_err();
+        assert_eq!(error.code(), "unknown_time_zone");
+        assert_eq!(error.field(), Some("time_zone"));
+        let bad = Profile { language: Some("de".into()), ..Profile::default() };
+        assert_eq!(bad.normalized().unwrap_err().code(), "unknown_language");
     }
 }

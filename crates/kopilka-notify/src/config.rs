@@ -33,6 +33,10 @@ pub struct SmtpConfig {
     pub password: Option<Secret>,
     /// The sender, as `Name <address>` or a bare address.
     pub from: String,
+    /// A PEM certificate trusted as a root for STARTTLS besides the public ones: for a relay
+    /// with a private or self-signed certificate. Certificates are never left unchecked.
+    #[serde(default)]
+    pub root_certificate_pem: Option<String>,
 }
 
 /// Twilio's Messages API (form-encoded, HTTP basic auth with the account SID and auth token).
@@ -240,6 +244,13 @@ fn check(config: &ChannelConfig) -> Result<()> {
             if smtp.password.is_some() != smtp.username.is_some() {
                 return Err(invalid("username", "username and password go together"));
             }
+            if let Some(pem) = &smtp.root_certificate_pem {
+                if smtp.security != SmtpSecurity::Starttls {
+                    return Err(invalid("root_certificate_pem", "a root certificate is for starttls"));
+                }
+                crate::smtp::tls_parameters(&smtp.host, Some(pem))
+                    .map_err(|detail| invalid("root_certificate_pem", detail))?;
+            }
             smtp.from
                 .parse::<lettre::message::Mailbox>()
                 .map_err(|e| invalid("from", format!("{:?} is not an email address: {e}", smtp.from)))?;
@@ -304,6 +315,10 @@ mod tests {
         assert_eq!(field_of(Channel::Email, bad), "config.from");
         assert_eq!(field_of(Channel::Email, json!({"provider": "twilio"})), "config.provider");
         assert_eq!(field_of(Channel::Sms, json!({"provider": "twilio", "from": "+1"})), "config.account_sid");
+        let mut bad = smtp.clone();
+        bad["security"] = json!("starttls");
+        bad["root_certificate_pem"] = json!("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n");
+        assert_eq!(field_of(Channel::Email, bad), "config.root_certificate_pem");
         let http = json!({"provider": "http", "url": "http://127.0.0.1:9/sms", "body_template": "{{ nope }}"});
         assert_eq!(field_of(Channel::Sms, http), "config.body_template");
         let http = json!({"provider": "http", "url": "ftp://x", "body_template": "{{ text }}"});

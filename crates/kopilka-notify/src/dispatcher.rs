@@ -170,8 +170,11 @@ impl Dispatcher {
 
     async fn send_due(&self, conn: &mut sqlx::AnyConnection) -> Result<(usize, usize)> {
         let now = self.clock.now();
-        // The lease outlasts every attempt of the pass (each is bounded by the request timeout).
-        let lease = jiff::SignedDuration::try_from(self.config.request_timeout * 3).expect("timeouts are small");
+        // The lease outlasts every attempt of the pass (each is bounded by the request timeout)
+        // and the recording of its outcome; a dispatcher killed mid-pass delays these deliveries
+        // by no more than that.
+        let lease = jiff::SignedDuration::try_from(self.config.request_timeout + std::time::Duration::from_secs(5))
+            .expect("timeouts are small");
         let due = db::claim_due(conn, now, now + lease, self.config.send_batch_max).await?;
         if due.is_empty() {
             return Ok((0, 0));
@@ -198,22 +201,41 @@ impl Dispatcher {
                 (delivery, webhook, config)
             })
             .collect();
-        let settings = &settings;
-        let results: Vec<AttemptResult> = futures::stream::iter(attempts)
+        let messages: HashMap<String, (TenantId, Option<i64>)> = attempts
+            .iter()
+            .filter(|(delivery, ..)| delivery.channel != "webhook")
+            .map(|(delivery, ..)| (delivery.id.clone(), (delivery.tenant_id, delivery.member_id)))
+            .collect();
+        let mut results: Vec<AttemptResult> = futures::stream::iter(attempts)
             .map(|(delivery, webhook, config)| async move {
                 let outcome = self.attempt(&delivery, webhook.as_ref(), config.as_ref(), now).await;
-                let mut result = self.result_of(&delivery, outcome, now);
-                // A retry of a message to a member waits out quiet hours like the first attempt.
-                if let (Some(at), Some(settings)) = (result.next_attempt_at, settings.get(&delivery.tenant_id)) {
-                    if delivery.channel != "webhook" {
-                        result.next_attempt_at = Some(settings.release_at(at));
-                    }
-                }
-                result
+                self.result_of(&delivery, outcome, now)
             })
             .buffer_unordered(self.config.concurrency_max)
             .collect()
             .await;
+        // A retry of a message to a member waits out quiet hours in the member's time zone, like
+        // the first attempt. Zones are read only for messages that failed.
+        let mut zones: HashMap<(TenantId, i64), Option<String>> = HashMap::new();
+        for result in &mut results {
+            let (Some(at), Some(&(tenant, member))) = (result.next_attempt_at, messages.get(&result.id)) else {
+                continue;
+            };
+            let Some(settings) = settings.get(&tenant) else { continue };
+            let mut zone = None;
+            if let Some(member) = member {
+                zone = match zones.get(&(tenant, member)) {
+                    Some(zone) => zone.clone(),
+                    None => {
+                        let row = kopilka_store::outbox::member(conn, tenant, kopilka_core::MemberId(member)).await?;
+                        let found = row.and_then(|m| m.profile.time_zone);
+                        zones.insert((tenant, member), found.clone());
+                        found
+                    }
+                };
+            }
+            result.next_attempt_at = Some(settings.release_at_in(&settings.zone_of(zone.as_deref()), at));
+        }
         let delivered = results.iter().filter(|r| r.status == DeliveryStatus::Delivered).count();
         db::record_attempts(conn, &results, self.clock.now()).await?;
         Ok((results.len(), delivered))

@@ -36,10 +36,19 @@ struct TenantPolicy {
 }
 
 impl TenantPolicy {
-    /// The member's template for a kind and channel: the tenant's language, else any other.
-    fn template(&self, kind: &str, channel: Channel) -> Option<&TemplateRow> {
+    fn has_template(&self, kind: &str, channel: Channel) -> bool {
+        self.templates.contains_key(&(kind.to_string(), channel))
+    }
+
+    /// The member's template for a kind and channel: in the member's language, else the tenant's
+    /// default, else English, else any there is.
+    fn template(&self, kind: &str, channel: Channel, member_language: Option<&str>) -> Option<&TemplateRow> {
         let found = self.templates.get(&(kind.to_string(), channel))?;
-        found.iter().find(|t| t.language == self.settings.language).or_else(|| found.first())
+        [member_language, Some(self.settings.language.as_str()), Some("en")]
+            .into_iter()
+            .flatten()
+            .find_map(|language| found.iter().find(|t| t.language == language))
+            .or_else(|| found.first())
     }
 }
 
@@ -89,6 +98,22 @@ async fn load_policy(conn: &mut AnyConnection, tenant: TenantId, now: Timestamp)
     for row in db::templates(conn, tenant).await? {
         templates.entry((row.event_kind.clone(), row.channel)).or_default().push(row);
     }
+    // The shipped templates fill in where the tenant saved none for a kind and channel.
+    let mut builtin: HashMap<(String, Channel), Vec<TemplateRow>> = HashMap::new();
+    for (kind, channel, language, template) in templates::builtin() {
+        let key = (kind.to_string(), channel);
+        if !templates.contains_key(&key) {
+            let row = TemplateRow {
+                event_kind: kind.into(),
+                channel,
+                language: language.into(),
+                template,
+                updated_at: Timestamp::UNIX_EPOCH,
+            };
+            builtin.entry(key).or_default().push(row);
+        }
+    }
+    templates.extend(builtin);
     let (settings, unsubscribe_key) = db::settings(conn, tenant, now).await?;
     Ok(TenantPolicy {
         webhooks: db::webhooks(conn, tenant).await?,
@@ -171,15 +196,18 @@ async fn member_messages(
     rows: &mut Vec<DeliveryRow>,
 ) -> Result<()> {
     let Some(member_id) = event.member_id else { return Ok(()) };
-    let channels: Vec<(Channel, &TemplateRow)> =
-        Channel::ALL.into_iter().filter_map(|c| policy.template(&event.kind, c).map(|t| (c, t))).collect();
+    let channels: Vec<Channel> = Channel::ALL.into_iter().filter(|c| policy.has_template(&event.kind, *c)).collect();
     if channels.is_empty() {
         return Ok(());
     }
     let member = outbox::member(conn, event.tenant_id, member_id).await?;
     let opted_out = db::opted_out(conn, event.tenant_id, member_id).await?;
-    let (day_start, day_end) = policy.settings.day_of(now);
-    for (channel, template) in channels {
+    let profile = member.as_ref().map(|m| &m.profile);
+    let zone = policy.settings.zone_of(profile.and_then(|p| p.time_zone.as_deref()));
+    let language = profile.and_then(|p| p.language.as_deref());
+    let (day_start, day_end) = policy.settings.day_of_in(&zone, now);
+    for channel in channels {
+        let template = policy.template(&event.kind, channel, language).expect("channels with a template only");
         let contact = match channel {
             Channel::Push | Channel::Messenger => db::contact(conn, event.tenant_id, member_id, channel).await?,
             _ => None,
@@ -249,7 +277,7 @@ async fn member_messages(
                             unsubscribe_url,
                         };
                         row.payload = serde_json::to_string(&message).expect("messages serialize");
-                        row.next_attempt_at = Some(policy.settings.release_at(now));
+                        row.next_attempt_at = Some(policy.settings.release_at_in(&zone, now));
                         sent_today.insert(member_id, count + 1);
                     }
                     Err((part, error)) => suppress(&mut row, format!("template_failed: {part}: {error}")),

@@ -23,8 +23,7 @@ pub struct QuietHours {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// IANA time zone of quiet hours and of the cap's day. Members have no time zone of their own
-    /// yet, so the tenant's applies to all of them.
+    /// IANA time zone of quiet hours and of the cap's day for members who set none of their own.
     #[serde(default = "default_time_zone")]
     pub time_zone: String,
     /// Messages between `start` and `end` wait until `end`; none when absent.
@@ -33,7 +32,7 @@ pub struct Settings {
     /// Messages per member per local day across all channels; webhooks do not count.
     #[serde(default = "default_daily_cap")]
     pub daily_cap_per_member: u32,
-    /// The template language used for members (`en` or `ru`); the other is the fallback.
+    /// The template language for members who chose none (`en` or `ru`).
     #[serde(default = "default_language")]
     pub language: String,
     /// Where this server is reached from outside, for unsubscribe links.
@@ -103,11 +102,22 @@ impl Settings {
         TimeZone::get(&self.time_zone).unwrap_or(TimeZone::UTC)
     }
 
-    /// When a message created at `now` may go: `now`, or the end of the quiet hours `now` is in.
+    /// The zone a member's quiet hours and day are counted in: their own, else the tenant's.
+    pub fn zone_of(&self, member_zone: Option<&str>) -> TimeZone {
+        member_zone.and_then(|zone| TimeZone::get(zone).ok()).unwrap_or_else(|| self.zone())
+    }
+
+    /// When a message created at `now` may go: `now`, or the end of the quiet hours `now` is in,
+    /// in the tenant's time zone.
     pub fn release_at(&self, now: Timestamp) -> Timestamp {
+        self.release_at_in(&self.zone(), now)
+    }
+
+    /// `release_at` with the quiet hours read in `zone` (a member's).
+    pub fn release_at_in(&self, zone: &TimeZone, now: Timestamp) -> Timestamp {
         let Some(quiet) = &self.quiet_hours else { return now };
         let (Ok(start), Ok(end)) = (parse_time("", &quiet.start), parse_time("", &quiet.end)) else { return now };
-        let local = now.to_zoned(self.zone());
+        let local = now.to_zoned(zone.clone());
         let time = local.time();
         let quiet_now = if start < end { time >= start && time < end } else { time >= start || time < end };
         if !quiet_now {
@@ -117,12 +127,17 @@ impl Settings {
         if time >= end {
             release = release.checked_add(1.day()).expect("dates stay in range");
         }
-        release.to_zoned(self.zone()).map(|z| z.timestamp()).unwrap_or(now)
+        release.to_zoned(zone.clone()).map(|z| z.timestamp()).unwrap_or(now)
     }
 
     /// The start and end of the local day `now` falls in, for the frequency cap.
     pub fn day_of(&self, now: Timestamp) -> (Timestamp, Timestamp) {
-        let local = now.to_zoned(self.zone());
+        self.day_of_in(&self.zone(), now)
+    }
+
+    /// `day_of` in `zone` (a member's).
+    pub fn day_of_in(&self, zone: &TimeZone, now: Timestamp) -> (Timestamp, Timestamp) {
+        let local = now.to_zoned(zone.clone());
         let start = local.start_of_day().map(|z| z.timestamp()).unwrap_or(now);
         let end = local.tomorrow().and_then(|z| z.start_of_day()).map(|z| z.timestamp()).unwrap_or(now);
         (start, end)
@@ -154,6 +169,18 @@ mod tests {
         let lunch = settings("13:00", "14:00");
         let in_lunch: Timestamp = "2026-01-15T10:30:00Z".parse().unwrap();
         assert_eq!(lunch.release_at(in_lunch), "2026-01-15T11:00:00Z".parse().unwrap());
+    }
+
+    #[test]
+    fn a_member_zone_moves_the_quiet_hours_and_an_unknown_one_falls_back_to_the_tenant() {
+        let overnight = settings("22:00", "08:00");
+        // 13:00 UTC is 23:00 in Vladivostok (UTC+10), quiet until 08:00 there (22:00 UTC); it is
+        // 15:00 in Kaliningrad (UTC+2), not quiet.
+        let now: Timestamp = "2026-01-15T13:00:00Z".parse().unwrap();
+        let vladivostok = overnight.zone_of(Some("Asia/Vladivostok"));
+        assert_eq!(overnight.release_at_in(&vladivostok, now), "2026-01-15T22:00:00Z".parse().unwrap());
+        assert_eq!(overnight.release_at_in(&overnight.zone_of(Some("Europe/Kaliningrad")), now), now);
+        assert_eq!(overnight.zone_of(Some("Mars/Olympus")), overnight.zone_of(None));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use lettre::message::header::{ContentType, Header, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
 use crate::config::{SmtpConfig, SmtpSecurity};
@@ -87,6 +87,16 @@ pub fn build(config: &SmtpConfig, delivery_id: &str, message: &Message) -> Resul
     email.map_err(|e| format!("building the email: {e}"))
 }
 
+/// TLS for `host`: the public roots, plus `root_pem` when the relay's certificate is private.
+pub fn tls_parameters(host: &str, root_pem: Option<&str>) -> Result<TlsParameters, String> {
+    let mut builder = TlsParameters::builder(host.to_string());
+    if let Some(pem) = root_pem {
+        let certificate = Certificate::from_pem(pem.as_bytes()).map_err(|e| format!("root certificate: {e}"))?;
+        builder = builder.add_root_certificate(certificate);
+    }
+    builder.build().map_err(|e| format!("TLS: {e}"))
+}
+
 pub async fn send(config: &SmtpConfig, delivery_id: &str, message: &Message) -> Result<(), String> {
     let email = build(config, delivery_id, message)?;
     let mut transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host)
@@ -95,7 +105,7 @@ pub async fn send(config: &SmtpConfig, delivery_id: &str, message: &Message) -> 
     transport = match config.security {
         SmtpSecurity::Plain => transport.tls(Tls::None),
         SmtpSecurity::Starttls => {
-            let parameters = TlsParameters::new(config.host.clone()).map_err(|e| format!("TLS: {e}"))?;
+            let parameters = tls_parameters(&config.host, config.root_certificate_pem.as_deref())?;
             transport.tls(Tls::Required(parameters))
         }
     };

@@ -16,8 +16,8 @@ use crate::{Channel, NotifyError, Result};
 
 /// The largest template part accepted: far above any real message, small enough to bound memory.
 pub const TEMPLATE_BYTES_MAX: usize = 64 * 1024;
-/// Languages templates may be written in.
-pub const LANGUAGES: &[&str] = &["en", "ru"];
+/// Languages templates may be written in: those a member may choose.
+pub const LANGUAGES: &[&str] = kopilka_core::member::LANGUAGES;
 
 /// A template as saved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +155,7 @@ pub const EVENT_KINDS: &[&str] = &[
     "referral_accepted",
     "referral_rejected",
     "referral_rewarded",
+    "offer_received",
 ];
 
 /// A representative event of `kind`, as the outbox stores it.
@@ -249,8 +250,69 @@ pub fn sample_event(kind: &str) -> Option<DomainEvent> {
             reason: "self_referral_shared_phone".into(),
         },
         "referral_rewarded" => DomainEvent::ReferralRewarded { member_id, referred_id: MemberId(2), points: 100 },
+        "offer_received" => DomainEvent::OfferReceived {
+            member_id,
+            source: "coupon".into(),
+            campaign: "Autumn tyres".into(),
+            coupon_campaign_id: Some(1),
+            code: Some("AUTUMN-7F3K".into()),
+            valid_until: Some("2026-11-30T21:00:00Z".parse().expect("a valid sample time")),
+        },
         _ => return None,
     })
+}
+
+/// What a channel carries of the built-in offer message: a subject for email and push, the text,
+/// and HTML for email.
+fn offer_template(channel: Channel, language: &str) -> Template {
+    let (subject, greeting, coupon, until, joined, unsubscribe) = match language {
+        "ru" => (
+            "Персональное предложение для вас",
+            "{% if member.name %}{{ member.name }}, з{% else %}З{% endif %}дравствуйте!",
+            "Ваш персональный купон {{ event.code }} по акции «{{ event.campaign }}»",
+            " действует до {{ event.valid_until }}",
+            "Вы участвуете в акции «{{ event.campaign }}»",
+            "Отписаться",
+        ),
+        _ => (
+            "A personal offer for you",
+            "Hello{% if member.name %}, {{ member.name }}{% endif %}!",
+            "Your personal coupon {{ event.code }} for {{ event.campaign }}",
+            " is valid until {{ event.valid_until }}",
+            "You are in the offer {{ event.campaign }}",
+            "Unsubscribe",
+        ),
+    };
+    let body = format!(
+        "{{% if event.code %}}{coupon}{{% if event.valid_until %}}{until}{{% endif %}}{{% else %}}{joined}{{% endif %}}."
+    );
+    let text = match channel {
+        Channel::Email => format!("{greeting}\n\n{body}\n\n{unsubscribe}: {{{{ unsubscribe_url }}}}\n"),
+        _ => body.clone(),
+    };
+    Template {
+        subject: matches!(channel, Channel::Email | Channel::Push).then(|| subject.to_string()),
+        text,
+        html: (channel == Channel::Email).then(|| {
+            format!(
+                "<p>{greeting}</p>\n<p>{body}</p>\n<p><a href=\"{{{{ unsubscribe_url }}}}\">{unsubscribe}</a></p>\n"
+            )
+        }),
+    }
+}
+
+/// The templates Kopilka ships, as `(kind, channel, language, template)`: a tenant that saved no
+/// template of its own for a kind and channel gets these, so a new kind of message reaches
+/// members without a template written first. A saved template of the kind and channel, in any
+/// language, replaces them all.
+pub fn builtin() -> Vec<(&'static str, Channel, &'static str, Template)> {
+    let mut templates = Vec::new();
+    for channel in Channel::ALL {
+        for language in LANGUAGES {
+            templates.push(("offer_received", channel, *language, offer_template(channel, language)));
+        }
+    }
+    templates
 }
 
 /// The member as templates see it. Absent fields are empty strings, so `{{ member.name }}` never
@@ -338,6 +400,22 @@ mod tests {
         for kind in EVENT_KINDS {
             assert_eq!(sample_event(kind).unwrap().kind(), *kind);
         }
+    }
+
+    #[test]
+    fn the_builtin_templates_pass_the_checks_a_saved_template_must_pass() {
+        let builtin = builtin();
+        assert_eq!(builtin.len(), Channel::ALL.len() * LANGUAGES.len());
+        for (kind, channel, language, template) in builtin {
+            validate(kind, channel, language, &template)
+                .unwrap_or_else(|e| panic!("{kind} {channel:?} {language}: {e}"));
+        }
+        let (_, _, _, ru) = super::builtin().into_iter().find(|t| t.1 == Channel::Sms && t.2 == "ru").unwrap();
+        let rendered = render(&ru, &sample_context("offer_received", Channel::Sms).unwrap()).unwrap();
+        assert_eq!(
+            rendered.text,
+            "Ваш персональный купон AUTUMN-7F3K по акции «Autumn tyres» действует до 2026-11-30T21:00:00Z."
+        );
     }
 
     #[test]

@@ -339,3 +339,114 @@ async fn a_retry_of_a_message_that_would_fall_in_quiet_hours_waits_until_they_en
     assert_eq!((row.status, row.attempts), (DeliveryStatus::Failed, 1));
     assert_eq!(row.next_attempt_at, Some("2026-01-16T06:00:00Z".parse().unwrap()));
 }
+
+#[tokio::test]
+async fn quiet_hours_follow_each_member_time_zone_and_templates_each_member_language() {
+    let h = Harness::new().await;
+    let provider = Receiver::start(0).await;
+    configure(
+        &h,
+        Channel::Sms,
+        json!({"provider": "twilio", "account_sid": "AC1", "auth_token": "t", "from": "+1", "base_url": provider.url}),
+    )
+    .await;
+    template(&h, "points_earn", Channel::Sms, None, "Начислено {{ event.points }} баллов", None).await;
+    let english = Template { subject: None, text: "{{ event.points }} points earned".into(), html: None };
+    let row = TemplateRow {
+        event_kind: "points_earn".into(),
+        channel: Channel::Sms,
+        language: "en".into(),
+        template: english,
+        updated_at: h.now(),
+    };
+    db::put_template(h.pool(), h.tenant, &row).await.unwrap();
+    // The tenant is in Moscow and writes in English by default; quiet from 22:00 to 08:00.
+    let quiet = QuietHours { start: "22:00".into(), end: "08:00".into() };
+    let settings = Settings { language: "en".into(), quiet_hours: Some(quiet), ..Settings::default() };
+    db::put_settings(h.pool(), h.tenant, &settings, h.now()).await.unwrap();
+    for (id, zone, language) in [(1, Some("Asia/Vladivostok"), Some("ru")), (2, Some("Europe/Kaliningrad"), None)] {
+        h.member(id, json!({"sms": true})).await;
+        sqlx::query("UPDATE members SET time_zone = $1, language = $2 WHERE tenant_id = $3 AND id = $4")
+            .bind(zone)
+            .bind(language)
+            .bind(h.tenant.0)
+            .bind(id)
+            .execute(h.pool())
+            .await
+            .unwrap();
+    }
+    // 13:00 UTC: 23:00 in Vladivostok (quiet until 08:00 there, 22:00 UTC), 15:00 in Kaliningrad
+    // and 16:00 in Moscow (not quiet for the tenant either).
+    h.advance(SignedDuration::from_hours(3));
+    let vladivostok = h.event(&points_earned(1, 7)).await;
+    let kaliningrad = h.event(&points_earned(2, 9)).await;
+    h.dispatcher.drain().await.unwrap();
+    let rows = h.deliveries().await;
+    let of = |event: i64| rows.iter().find(|d| d.event_id == event).unwrap().clone();
+    assert_eq!(of(kaliningrad).status, DeliveryStatus::Delivered);
+    assert_eq!(of(vladivostok).status, DeliveryStatus::Pending);
+    assert_eq!(of(vladivostok).next_attempt_at, Some("2026-01-15T22:00:00Z".parse().unwrap()));
+    let bodies = |seen: Vec<support::Recorded>| -> Vec<String> {
+        seen.iter()
+            .map(|r| {
+                let form: Vec<(String, String)> = serde_urlencoded_pairs(&r.body);
+                form.into_iter().find(|(k, _)| k == "Body").map(|(_, v)| v).unwrap_or_default()
+            })
+            .collect()
+    };
+    assert_eq!(bodies(provider.seen()), ["9 points earned"]);
+    h.advance(SignedDuration::from_hours(9));
+    h.dispatcher.drain().await.unwrap();
+    assert_eq!(bodies(provider.seen()), ["9 points earned", "Начислено 7 баллов"], "the ru member reads Russian");
+}
+
+/// `application/x-www-form-urlencoded` pairs, as Twilio receives them.
+fn serde_urlencoded_pairs(body: &[u8]) -> Vec<(String, String)> {
+    reqwest::Url::parse(&format!("http://x/?{}", String::from_utf8_lossy(body)))
+        .unwrap()
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn email_goes_over_starttls_to_a_relay_whose_self_signed_certificate_is_configured_as_root() {
+    let h = Harness::new().await;
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let pem = certified.cert.pem();
+    let key = tokio_rustls::rustls::pki_types::PrivateKeyDer::try_from(certified.key_pair.serialize_der()).unwrap();
+    let server = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .unwrap();
+    let smtp = SmtpSink::start_tls(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server))).await;
+    template(&h, "points_earn", Channel::Email, Some("+{{ event.points }}"), "Вам {{ event.points }} баллов", None)
+        .await;
+    h.member(1, json!({"email": true})).await;
+
+    // Without the root the public roots cannot vouch for the certificate: the attempt fails and
+    // the message stays queued.
+    let untrusted = json!({"provider": "smtp", "host": "localhost", "port": smtp.port, "security": "starttls",
+                           "from": "shop@example.com"});
+    configure(&h, Channel::Email, untrusted.clone()).await;
+    h.event(&points_earned(1, 39)).await;
+    h.dispatcher.drain().await.unwrap();
+    let failed = h.deliveries().await.remove(0);
+    assert_eq!(failed.status, DeliveryStatus::Failed, "{failed:?}");
+    assert!(smtp.received().is_empty());
+
+    let mut trusted = untrusted;
+    trusted["root_certificate_pem"] = json!(pem);
+    configure(&h, Channel::Email, trusted).await;
+    h.advance(SignedDuration::from_hours(1));
+    h.dispatcher.drain().await.unwrap();
+    let mail = smtp.wait_for(1, Duration::from_secs(5)).await;
+    assert_eq!(mail.len(), 1);
+    assert!(mail[0].tls, "the message came after the STARTTLS upgrade");
+    assert_eq!(mail[0].to, ["member1@example.com"]);
+    let parsed = mailparse::parse_mail(&mail[0].data).unwrap();
+    use mailparse::MailHeaderMap;
+    assert_eq!(parsed.headers.get_first_value("Subject").unwrap(), "+39");
+    assert_eq!(parsed.get_body().unwrap().trim(), "Вам 39 баллов");
+    assert_eq!(h.deliveries().await[0].status, DeliveryStatus::Delivered);
+}

@@ -606,6 +606,7 @@ pub(crate) async fn run_campaign_command(
             let listing = wanted <= CODES_IN_ANSWER_MAX;
             if request.codes.is_some() {
                 let added = admin::insert_codes(conn, tenant, *id, &codes, now).await?;
+                offers_of_codes(conn, tenant, *id, &row.record.campaign, &codes, now).await?;
                 let listed = listing.then(|| codes.into_iter().map(|c| c.0).collect());
                 return Ok(Ok(Reply::json(201, &CodesAdded { campaign_id: *id, added, codes: listed })));
             }
@@ -642,6 +643,7 @@ pub(crate) async fn run_campaign_command(
                 }
                 let inserted = admin::insert_codes(conn, tenant, *id, &kept, now).await?;
                 added += inserted;
+                offers_of_codes(conn, tenant, *id, &row.record.campaign, &kept, now).await?;
                 retry.extend(std::iter::repeat_n(None, kept.len() - inserted as usize));
                 if listing {
                     listed.extend(kept.into_iter().map(|c| c.0));
@@ -660,6 +662,38 @@ pub(crate) async fn run_campaign_command(
             }))
         }
     }
+}
+
+/// Announces each personal code to its member (`offer_received`), in the transaction that adds
+/// the codes. Event ids come from the same sequence the writer's batches use.
+async fn offers_of_codes(
+    conn: &mut AnyConnection,
+    tenant: TenantId,
+    campaign_id: i64,
+    campaign: &CouponCampaign,
+    codes: &[(String, Option<MemberId>)],
+    now: Timestamp,
+) -> Result<(), kopilka_store::StoreError> {
+    if codes.iter().all(|(_, member)| member.is_none()) {
+        return Ok(());
+    }
+    let (ids, mut last_event_id) = kopilka_store::batch::id_seeds(conn).await?;
+    let mut writes = kopilka_store::batch::Writes::default();
+    for (code, member) in codes {
+        let Some(member) = member else { continue };
+        last_event_id += 1;
+        let event = DomainEvent::OfferReceived {
+            member_id: *member,
+            source: "coupon".into(),
+            campaign: campaign.name.clone(),
+            coupon_campaign_id: Some(campaign_id),
+            code: Some(code.clone()),
+            valid_until: campaign.valid_until,
+        };
+        writes.events.push((tenant, last_event_id, event, now));
+    }
+    kopilka_store::batch::flush(conn, &writes).await?;
+    kopilka_store::batch::save_id_seeds(conn, &ids, last_event_id).await
 }
 
 /// The codes a request adds, checked whole before any is written.

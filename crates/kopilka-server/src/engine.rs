@@ -596,7 +596,9 @@ impl<'a> BatchState<'a> {
         let row = self.members.get_mut(&(tenant, id)).expect("resolved above");
         let mut state = row.state.clone();
         let changes_before = state.tier_history.len();
+        let campaigns_before = state.campaigns.clone();
         state.apply(change, now)?;
+        let joined: Vec<String> = state.campaigns.difference(&campaigns_before).cloned().collect();
         let manual_change =
             (state.tier_history.len() > changes_before).then(|| state.tier_history.last().cloned()).flatten();
         row.state = state;
@@ -606,6 +608,18 @@ impl<'a> BatchState<'a> {
         self.event(tenant, DomainEvent::MemberUpdated { member_id: id });
         if let Some(change) = manual_change {
             self.tier_event(tenant, id, change);
+        }
+        // Only campaigns the member was not in yet: a repeated PATCH offers nothing new.
+        for campaign in joined {
+            let event = DomainEvent::OfferReceived {
+                member_id: id,
+                source: "campaign".into(),
+                campaign,
+                coupon_campaign_id: None,
+                code: None,
+                valid_until: None,
+            };
+            self.event(tenant, event);
         }
         Ok(Reply::json(200, &view).about(id))
     }

@@ -88,10 +88,7 @@ impl ApiError {
             ApiError::Unprocessable { code, field, .. } => (StatusCode::UNPROCESSABLE_ENTITY, *code, field.clone()),
             ApiError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None),
             ApiError::Domain(error) => {
-                let field = match error {
-                    DomainError::Invalid { field, .. } => Some(field.clone()),
-                    _ => None,
-                };
+                let field = error.field().map(str::to_string);
                 let status = match error {
                     DomainError::Invalid { .. } | DomainError::UnknownCurrency { .. } => StatusCode::BAD_REQUEST,
                     _ => StatusCode::UNPROCESSABLE_ENTITY,

@@ -12,6 +12,7 @@ use std::future::Future;
 
 use kopilka_core::{MemberId, TenantId};
 use kopilka_store::reads::DueLots;
+use kopilka_store::sql::JobLock;
 use kopilka_store::Store;
 use tokio::sync::watch;
 
@@ -195,7 +196,20 @@ pub async fn run_scheduled(
     loop {
         // Expiry runs before reminders, so no reminder is sent for points already gone.
         for job in [Job::Activate, Job::Expiry, Job::Tiers, Job::Referrals, Job::Events, Job::Reminders] {
-            match run_once(&store, &writer, &*clock, job, None).await {
+            // One node of a cluster runs each job at a time; the others pass it over this round.
+            // (Running it twice would change nothing, as every page is decided on fresh rows
+            // under the write lock; the lock saves the work.)
+            let lock = match JobLock::try_take(&store, job.name()).await {
+                Ok(Some(lock)) => lock,
+                Ok(None) => continue,
+                Err(error) => {
+                    tracing::warn!(job = job.name(), %error, "job lock unavailable; it will run again");
+                    continue;
+                }
+            };
+            let outcome = run_once(&store, &writer, &*clock, job, None).await;
+            lock.release().await;
+            match outcome {
                 Ok(report) => {
                     metrics.job_movements.fetch_add(report.movements as u64, Ordering::Relaxed);
                     if report.movements > 0 {

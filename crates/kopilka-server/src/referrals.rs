@@ -25,7 +25,8 @@ pub const DEVICE_ID_LEN_MAX: usize = 200;
 pub enum ReferralCommand {
     /// Enrols a member, recording the device they signed up from and the code that brought them.
     Enrol {
-        profile: Profile,
+        /// Boxed: a profile is several times the size of the other variants.
+        profile: Box<Profile>,
         referral_code: Option<String>,
         device_id: Option<String>,
         /// The new member's own code, drawn by the handler (the engine has no randomness).

@@ -15,7 +15,7 @@ use jiff::Timestamp;
 use kopilka_core::{Program, ProgramId, TenantId};
 use kopilka_store::batch::{self, BatchKeys};
 use kopilka_store::store::{admin, hash_api_key};
-use kopilka_store::{Role, Store, StoreError};
+use kopilka_store::{Backend, Role, Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::Clock;
@@ -150,6 +150,7 @@ impl WriterTask {
         now: Timestamp,
     ) -> Result<Vec<Result<Reply, ApiError>>, StoreError> {
         batch::begin(&mut self.connection).await?;
+        self.refresh_programs().await?;
         let (mut ids, mut last_event_id) = batch::id_seeds(&mut self.connection).await?;
         let loaded = batch::load(&mut self.connection, &engine::keys(requests)).await?;
         let mut state = BatchState::new(loaded, &self.programs, &mut ids, &mut last_event_id, now);
@@ -161,6 +162,24 @@ impl WriterTask {
         }
         batch::commit(&mut self.connection).await?;
         Ok(replies)
+    }
+
+    /// On PostgreSQL other nodes may have saved programs (or created tenants) since the last batch:
+    /// under the write lock, the versions are compared and what changed is read again. On SQLite
+    /// this writer is the only one that saves programs, and the query is skipped.
+    async fn refresh_programs(&mut self) -> Result<(), StoreError> {
+        if Backend::of(&self.connection) != Backend::Postgres {
+            return Ok(());
+        }
+        for (tenant, id, version) in batch::program_versions(&mut self.connection).await? {
+            let cached = self.programs.get(tenant, Some(id.0)).map(|entry| entry.version).ok();
+            if cached != Some(version) {
+                if let Some((version, program)) = batch::program(&mut self.connection, tenant, id).await? {
+                    self.programs.put(tenant, id, version, program);
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn run_alone(&mut self, envelope: Envelope) {
@@ -191,8 +210,9 @@ impl WriterTask {
         request: &Request,
         now: Timestamp,
     ) -> Result<Result<(Reply, Option<(TenantId, ProgramId, i64, Program)>), ApiError>, StoreError> {
+        batch::begin(&mut self.connection).await?;
+        self.refresh_programs().await?;
         let conn = &mut self.connection;
-        batch::begin(conn).await?;
         let mut keys = BatchKeys::default();
         if let Some(idempotency) = &request.idempotency {
             keys.idempotency.push((request.tenant, idempotency.key.clone()));

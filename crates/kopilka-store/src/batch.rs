@@ -12,7 +12,7 @@ use kopilka_core::member::{Consents, Gender, IdentifierKind, Profile};
 use kopilka_core::member_state::MemberState;
 use kopilka_core::purchase::PurchaseRecord;
 use kopilka_core::{
-    DomainEvent, IdAllocator, Lot, LotId, LotState, MemberId, Movement, MovementId, PointCurrency, ProgramId,
+    DomainEvent, IdAllocator, Lot, LotId, LotState, MemberId, Movement, MovementId, PointCurrency, Program, ProgramId,
     PurchaseId, TenantId,
 };
 use sqlx::any::AnyRow;
@@ -101,7 +101,7 @@ fn chunk_rows(columns: usize) -> usize {
     BIND_VALUES_MAX / columns
 }
 
-pub(crate) const MEMBER_COLUMNS: &str = "id, card, phone, email, external_id, name, birth_date, gender, city, consents, state, signup_at, merged_into, created_at, updated_at";
+pub(crate) const MEMBER_COLUMNS: &str = "id, card, phone, email, external_id, name, birth_date, gender, city, consents, time_zone, language, state, signup_at, merged_into, created_at, updated_at";
 
 pub(crate) fn member_of_row(row: &AnyRow) -> Result<MemberRow> {
     let corrupt = |detail: String| StoreError::Corrupt { table: "members", detail };
@@ -121,6 +121,8 @@ pub(crate) fn member_of_row(row: &AnyRow) -> Result<MemberRow> {
             gender: gender.map(|g| Gender::parse(&g).ok_or_else(|| corrupt(g))).transpose()?,
             city: row.get("city"),
             consents: serde_json::from_str::<Consents>(&consents).map_err(|e| corrupt(e.to_string()))?,
+            time_zone: row.get("time_zone"),
+            language: row.get("language"),
         },
         state: serde_json::from_str(&state).map_err(|e| corrupt(e.to_string()))?,
         signup_at: micros::to_ts(row.get("signup_at")),
@@ -305,7 +307,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
         );
         query.build().execute(&mut *conn).await?;
     }
-    for chunk in writes.members.chunks(chunk_rows(17)) {
+    for chunk in writes.members.chunks(chunk_rows(19)) {
         let mut query = Builder::new(format!("INSERT INTO members (tenant_id, {MEMBER_COLUMNS}, manual_tier_until) "));
         query.push_values(chunk, |mut b, (tenant, m)| {
             b.push_bind(tenant.0)
@@ -319,6 +321,8 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
                 .push_bind(m.profile.gender.map(|g| g.as_str()))
                 .push_bind(&m.profile.city)
                 .push_bind(serde_json::to_string(&m.profile.consents).expect("consents serialize"))
+                .push_bind(&m.profile.time_zone)
+                .push_bind(&m.profile.language)
                 .push_bind(serde_json::to_string(&m.state).expect("member states serialize"))
                 .push_bind(micros::of(m.signup_at))
                 .push_bind(m.merged_into.map(|s| s.0))
@@ -330,7 +334,8 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
             " ON CONFLICT (tenant_id, id) DO UPDATE SET card = excluded.card, phone = excluded.phone,
               email = excluded.email, external_id = excluded.external_id, name = excluded.name,
               birth_date = excluded.birth_date, gender = excluded.gender, city = excluded.city,
-              consents = excluded.consents, state = excluded.state, merged_into = excluded.merged_into, updated_at = excluded.updated_at,
+              consents = excluded.consents, time_zone = excluded.time_zone, language = excluded.language,
+              state = excluded.state, merged_into = excluded.merged_into, updated_at = excluded.updated_at,
               manual_tier_until = excluded.manual_tier_until",
         );
         query.build().execute(&mut *conn).await?;
@@ -490,6 +495,23 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
 
 /// The writer's own connection.
 pub type Connection = AnyConnection;
+
+/// Every program's current version, read under the write lock: a writer sharing the store with
+/// other nodes compares them with its cache, since another node may have saved a program.
+pub async fn program_versions(conn: &mut Connection) -> Result<Vec<(TenantId, ProgramId, i64)>> {
+    let rows = sqlx::query("SELECT tenant_id, id, version FROM programs").fetch_all(&mut *conn).await?;
+    Ok(rows.iter().map(|row| (TenantId(row.get(0)), ProgramId(row.get(1)), row.get(2))).collect())
+}
+
+/// One program's current version, as `program_versions` saw it changed.
+pub async fn program(conn: &mut Connection, tenant: TenantId, id: ProgramId) -> Result<Option<(i64, Program)>> {
+    let row = sqlx::query("SELECT id, version, document FROM programs WHERE tenant_id = $1 AND id = $2")
+        .bind(tenant.0)
+        .bind(id.0)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.as_ref().map(crate::reads::program_of_row).transpose().map(|found| found.map(|(_, version, p)| (version, p)))
+}
 
 /// The last ids handed out, read inside the batch transaction (which holds the write lock).
 /// Returns the allocator and the last event id.

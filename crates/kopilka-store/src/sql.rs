@@ -100,6 +100,38 @@ pub async fn begin_locked(conn: &mut AnyConnection, lock: Lock) -> crate::Result
     Ok(tx)
 }
 
+/// A job's lock, held by one node of a cluster while it runs the job: a session lock on a
+/// connection of its own, so a node that dies lets go of it with its connection. On SQLite (one
+/// node) there is nothing to hold.
+pub struct JobLock {
+    conn: Option<AnyConnection>,
+    key: i64,
+}
+
+impl JobLock {
+    /// Takes the lock of the job named `name`, or None when another node holds it.
+    pub async fn try_take(store: &crate::Store, name: &str) -> crate::Result<Option<JobLock>> {
+        // FNV-1a of the name, under a prefix of our own, as the advisory lock key.
+        let hash =
+            name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        let key = (0x6b6f_i64 << 48) | (hash & 0xffff_ffff) as i64;
+        if store.backend == Backend::Sqlite {
+            return Ok(Some(JobLock { conn: None, key }));
+        }
+        let mut conn = store.pool.acquire().await?.detach();
+        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut conn).await?;
+        Ok(taken.then_some(JobLock { conn: Some(conn), key }))
+    }
+
+    /// Lets go of the lock (dropping it does too, by closing its connection).
+    pub async fn release(mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(self.key).execute(&mut conn).await;
+            let _ = sqlx::Connection::close(conn).await;
+        }
+    }
+}
+
 async fn take_lock(conn: &mut AnyConnection, backend: Backend, lock: Lock) -> crate::Result<()> {
     if backend == Backend::Postgres {
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(lock as i64).execute(&mut *conn).await?;

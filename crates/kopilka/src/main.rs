@@ -54,6 +54,13 @@ enum Command {
     Import(data::ImportArgs),
     /// Exports members or transactions as CSV.
     Export(data::ExportArgs),
+    /// Moves the whole store (--database / --data-dir) into another, empty one, and verifies the
+    /// move: row counts, the ledger, every member's accounts.
+    MigrateStore {
+        /// The target, e.g. postgres://postgres@127.0.0.1:5432/kopilka (or sqlite://DIR).
+        #[arg(long)]
+        to: String,
+    },
     /// Works with program files.
     Program {
         #[command(subcommand)]
@@ -138,6 +145,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => data::demo(&database, args).await,
         Command::Import(args) => data::import(&database, args).await,
         Command::Export(args) => data::export(&database, args).await,
+        Command::MigrateStore { to } => {
+            let to = Database::choose(&cli.data_dir, Some(&to)).map_err(|e| anyhow::anyhow!("--to: {e}"))?;
+            data::migrate_store(&database, &to).await
+        }
         Command::Program { command: ProgramCommand::Validate { file } } => validate_program(&file),
         Command::Jobs { command: JobsCommand::Run { job, as_of } } => run_job(&database, job, as_of).await,
         Command::Keys { command: KeysCommand::Create { role, tenant, name } } => {

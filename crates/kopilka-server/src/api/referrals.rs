@@ -55,7 +55,7 @@ pub async fn create_member(
         Command::CreateMember { profile, signup_at: None }
     } else {
         let new_code = self::referral_code();
-        Command::Referral(ReferralCommand::Enrol { profile, referral_code, device_id, new_code })
+        Command::Referral(ReferralCommand::Enrol { profile: Box::new(profile), referral_code, device_id, new_code })
     };
     state.submit(tenant, mutation.idempotency, command).await
 }

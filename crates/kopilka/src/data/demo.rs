@@ -537,6 +537,8 @@ impl Identities {
                 push: rng.gen_bool(0.3),
                 messenger: rng.gen_bool(0.25),
             },
+            time_zone: None,
+            language: None,
         }
     }
 }

@@ -317,6 +317,9 @@ fn parse_member(row: &Row) -> Result<MemberImport, Problem> {
             push: row.boolean("consent_push")?,
             messenger: row.boolean("consent_messenger")?,
         },
+        // Kopilka's member CSV has no columns for these; the API sets them.
+        time_zone: None,
+        language: None,
     };
     let signup_at = row.timestamp("signup_at")?;
     let profile = profile.normalized().map_err(|error| domain_problem(row.line, error, &MEMBER_COLUMNS))?;

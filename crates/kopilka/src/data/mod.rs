@@ -1,4 +1,5 @@
-//! The data commands: `demo` (a living tenant from a seed), `import` and `export` (CSV in and out).
+//! The data commands: `demo` (a living tenant from a seed), `import` and `export` (CSV in and out),
+//! `migrate-store` (a whole store moved to another database).
 //!
 //! All three talk to the store the way the server does: every change goes through the writer, so
 //! an import is checked by the same rules as the API, and reads use the store's read pool. Work is
@@ -8,6 +9,7 @@ mod csv_format;
 mod demo;
 mod export;
 mod import;
+mod migrate_store;
 mod online_retail;
 
 use std::collections::VecDeque;
@@ -25,6 +27,7 @@ use sha2::{Digest, Sha256};
 pub use demo::demo;
 pub use export::export;
 pub use import::import;
+pub use migrate_store::migrate_store;
 
 /// Requests in flight at once: enough to fill the writer's batches (1,024), few enough that memory
 /// and the writer's queue (16,384) stay small.
