@@ -12,6 +12,9 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 use crate::batch::{lot_of_row, member_of_row, purchase_of_row, LOT_COLUMNS, MEMBER_COLUMNS};
 use crate::{micros, MemberRow, Result, Store, StoreError};
 
+/// Due lots a job's page looks at per member it may return (`members_with_due_lots`).
+const LOTS_PER_PAGE_PER_MEMBER: i64 = 16;
+
 impl Store {
     pub async fn member(&self, tenant: TenantId, id: MemberId) -> Result<Option<MemberRow>> {
         let row = sqlx::query(&format!("SELECT {MEMBER_COLUMNS} FROM members WHERE tenant_id = ? AND id = ?"))
@@ -195,20 +198,33 @@ impl Store {
         now: jiff::Timestamp,
         limit: i64,
     ) -> Result<Vec<(TenantId, MemberId)>> {
+        // The first due lots in index order, then their members: grouping every due lot before the
+        // LIMIT made each page cost all due lots, and a run over 10 M lots quadratic. A page looks
+        // at LOTS_PER_PAGE_PER_MEMBER lots per member it may return, so it still fills up when
+        // members have several lots due; it always holds the member of the soonest due lot.
         let sql = match due {
             DueLots::Activation => {
-                "SELECT tenant_id, member_id FROM lots INDEXED BY lots_pending_due
-                 WHERE state = 'pending' AND available_from <= ?1
-                 AND (?2 IS NULL OR tenant_id = ?2) GROUP BY tenant_id, member_id ORDER BY MIN(available_from) LIMIT ?3"
+                "SELECT tenant_id, member_id FROM (
+                     SELECT tenant_id, member_id, available_from AS due FROM lots INDEXED BY lots_pending_due
+                     WHERE state = 'pending' AND available_from <= $1 AND ($2 IS NULL OR tenant_id = $2)
+                     ORDER BY available_from LIMIT $4)
+                 GROUP BY tenant_id, member_id ORDER BY MIN(due) LIMIT $3"
             }
             DueLots::Expiry => {
-                "SELECT tenant_id, member_id FROM lots INDEXED BY lots_expiry_due
-                 WHERE state IN ('pending', 'available') AND expires_at <= ?1
-                 AND (?2 IS NULL OR tenant_id = ?2) GROUP BY tenant_id, member_id ORDER BY MIN(expires_at) LIMIT ?3"
+                "SELECT tenant_id, member_id FROM (
+                     SELECT tenant_id, member_id, expires_at AS due FROM lots INDEXED BY lots_expiry_due
+                     WHERE state IN ('pending', 'available') AND expires_at <= $1 AND ($2 IS NULL OR tenant_id = $2)
+                     ORDER BY expires_at LIMIT $4)
+                 GROUP BY tenant_id, member_id ORDER BY MIN(due) LIMIT $3"
             }
         };
-        let rows =
-            sqlx::query(sql).bind(micros::of(now)).bind(tenant.map(|t| t.0)).bind(limit).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(sql)
+            .bind(micros::of(now))
+            .bind(tenant.map(|t| t.0))
+            .bind(limit)
+            .bind(limit.saturating_mul(LOTS_PER_PAGE_PER_MEMBER))
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows.into_iter().map(|row| (TenantId(row.get(0)), MemberId(row.get(1)))).collect())
     }
 
