@@ -329,7 +329,8 @@ impl Workload {
                             category: Some(CATEGORIES[sku % CATEGORIES.len()].to_string()),
                             brand: None,
                             quantity: rng.gen_range(1..=3),
-                            unit_price_minor: rng.gen_range(49..=4_999) * 100,
+                            // A basket of fewer lines has dearer lines, so that every purchase earns a lot.
+                            unit_price_minor: rng.gen_range(147 / lines as i64..=4_999) * 100,
                             discount_minor: 0,
                         }
                     })
