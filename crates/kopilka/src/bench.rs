@@ -241,7 +241,11 @@ where
     Fut: std::future::Future<Output = anyhow::Result<T>>,
 {
     let root = args.work_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let run_dir = root.join(format!("kopilka-bench-{}-{}", std::process::id(), Timestamp::now().as_millisecond()));
+    // The counter keeps runs of one process apart (the tests run side by side).
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let run_dir =
+        root.join(format!("kopilka-bench-{}-{}-{run}", std::process::id(), Timestamp::now().as_millisecond()));
     std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
     let result = f(run_dir.clone()).await;
     if args.keep {
