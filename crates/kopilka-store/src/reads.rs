@@ -13,6 +13,9 @@ use crate::batch::{lot_of_row, member_of_row, purchase_of_row, LOT_COLUMNS, MEMB
 use crate::sql::Builder;
 use crate::{micros, MemberRow, Result, Store, StoreError};
 
+/// Due lots a job's page looks at per member it may return (`members_with_due_lots`).
+const LOTS_PER_PAGE_PER_MEMBER: i64 = 16;
+
 impl Store {
     pub async fn member(&self, tenant: TenantId, id: MemberId) -> Result<Option<MemberRow>> {
         let row = sqlx::query(&format!("SELECT {MEMBER_COLUMNS} FROM members WHERE tenant_id = $1 AND id = $2"))
@@ -195,22 +198,35 @@ impl Store {
         now: jiff::Timestamp,
         limit: i64,
     ) -> Result<Vec<(TenantId, MemberId)>> {
+        // The first due lots in index order, then their members: grouping every due lot before the
+        // LIMIT made each page cost all due lots, and a run over 10 M lots quadratic. A page looks
+        // at LOTS_PER_PAGE_PER_MEMBER lots per member it may return, so it still fills up when
+        // members have several lots due; it always holds the member of the soonest due lot.
         let sql = match due {
             DueLots::Activation => format!(
-                "SELECT tenant_id, member_id FROM lots{}
-                 WHERE state = 'pending' AND available_from <= $1
-                 AND ($2 IS NULL OR tenant_id = $2) GROUP BY tenant_id, member_id ORDER BY MIN(available_from) LIMIT $3",
+                "SELECT tenant_id, member_id FROM (
+                     SELECT tenant_id, member_id, available_from AS due FROM lots{}
+                     WHERE state = 'pending' AND available_from <= $1 AND ($2 IS NULL OR tenant_id = $2)
+                     ORDER BY available_from LIMIT $4) AS due_lots
+                 GROUP BY tenant_id, member_id ORDER BY MIN(due) LIMIT $3",
                 self.backend.indexed_by("lots_pending_due")
             ),
             DueLots::Expiry => format!(
-                "SELECT tenant_id, member_id FROM lots{}
-                 WHERE state IN ('pending', 'available') AND expires_at <= $1
-                 AND ($2 IS NULL OR tenant_id = $2) GROUP BY tenant_id, member_id ORDER BY MIN(expires_at) LIMIT $3",
+                "SELECT tenant_id, member_id FROM (
+                     SELECT tenant_id, member_id, expires_at AS due FROM lots{}
+                     WHERE state IN ('pending', 'available') AND expires_at <= $1 AND ($2 IS NULL OR tenant_id = $2)
+                     ORDER BY expires_at LIMIT $4) AS due_lots
+                 GROUP BY tenant_id, member_id ORDER BY MIN(due) LIMIT $3",
                 self.backend.indexed_by("lots_expiry_due")
             ),
         };
-        let rows =
-            sqlx::query(&sql).bind(micros::of(now)).bind(tenant.map(|t| t.0)).bind(limit).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(&sql)
+            .bind(micros::of(now))
+            .bind(tenant.map(|t| t.0))
+            .bind(limit)
+            .bind(limit.saturating_mul(LOTS_PER_PAGE_PER_MEMBER))
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows.into_iter().map(|row| (TenantId(row.get(0)), MemberId(row.get(1)))).collect())
     }
 

@@ -15,6 +15,11 @@
 //!    separate client process would be; reports p50/p99 latency as well.
 //!
 //! Each figure is printed beside the anchor as a ratio. See BENCHMARKS.md for the latest figures.
+//!
+//! `kopilka bench --all` runs the whole suite of issue 5 (`suite`): these phases, then the HTTP
+//! server as a child process under peak and half-peak load with pgbench beside it, redemptions on
+//! hot members, the activation and expiry jobs over millions of lots, a CSV import, and the peak
+//! memory of every process that served.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -44,6 +49,14 @@ use kopilka_store::{micros, Store, StoredResponse};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sqlx::AnyConnection;
+
+mod import;
+mod jobs;
+mod memory;
+mod pgbench;
+mod redemptions;
+mod server;
+mod suite;
 
 /// SQLite's bound-value limit as the store chunks multi-row statements (`kopilka_store::batch`).
 const BIND_VALUES_MAX: usize = 32_000;
@@ -93,6 +106,36 @@ pub struct BenchArgs {
     /// Seed of the workload (members chosen, baskets, idempotency keys).
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Runs the whole suite (issue 5): purchases in-process and over HTTP with pgbench beside them,
+    /// redemptions on hot members, the jobs over many lots, a CSV import, peak memory.
+    #[arg(long, visible_alias = "suite")]
+    pub all: bool,
+    /// The store the suite runs on: `sqlite` (a fresh file per phase under --work-dir). PostgreSQL
+    /// URLs are accepted once the store speaks PostgreSQL.
+    #[arg(long, value_name = "URL", default_value = "sqlite")]
+    pub database: String,
+    /// Runs the server, the jobs and the import inside the bench process instead of as child
+    /// `kopilka` processes (their memory is then the bench's own). The smoke test uses it.
+    #[arg(long)]
+    pub in_process: bool,
+    /// Lots seeded for the expiry job [default: 10000000; --quick 20000].
+    #[arg(long)]
+    pub lots: Option<usize>,
+    /// Of those, lots seeded pending for the activation job [default: 1000000; --quick 5000].
+    #[arg(long)]
+    pub pending_lots: Option<usize>,
+    /// Purchases in the CSV file imported [default: 1000000; --quick 3000].
+    #[arg(long)]
+    pub import_purchases: Option<usize>,
+    /// Redemption requests on the hot members [default: 20000; --quick 1000].
+    #[arg(long)]
+    pub redemptions: Option<usize>,
+    /// Concurrent clients of the redemption phase [default: 100; --quick 20].
+    #[arg(long)]
+    pub redemption_clients: Option<usize>,
+    /// Seconds pgbench runs [default: 20; --quick 2].
+    #[arg(long)]
+    pub pgbench_seconds: Option<u64>,
 }
 
 /// The sizes of a run, after `--quick` and the flags.
@@ -162,6 +205,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         thousands(sizes.http_purchases as f64),
         thousands(sizes.http_clients as f64),
     );
+    if args.all {
+        return suite::run(args).await;
+    }
     if let Some(codes) = args.coupons {
         let figures =
             with_run_dir(&args, |dir| async move { crate::bench_coupons::measure(&dir, codes.max(1)).await }).await?;
@@ -196,7 +242,11 @@ where
     Fut: std::future::Future<Output = anyhow::Result<T>>,
 {
     let root = args.work_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let run_dir = root.join(format!("kopilka-bench-{}-{}", std::process::id(), Timestamp::now().as_millisecond()));
+    // The counter keeps runs of one process apart (the tests run side by side).
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let run_dir =
+        root.join(format!("kopilka-bench-{}-{}-{run}", std::process::id(), Timestamp::now().as_millisecond()));
     std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
     let result = f(run_dir.clone()).await;
     if args.keep {
@@ -263,6 +313,11 @@ const CATEGORIES: [&str; 8] = ["grocery", "dairy", "bakery", "produce", "househo
 
 impl Workload {
     fn generate(members: usize, purchases: usize, seed: u64) -> Workload {
+        Workload::generate_with_lines(members, purchases, 3, seed)
+    }
+
+    /// Purchases of `lines` lines each, for members 0..`members`.
+    fn generate_with_lines(members: usize, purchases: usize, lines: usize, seed: u64) -> Workload {
         let mut rng = StdRng::seed_from_u64(seed);
         let purchases = (0..purchases)
             .map(|i| PurchaseSpec {
@@ -271,7 +326,7 @@ impl Workload {
                 // Random, as a till's UUID would be: inserts land all over the idempotency index.
                 idempotency_key: format!("{:032x}", rng.gen::<u128>()),
                 store: format!("store-{:03}", rng.gen_range(1..=300)),
-                lines: (0..3)
+                lines: (0..lines)
                     .map(|_| {
                         let sku = rng.gen_range(1..=5_000);
                         LineInput {
@@ -279,7 +334,8 @@ impl Workload {
                             category: Some(CATEGORIES[sku % CATEGORIES.len()].to_string()),
                             brand: None,
                             quantity: rng.gen_range(1..=3),
-                            unit_price_minor: rng.gen_range(49..=4_999) * 100,
+                            // A basket of fewer lines has dearer lines, so that every purchase earns a lot.
+                            unit_price_minor: rng.gen_range(147 / lines as i64..=4_999) * 100,
                             discount_minor: 0,
                         }
                     })
