@@ -1,7 +1,7 @@
 //! The writer under load: a deterministic simulation of random workloads submitted in concurrent
 //! bursts (so they share a group-commit batch), checked against an independent model after every
 //! burst; a refused request failing alone inside a large batch; durability across a restart; and
-//! two writers on one SQLite file.
+//! two writers on one store. Every test runs on SQLite and on PostgreSQL (`both_stores!`).
 //!
 //! The simulation is driven by a seeded `StdRng`: a failure prints its seed, and
 //! `KOPILKA_SIM_SEED=<seed>` replays it. `KOPILKA_SIM_CASES` runs more seeds (default 6).
@@ -24,6 +24,8 @@ use kopilka_server::dto::{AdjustmentRequest, PurchaseRequest, RedemptionRequest,
 use kopilka_server::engine::{Command, Idempotency, Reply, Request};
 use kopilka_server::error::ApiError;
 use kopilka_server::jobs::{self, Job};
+use kopilka_store::testing::test_store;
+use kopilka_store::{both_stores, Database};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -53,13 +55,13 @@ struct Harness {
 }
 
 impl Harness {
-    async fn open(dir: &std::path::Path, clock: Arc<ManualClock>) -> Harness {
+    async fn open(dir: &Database, clock: Arc<ManualClock>) -> Harness {
         let (state, writer_task) = app::open(dir, clock.clone()).await.expect("app opens");
         Harness { state, writer_task, clock }
     }
 
     /// Opens a fresh store and creates the first tenant with the default program.
-    async fn fresh(dir: &std::path::Path) -> Harness {
+    async fn fresh(dir: &Database) -> Harness {
         let clock = Arc::new(ManualClock::new(START.parse().unwrap()));
         let harness = Harness::open(dir, clock).await;
         app::bootstrap(&harness.state).await.expect("bootstrap").expect("a fresh store gets a tenant");
@@ -869,8 +871,8 @@ impl Sim {
 
 async fn simulate(seed: u64, merges: Merges) {
     let _reporter = SeedReporter(seed);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let harness = Harness::fresh(dir.path()).await;
+    let dir = test_store().await;
+    let harness = Harness::fresh(&dir.database).await;
     let mut sim = Sim {
         rng: StdRng::seed_from_u64(seed),
         harness,
@@ -918,24 +920,27 @@ fn sim_seeds() -> Vec<u64> {
     (0..cases).map(|i| 0x6b6f_7069_6c6b_6100 + i).collect()
 }
 
-#[tokio::test]
-async fn random_workloads_in_concurrent_bursts_agree_with_the_model_and_keep_the_ledger_sound() {
-    for seed in sim_seeds() {
-        simulate(seed, Merges::Pairs).await;
+both_stores! {
+    async fn random_workloads_in_concurrent_bursts_agree_with_the_model_and_keep_the_ledger_sound() {
+        for seed in sim_seeds() {
+            simulate(seed, Merges::Pairs).await;
+        }
     }
 }
 
-#[tokio::test]
-async fn random_workloads_with_survivors_of_several_merges_agree_with_the_model() {
-    for seed in sim_seeds() {
-        simulate(seed, Merges::Stars).await;
+both_stores! {
+    async fn random_workloads_with_survivors_of_several_merges_agree_with_the_model() {
+        for seed in sim_seeds() {
+            simulate(seed, Merges::Stars).await;
+        }
     }
 }
 
-#[tokio::test]
-async fn random_workloads_with_chained_merges_agree_with_the_model() {
-    for seed in sim_seeds() {
-        simulate(seed, Merges::Chains).await;
+both_stores! {
+    async fn random_workloads_with_chained_merges_agree_with_the_model() {
+        for seed in sim_seeds() {
+            simulate(seed, Merges::Chains).await;
+        }
     }
 }
 
@@ -948,239 +953,245 @@ async fn create_member(harness: &Harness, card: &str) -> i64 {
     json(&reply)["id"].as_i64().unwrap()
 }
 
-#[tokio::test]
-async fn refused_requests_fail_alone_and_the_rest_of_their_batch_commits() {
-    let dir = tempfile::tempdir().unwrap();
-    let harness = Harness::fresh(dir.path()).await;
-    let mut members = Vec::new();
-    for i in 0..20 {
-        members.push(create_member(&harness, &format!("C-{i}")).await);
-    }
-    harness.submit(request("adjust".into(), adjust_command(members[0], 100))).await.unwrap();
-    harness
-        .submit(request("before".into(), purchase_command(members[1], "R-before", vec![line("A", 1, 500_00)], 0)))
-        .await
-        .unwrap();
-
-    let mut requests = Vec::new();
-    let mut expected: Vec<Option<&str>> = Vec::new();
-    for i in 0..200 {
-        let member = members[i % members.len()];
-        let (command, refusal) = match i {
-            17 => (purchase_command(UNKNOWN_MEMBER, "R-17", vec![line("A", 1, 1_000_00)], 0), Some("member_not_found")),
-            // 1,000 RUB allows 500 points, but the member has none.
-            55 => {
-                (purchase_command(members[5], "R-55", vec![line("A", 1, 1_000_00)], 300), Some("insufficient_points"))
-            }
-            // The member has 100 points; 60 fit the share of a 100 RUB bill? No: at most 50.
-            88 => (purchase_command(members[0], "R-88", vec![line("A", 1, 100_00)], 60), Some("redeem_share_exceeded")),
-            // A receipt recorded before the batch, and one recorded earlier in it.
-            120 => (purchase_command(member, "R-before", vec![line("A", 1, 1_000_00)], 0), Some("duplicate_purchase")),
-            150 => (purchase_command(member, "R-3", vec![line("A", 1, 1_000_00)], 0), Some("duplicate_purchase")),
-            _ => (purchase_command(member, &format!("R-{i}"), vec![line("A", 2, 500_00 + i as i64)], 0), None),
-        };
-        requests.push(request(format!("p-{i}"), command));
-        expected.push(refusal);
-    }
-    let batches_before = harness.state.metrics.writer_batches.load(std::sync::atomic::Ordering::Relaxed);
-    let answers = harness.burst(requests).await;
-    let batches = harness.state.metrics.writer_batches.load(std::sync::atomic::Ordering::Relaxed) - batches_before;
-    assert!(batches <= 2, "the burst shared a batch (took {batches} commits)");
-
-    let mut purchase_ids = BTreeSet::new();
-    for (i, (answer, refusal)) in answers.into_iter().zip(&expected).enumerate() {
-        match (answer, refusal) {
-            (Ok(reply), None) => {
-                assert_eq!(reply.status, 201, "request {i}");
-                assert!(purchase_ids.insert(json(&reply)["purchase"]["id"].as_i64().unwrap()), "ids are unique");
-            }
-            (Err(error), Some(code_expected)) => assert_eq!(code(&error), *code_expected, "request {i}"),
-            (answer, refusal) => panic!("request {i}: expected {refusal:?}, got {answer:?}"),
-        }
-    }
-    assert_eq!(purchase_ids.len(), 195);
-    assert_eq!(harness.purchase_count().await, 196, "every valid purchase and the one before were recorded");
-    let mut earn_movements = 0;
-    for member in &members {
-        earn_movements += harness.history_len(*member).await;
-    }
-    // 195 earns, the adjustment, and the purchase before the batch.
-    assert_eq!(earn_movements, 195 + 2);
-    assert_eq!(harness.balance(members[0]).await, Balance { available: 100, pending: 9 * 10 });
-    harness.assert_ledger_sound("after the batch").await;
-    harness.stop().await;
-}
-
-#[tokio::test]
-async fn an_answered_purchase_survives_a_restart_and_ids_continue_after_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let harness = Harness::fresh(dir.path()).await;
-    let member = create_member(&harness, "C-1").await;
-    let first = harness
-        .submit(request("first".into(), purchase_command(member, "R-1", vec![line("A", 1, 4_000_00)], 0)))
-        .await
-        .expect("recorded");
-    let first = json(&first);
-    let purchase_id = first["purchase"]["id"].as_i64().unwrap();
-    let lot_id = first["purchase"]["earn_lot_id"].as_i64().unwrap();
-    let clock = harness.clock.clone();
-    harness.stop().await;
-
-    let harness = Harness::open(dir.path(), clock).await;
-    let record = harness.state.store.purchase(TENANT, PurchaseId(purchase_id)).await.unwrap().expect("still there");
-    assert_eq!(record.external_id, "R-1");
-    assert_eq!(record.points_earned, 40);
-    let lots = harness.state.store.lots(TENANT, MemberId(member), false).await.unwrap();
-    assert_eq!(lots.len(), 1);
-    assert_eq!(lots[0].id.0, lot_id);
-    assert_eq!(harness.balance(member).await, Balance { available: 0, pending: 40 });
-
-    let retry = harness
-        .submit(request("first".into(), purchase_command(member, "R-1", vec![line("A", 1, 4_000_00)], 0)))
-        .await
-        .expect("replayed");
-    assert!(retry.replayed, "the idempotency record survived too");
-    let second = harness
-        .submit(request("second".into(), purchase_command(member, "R-2", vec![line("A", 1, 1_000_00)], 0)))
-        .await
-        .expect("a new writer records purchases");
-    let second = json(&second);
-    assert!(second["purchase"]["id"].as_i64().unwrap() > purchase_id);
-    assert!(second["purchase"]["earn_lot_id"].as_i64().unwrap() > lot_id);
-    let other = create_member(&harness, "C-2").await;
-    assert!(other > member);
-    assert_eq!(harness.balance(member).await, Balance { available: 0, pending: 50 });
-    assert_eq!(harness.history_len(member).await, 2);
-    harness.assert_ledger_sound("after the restart").await;
-    harness.stop().await;
-}
-
-#[tokio::test]
-async fn two_writers_on_one_database_never_collide_on_ids() {
-    let dir = tempfile::tempdir().unwrap();
-    let serve = Harness::fresh(dir.path()).await;
-    // Opened after bootstrap, like `kopilka import` beside a running server.
-    let import = Harness::open(dir.path(), serve.clock.clone()).await;
-    let mut members = Vec::new();
-    for i in 0..6 {
-        let harness = if i % 2 == 0 { &serve } else { &import };
-        members.push(create_member(harness, &format!("C-{i}")).await);
-    }
-    assert_eq!(members.iter().collect::<BTreeSet<_>>().len(), members.len(), "member ids are unique");
-
-    let mut purchase_ids = BTreeSet::new();
-    let mut lot_ids = BTreeSet::new();
-    let mut expected_points: HashMap<i64, i64> = HashMap::new();
-    for round in 0..8 {
-        let mut on_serve = Vec::new();
-        let mut on_import = Vec::new();
+both_stores! {
+    async fn refused_requests_fail_alone_and_the_rest_of_their_batch_commits() {
+        let dir = test_store().await;
+        let harness = Harness::fresh(&dir.database).await;
+        let mut members = Vec::new();
         for i in 0..20 {
-            let member = members[(round + i) % members.len()];
-            let amount_minor = 100_00 * (1 + i as i64);
-            *expected_points.entry(member).or_default() += amount_minor / 100_00;
-            let command = purchase_command(member, &format!("R-{round}-{i}"), vec![line("A", 1, amount_minor)], 0);
-            let target = if i % 2 == 0 { &mut on_serve } else { &mut on_import };
-            target.push(request(format!("k-{round}-{i}"), command));
+            members.push(create_member(&harness, &format!("C-{i}")).await);
         }
-        // The same key sent to both writers at once: one records it, the other replays it.
-        let shared = purchase_command(members[0], &format!("R-{round}-shared"), vec![line("A", 1, 100_00)], 0);
-        *expected_points.entry(members[0]).or_default() += 1;
-        on_serve.push(request(format!("shared-{round}"), shared.clone()));
-        on_import.push(request(format!("shared-{round}"), shared));
-        let (a, b) = tokio::join!(serve.burst(on_serve), import.burst(on_import));
-        let (mut recorded, mut replayed) = (0, 0);
-        for answer in a.into_iter().chain(b) {
-            let reply = answer.expect("every purchase is recorded");
-            if reply.replayed {
-                replayed += 1;
-                continue;
+        harness.submit(request("adjust".into(), adjust_command(members[0], 100))).await.unwrap();
+        harness
+            .submit(request("before".into(), purchase_command(members[1], "R-before", vec![line("A", 1, 500_00)], 0)))
+            .await
+            .unwrap();
+
+        let mut requests = Vec::new();
+        let mut expected: Vec<Option<&str>> = Vec::new();
+        for i in 0..200 {
+            let member = members[i % members.len()];
+            let (command, refusal) = match i {
+                17 => (purchase_command(UNKNOWN_MEMBER, "R-17", vec![line("A", 1, 1_000_00)], 0), Some("member_not_found")),
+                // 1,000 RUB allows 500 points, but the member has none.
+                55 => {
+                    (purchase_command(members[5], "R-55", vec![line("A", 1, 1_000_00)], 300), Some("insufficient_points"))
+                }
+                // The member has 100 points; 60 fit the share of a 100 RUB bill? No: at most 50.
+                88 => (purchase_command(members[0], "R-88", vec![line("A", 1, 100_00)], 60), Some("redeem_share_exceeded")),
+                // A receipt recorded before the batch, and one recorded earlier in it.
+                120 => (purchase_command(member, "R-before", vec![line("A", 1, 1_000_00)], 0), Some("duplicate_purchase")),
+                150 => (purchase_command(member, "R-3", vec![line("A", 1, 1_000_00)], 0), Some("duplicate_purchase")),
+                _ => (purchase_command(member, &format!("R-{i}"), vec![line("A", 2, 500_00 + i as i64)], 0), None),
+            };
+            requests.push(request(format!("p-{i}"), command));
+            expected.push(refusal);
+        }
+        let batches_before = harness.state.metrics.writer_batches.load(std::sync::atomic::Ordering::Relaxed);
+        let answers = harness.burst(requests).await;
+        let batches = harness.state.metrics.writer_batches.load(std::sync::atomic::Ordering::Relaxed) - batches_before;
+        assert!(batches <= 2, "the burst shared a batch (took {batches} commits)");
+
+        let mut purchase_ids = BTreeSet::new();
+        for (i, (answer, refusal)) in answers.into_iter().zip(&expected).enumerate() {
+            match (answer, refusal) {
+                (Ok(reply), None) => {
+                    assert_eq!(reply.status, 201, "request {i}");
+                    assert!(purchase_ids.insert(json(&reply)["purchase"]["id"].as_i64().unwrap()), "ids are unique");
+                }
+                (Err(error), Some(code_expected)) => assert_eq!(code(&error), *code_expected, "request {i}"),
+                (answer, refusal) => panic!("request {i}: expected {refusal:?}, got {answer:?}"),
             }
-            recorded += 1;
-            let body = json(&reply);
-            assert!(purchase_ids.insert(body["purchase"]["id"].as_i64().unwrap()), "purchase ids are unique");
-            assert!(lot_ids.insert(body["purchase"]["earn_lot_id"].as_i64().unwrap()), "lot ids are unique");
         }
-        assert_eq!((recorded, replayed), (21, 1), "round {round}");
-        serve.assert_ledger_sound(&format!("round {round}")).await;
+        assert_eq!(purchase_ids.len(), 195);
+        assert_eq!(harness.purchase_count().await, 196, "every valid purchase and the one before were recorded");
+        let mut earn_movements = 0;
+        for member in &members {
+            earn_movements += harness.history_len(*member).await;
+        }
+        // 195 earns, the adjustment, and the purchase before the batch.
+        assert_eq!(earn_movements, 195 + 2);
+        assert_eq!(harness.balance(members[0]).await, Balance { available: 100, pending: 9 * 10 });
+        harness.assert_ledger_sound("after the batch").await;
+        harness.stop().await;
     }
-    assert_eq!(serve.purchase_count().await, purchase_ids.len());
-    for member in &members {
-        let balance = serve.balance(*member).await;
-        assert_eq!(balance, Balance { available: 0, pending: expected_points[member] }, "member {member}");
-    }
-    import.stop().await;
-    serve.stop().await;
 }
 
-#[tokio::test]
-async fn merged_member_chains_strand_points() {
-    let dir = tempfile::tempdir().unwrap();
-    let harness = Harness::fresh(dir.path()).await;
-    let a = create_member(&harness, "C-A").await;
-    let s = create_member(&harness, "C-S").await;
-    let t = create_member(&harness, "C-T").await;
-    let merge = |survivor: i64, absorbed: i64| Command::MergeMembers {
-        survivor_id: MemberId(survivor),
-        absorbed_id: MemberId(absorbed),
-    };
-    harness.submit(request("m1".into(), merge(s, a))).await.expect("A merges into S");
-    harness.submit(request("m2".into(), merge(t, s))).await.expect("S, which absorbed A, merges into T");
-    let reply = harness
-        .submit(request("p".into(), purchase_command(a, "R-1", vec![line("A", 1, 1_000_00)], 0)))
-        .await
-        .expect("a purchase with A's card");
-    let (credited, _) = balance_of(&json(&reply));
-    assert_eq!(credited, t, "the purchase credits the member A was finally merged into");
-    assert_eq!(harness.balance(t).await, Balance { available: 0, pending: 10 });
-    assert_eq!(harness.balance(s).await, Balance::default(), "a merged member holds no points");
-    harness.stop().await;
+both_stores! {
+    async fn an_answered_purchase_survives_a_restart_and_ids_continue_after_it() {
+        let dir = test_store().await;
+        let harness = Harness::fresh(&dir.database).await;
+        let member = create_member(&harness, "C-1").await;
+        let first = harness
+            .submit(request("first".into(), purchase_command(member, "R-1", vec![line("A", 1, 4_000_00)], 0)))
+            .await
+            .expect("recorded");
+        let first = json(&first);
+        let purchase_id = first["purchase"]["id"].as_i64().unwrap();
+        let lot_id = first["purchase"]["earn_lot_id"].as_i64().unwrap();
+        let clock = harness.clock.clone();
+        harness.stop().await;
+
+        let harness = Harness::open(&dir.database, clock).await;
+        let record = harness.state.store.purchase(TENANT, PurchaseId(purchase_id)).await.unwrap().expect("still there");
+        assert_eq!(record.external_id, "R-1");
+        assert_eq!(record.points_earned, 40);
+        let lots = harness.state.store.lots(TENANT, MemberId(member), false).await.unwrap();
+        assert_eq!(lots.len(), 1);
+        assert_eq!(lots[0].id.0, lot_id);
+        assert_eq!(harness.balance(member).await, Balance { available: 0, pending: 40 });
+
+        let retry = harness
+            .submit(request("first".into(), purchase_command(member, "R-1", vec![line("A", 1, 4_000_00)], 0)))
+            .await
+            .expect("replayed");
+        assert!(retry.replayed, "the idempotency record survived too");
+        let second = harness
+            .submit(request("second".into(), purchase_command(member, "R-2", vec![line("A", 1, 1_000_00)], 0)))
+            .await
+            .expect("a new writer records purchases");
+        let second = json(&second);
+        assert!(second["purchase"]["id"].as_i64().unwrap() > purchase_id);
+        assert!(second["purchase"]["earn_lot_id"].as_i64().unwrap() > lot_id);
+        let other = create_member(&harness, "C-2").await;
+        assert!(other > member);
+        assert_eq!(harness.balance(member).await, Balance { available: 0, pending: 50 });
+        assert_eq!(harness.history_len(member).await, 2);
+        harness.assert_ledger_sound("after the restart").await;
+        harness.stop().await;
+    }
 }
 
-#[tokio::test]
-async fn a_card_freed_and_taken_in_one_batch_commits_as_one_batch() {
-    let dir = tempfile::tempdir().unwrap();
-    let harness = Harness::fresh(dir.path()).await;
-    let mut members = Vec::new();
-    for i in 0..20 {
-        members.push(create_member(&harness, &format!("OLD-{i}")).await);
+both_stores! {
+    async fn two_writers_on_one_database_never_collide_on_ids() {
+        let dir = test_store().await;
+        let serve = Harness::fresh(&dir.database).await;
+        // Opened after bootstrap, like `kopilka import` beside a running server.
+        let import = Harness::open(&dir.database, serve.clock.clone()).await;
+        let mut members = Vec::new();
+        for i in 0..6 {
+            let harness = if i % 2 == 0 { &serve } else { &import };
+            members.push(create_member(harness, &format!("C-{i}")).await);
+        }
+        assert_eq!(members.iter().collect::<BTreeSet<_>>().len(), members.len(), "member ids are unique");
+
+        let mut purchase_ids = BTreeSet::new();
+        let mut lot_ids = BTreeSet::new();
+        let mut expected_points: HashMap<i64, i64> = HashMap::new();
+        for round in 0..8 {
+            let mut on_serve = Vec::new();
+            let mut on_import = Vec::new();
+            for i in 0..20 {
+                let member = members[(round + i) % members.len()];
+                let amount_minor = 100_00 * (1 + i as i64);
+                *expected_points.entry(member).or_default() += amount_minor / 100_00;
+                let command = purchase_command(member, &format!("R-{round}-{i}"), vec![line("A", 1, amount_minor)], 0);
+                let target = if i % 2 == 0 { &mut on_serve } else { &mut on_import };
+                target.push(request(format!("k-{round}-{i}"), command));
+            }
+            // The same key sent to both writers at once: one records it, the other replays it.
+            let shared = purchase_command(members[0], &format!("R-{round}-shared"), vec![line("A", 1, 100_00)], 0);
+            *expected_points.entry(members[0]).or_default() += 1;
+            on_serve.push(request(format!("shared-{round}"), shared.clone()));
+            on_import.push(request(format!("shared-{round}"), shared));
+            let (a, b) = tokio::join!(serve.burst(on_serve), import.burst(on_import));
+            let (mut recorded, mut replayed) = (0, 0);
+            for answer in a.into_iter().chain(b) {
+                let reply = answer.expect("every purchase is recorded");
+                if reply.replayed {
+                    replayed += 1;
+                    continue;
+                }
+                recorded += 1;
+                let body = json(&reply);
+                assert!(purchase_ids.insert(body["purchase"]["id"].as_i64().unwrap()), "purchase ids are unique");
+                assert!(lot_ids.insert(body["purchase"]["earn_lot_id"].as_i64().unwrap()), "lot ids are unique");
+            }
+            assert_eq!((recorded, replayed), (21, 1), "round {round}");
+            serve.assert_ledger_sound(&format!("round {round}")).await;
+        }
+        assert_eq!(serve.purchase_count().await, purchase_ids.len());
+        for member in &members {
+            let balance = serve.balance(*member).await;
+            assert_eq!(balance, Balance { available: 0, pending: expected_points[member] }, "member {member}");
+        }
+        import.stop().await;
+        serve.stop().await;
     }
-    let mut requests = Vec::new();
-    for (i, member) in members.iter().enumerate() {
-        let patch = serde_json::json!({ "card": format!("NEW-{i}") });
-        requests.push(request(format!("update-{i}"), Command::UpdateMember { member_id: MemberId(*member), patch }));
-        requests.push(request(format!("create-{i}"), create_member_command(&format!("OLD-{i}"))));
-    }
-    let answers = harness.burst(requests).await;
-    for answer in answers {
-        answer.expect("decided in order, every request is accepted");
-    }
-    let failures = harness.state.metrics.writer_commit_failures.load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(failures, 0, "the batch committed as one transaction, without falling back");
-    harness.assert_ledger_sound("after the batch").await;
-    harness.stop().await;
 }
 
-#[tokio::test]
-async fn a_batch_naming_two_members_merged_into_one_survivor_sees_its_points_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let harness = Harness::fresh(dir.path()).await;
-    let survivor = create_member(&harness, "C-S").await;
-    let a = create_member(&harness, "C-A").await;
-    let b = create_member(&harness, "C-B").await;
-    harness.submit(request("adjust".into(), adjust_command(survivor, 100))).await.unwrap();
-    for (key, absorbed) in [("m1", a), ("m2", b)] {
-        let merge = Command::MergeMembers { survivor_id: MemberId(survivor), absorbed_id: MemberId(absorbed) };
-        harness.submit(request(key.into(), merge)).await.expect("merged");
+both_stores! {
+    async fn merged_member_chains_strand_points() {
+        let dir = test_store().await;
+        let harness = Harness::fresh(&dir.database).await;
+        let a = create_member(&harness, "C-A").await;
+        let s = create_member(&harness, "C-S").await;
+        let t = create_member(&harness, "C-T").await;
+        let merge = |survivor: i64, absorbed: i64| Command::MergeMembers {
+            survivor_id: MemberId(survivor),
+            absorbed_id: MemberId(absorbed),
+        };
+        harness.submit(request("m1".into(), merge(s, a))).await.expect("A merges into S");
+        harness.submit(request("m2".into(), merge(t, s))).await.expect("S, which absorbed A, merges into T");
+        let reply = harness
+            .submit(request("p".into(), purchase_command(a, "R-1", vec![line("A", 1, 1_000_00)], 0)))
+            .await
+            .expect("a purchase with A's card");
+        let (credited, _) = balance_of(&json(&reply));
+        assert_eq!(credited, t, "the purchase credits the member A was finally merged into");
+        assert_eq!(harness.balance(t).await, Balance { available: 0, pending: 10 });
+        assert_eq!(harness.balance(s).await, Balance::default(), "a merged member holds no points");
+        harness.stop().await;
     }
-    // One batch names both absorbed members, and not the survivor.
-    let answers = harness
-        .burst(vec![request("r1".into(), redeem_command(a, 1)), request("r2".into(), redeem_command(b, 150))])
-        .await;
-    let first = answers[0].as_ref().expect("1 point of 100 is there");
-    assert_eq!(balance_of(&json(first)).1, Balance { available: 99, pending: 0 }, "the survivor's points, once");
-    let second = answers[1].as_ref().map(json);
-    assert_eq!(second.map_err(code).err().as_deref(), Some("insufficient_points"), "99 points cannot pay 150");
-    assert_eq!(harness.balance(survivor).await, Balance { available: 99, pending: 0 });
-    harness.assert_ledger_sound("after the batch").await;
-    harness.stop().await;
+}
+
+both_stores! {
+    async fn a_card_freed_and_taken_in_one_batch_commits_as_one_batch() {
+        let dir = test_store().await;
+        let harness = Harness::fresh(&dir.database).await;
+        let mut members = Vec::new();
+        for i in 0..20 {
+            members.push(create_member(&harness, &format!("OLD-{i}")).await);
+        }
+        let mut requests = Vec::new();
+        for (i, member) in members.iter().enumerate() {
+            let patch = serde_json::json!({ "card": format!("NEW-{i}") });
+            requests.push(request(format!("update-{i}"), Command::UpdateMember { member_id: MemberId(*member), patch }));
+            requests.push(request(format!("create-{i}"), create_member_command(&format!("OLD-{i}"))));
+        }
+        let answers = harness.burst(requests).await;
+        for answer in answers {
+            answer.expect("decided in order, every request is accepted");
+        }
+        let failures = harness.state.metrics.writer_commit_failures.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(failures, 0, "the batch committed as one transaction, without falling back");
+        harness.assert_ledger_sound("after the batch").await;
+        harness.stop().await;
+    }
+}
+
+both_stores! {
+    async fn a_batch_naming_two_members_merged_into_one_survivor_sees_its_points_once() {
+        let dir = test_store().await;
+        let harness = Harness::fresh(&dir.database).await;
+        let survivor = create_member(&harness, "C-S").await;
+        let a = create_member(&harness, "C-A").await;
+        let b = create_member(&harness, "C-B").await;
+        harness.submit(request("adjust".into(), adjust_command(survivor, 100))).await.unwrap();
+        for (key, absorbed) in [("m1", a), ("m2", b)] {
+            let merge = Command::MergeMembers { survivor_id: MemberId(survivor), absorbed_id: MemberId(absorbed) };
+            harness.submit(request(key.into(), merge)).await.expect("merged");
+        }
+        // One batch names both absorbed members, and not the survivor.
+        let answers = harness
+            .burst(vec![request("r1".into(), redeem_command(a, 1)), request("r2".into(), redeem_command(b, 150))])
+            .await;
+        let first = answers[0].as_ref().expect("1 point of 100 is there");
+        assert_eq!(balance_of(&json(first)).1, Balance { available: 99, pending: 0 }, "the survivor's points, once");
+        let second = answers[1].as_ref().map(json);
+        assert_eq!(second.map_err(code).err().as_deref(), Some("insufficient_points"), "99 points cannot pay 150");
+        assert_eq!(harness.balance(survivor).await, Balance { available: 99, pending: 0 });
+        harness.assert_ledger_sound("after the batch").await;
+        harness.stop().await;
+    }
 }

@@ -1,11 +1,15 @@
 //! Stores for the test suites of every crate (feature `testing`): one suite runs on both stores.
 //!
+//! Tests written inside `both_stores! { … }` run twice, as `NAME::sqlite` and `NAME::postgres`;
+//! inside them `test_store()` gives a store of the running half's kind.
+//!
 //! A SQLite store lives in a temporary directory. A PostgreSQL store is a database of its own,
 //! created on the server at `KOPILKA_TEST_PG_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`)
 //! and dropped when the test is done. When `KOPILKA_TEST_PG` is set (CI sets it) a missing server
 //! fails the test; without it the PostgreSQL half of the suite is skipped, and each test binary
 //! says so once on the terminal.
 
+use std::future::Future;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -19,6 +23,53 @@ use crate::Database;
 pub enum StoreKind {
     Sqlite,
     Postgres,
+}
+
+tokio::task_local! {
+    static STORE_KIND: StoreKind;
+}
+
+/// Runs `test` with `test_store()` giving stores of `kind`; a PostgreSQL half without a server
+/// (and without `KOPILKA_TEST_PG`) is skipped.
+pub async fn on_store<F: Future<Output = ()>>(kind: StoreKind, test: F) {
+    if kind == StoreKind::Postgres && TestDatabase::new(kind).await.is_none() {
+        return;
+    }
+    STORE_KIND.scope(kind, test).await
+}
+
+/// The kind the running half of a `both_stores!` test asked for (SQLite outside one).
+pub fn current_kind() -> StoreKind {
+    STORE_KIND.try_with(|kind| *kind).unwrap_or(StoreKind::Sqlite)
+}
+
+/// A fresh store of the running test's kind.
+pub async fn test_store() -> TestDatabase {
+    TestDatabase::new(current_kind()).await.expect("on_store checked that the store is available")
+}
+
+/// Writes each test twice, on SQLite and on PostgreSQL: `NAME::sqlite`, `NAME::postgres`.
+#[macro_export]
+macro_rules! both_stores {
+    ($($(#[$meta:meta])* async fn $name:ident() $body:block)*) => {$(
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            $(#[$meta])*
+            async fn body() $body
+
+            #[tokio::test]
+            async fn sqlite() {
+                $crate::testing::on_store($crate::testing::StoreKind::Sqlite, body()).await
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                $crate::testing::on_store($crate::testing::StoreKind::Postgres, body()).await
+            }
+        }
+    )*};
 }
 
 /// A store for one test, removed when dropped.

@@ -1,5 +1,6 @@
 //! A store with a tenant and members, a dispatcher on a manual clock, and loopback receivers that
-//! record every request, so dispatcher tests read as scenarios.
+//! record every request, so dispatcher tests read as scenarios. Tests inside `both_stores!` run
+//! on SQLite and on PostgreSQL (`kopilka_store::testing`).
 
 #![allow(dead_code)]
 
@@ -19,7 +20,7 @@ use serde_json::{json, Value};
 pub const START: &str = "2026-01-15T10:00:00Z";
 
 pub struct Harness {
-    pub dir: tempfile::TempDir,
+    pub db: kopilka_store::testing::TestDatabase,
     pub store: Store,
     pub clock: Arc<ManualClock>,
     pub dispatcher: Dispatcher,
@@ -33,15 +34,15 @@ impl Harness {
     }
 
     pub async fn with_config(config: DispatcherConfig) -> Harness {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).await.unwrap();
+        let db = kopilka_store::testing::test_store().await;
+        let store = Store::connect(&db.database).await.unwrap();
         let clock = Arc::new(ManualClock::new(START.parse().unwrap()));
         let tenant: i64 = sqlx::query_scalar("INSERT INTO tenants (name, created_at) VALUES ('t', 0) RETURNING id")
             .fetch_one(&store.pool)
             .await
             .unwrap();
-        let dispatcher = Dispatcher::open(&dir.path().into(), clock.clone(), config).await.unwrap();
-        Harness { dir, store, clock, dispatcher, tenant: TenantId(tenant), next_event: 1.into() }
+        let dispatcher = Dispatcher::open(&db.database, clock.clone(), config).await.unwrap();
+        Harness { db, store, clock, dispatcher, tenant: TenantId(tenant), next_event: 1.into() }
     }
 
     pub fn now(&self) -> Timestamp {

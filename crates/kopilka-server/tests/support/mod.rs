@@ -14,7 +14,7 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use kopilka_server::app::{self, Config, Running};
 use kopilka_server::clock::ManualClock;
-use kopilka_store::testing::{StoreKind, TestDatabase};
+use kopilka_store::testing::TestDatabase;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -48,50 +48,9 @@ impl Answer {
 
 pub const START: &str = "2026-01-15T10:00:00Z";
 
-tokio::task_local! {
-    static STORE_KIND: StoreKind;
-}
-
-/// Runs `test` with `spawn_app()` opening stores of `kind`; a PostgreSQL half without a server
-/// (and without `KOPILKA_TEST_PG`) is skipped.
-pub async fn on_store<F: std::future::Future<Output = ()>>(kind: StoreKind, test: F) {
-    if kind == StoreKind::Postgres && TestDatabase::new(kind).await.is_none() {
-        return;
-    }
-    STORE_KIND.scope(kind, test).await
-}
-
-/// The store the running test asked for (SQLite outside `both_stores!`).
-pub async fn test_store() -> TestDatabase {
-    let kind = STORE_KIND.try_with(|kind| *kind).unwrap_or(StoreKind::Sqlite);
-    TestDatabase::new(kind).await.expect("on_store checked that the store is available")
-}
-
-/// Writes each test twice, on SQLite and on PostgreSQL: `NAME::sqlite`, `NAME::postgres`.
-#[allow(unused_macros)]
-macro_rules! both_stores {
-    ($($(#[$meta:meta])* async fn $name:ident() $body:block)*) => {$(
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-
-            $(#[$meta])*
-            async fn body() $body
-
-            #[tokio::test]
-            async fn sqlite() {
-                $crate::support::on_store(kopilka_store::testing::StoreKind::Sqlite, body()).await
-            }
-
-            #[tokio::test]
-            async fn postgres() {
-                $crate::support::on_store(kopilka_store::testing::StoreKind::Postgres, body()).await
-            }
-        }
-    )*};
-}
 #[allow(unused_imports)]
-pub(crate) use both_stores;
+pub(crate) use kopilka_store::both_stores;
+pub use kopilka_store::testing::test_store;
 
 pub async fn spawn_app() -> TestApp {
     // Errors the server logs show with a failing test's output (RUST_LOG to see more).
