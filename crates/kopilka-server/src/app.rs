@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kopilka_core::TenantId;
+use kopilka_store::sql::JobLock;
 use kopilka_store::{Database, Store};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -85,12 +86,28 @@ pub async fn open(
 /// Creates the first tenant when the store has none, and returns it with its admin key, which is
 /// shown this once.
 pub async fn bootstrap(state: &AppState) -> anyhow::Result<Option<TenantCreated>> {
-    if state.store.tenant_count().await? > 0 {
-        return Ok(None);
-    }
-    let command = Command::CreateTenant { name: "default".into(), admin_key: generate_key() };
-    let reply = state.writer.submit(Request { tenant: TenantId(0), idempotency: None, command }).await?;
-    Ok(Some(serde_json::from_slice(&reply.body)?))
+    // Nodes of a new cluster starting together take turns, so only the first creates a tenant.
+    let lock = loop {
+        match JobLock::try_take(&state.store, "bootstrap").await? {
+            Some(lock) => break lock,
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let created = if state.store.tenant_count().await? > 0 {
+        None
+    } else {
+        let command = Command::CreateTenant { name: "default".into(), admin_key: generate_key() };
+        let reply = state.writer.submit(Request { tenant: TenantId(0), idempotency: None, command }).await;
+        match reply {
+            Ok(reply) => Some(serde_json::from_slice(&reply.body)?),
+            Err(error) => {
+                lock.release().await;
+                return Err(error.into());
+            }
+        }
+    };
+    lock.release().await;
+    Ok(created)
 }
 
 /// Starts the API and the jobs on `config.listen`.

@@ -24,15 +24,19 @@ fn kopilka(database: &str) -> Command {
     command
 }
 
-/// A node: `kopilka serve` on a free port. Returns the child, its base URL and, on the cluster's
-/// first start, the admin key it printed.
-fn node(database: &str) -> (Child, String, Option<String>) {
-    let mut child = kopilka(database)
+/// A node: `kopilka serve` on a free port, started.
+fn spawn_node(database: &str) -> Child {
+    kopilka(database)
         .args(["serve", "--listen", "127.0.0.1:0", "--jobs-interval-secs", "1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Waits for a node to listen: its base URL and, if it created the cluster's tenant, the admin
+/// key it printed.
+fn listening(child: &mut Child) -> (String, Option<String>) {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut key = None;
     let base = loop {
@@ -45,7 +49,7 @@ fn node(database: &str) -> (Child, String, Option<String>) {
         }
     };
     std::thread::spawn(move || lines.for_each(drop));
-    (child, base, key)
+    (base, key)
 }
 
 struct Api {
@@ -96,10 +100,13 @@ fn two_nodes_on_one_postgresql_share_one_ledger() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let Some(store) = runtime.block_on(TestDatabase::new(StoreKind::Postgres)) else { return };
     let Database::Postgres(url) = &store.database else { unreachable!() };
-    let (mut a, base_a, key) = node(url);
-    let key = key.expect("the cluster's first node creates the tenant and prints its key");
-    let (mut b, base_b, again) = node(url);
-    assert!(again.is_none(), "the second node joins the tenant the first created");
+    // Both nodes start at once on the empty database: one creates the tenant, the other joins it.
+    let (mut a, mut b) = (spawn_node(url), spawn_node(url));
+    let ((base_a, key_a), (base_b, key_b)) = (listening(&mut a), listening(&mut b));
+    let key = match (key_a, key_b) {
+        (Some(key), None) | (None, Some(key)) => key,
+        keys => panic!("exactly one node creates the tenant: {keys:?}"),
+    };
     let api = Api { client: reqwest::blocking::Client::new(), key };
     let bases = [base_a.as_str(), base_b.as_str()];
 
@@ -222,5 +229,30 @@ fn two_nodes_on_one_postgresql_share_one_ledger() {
     assert!(moved.status.success(), "{}", text(&moved));
     assert!(text(&moved).contains("Verified"), "{}", text(&moved));
     let verified = sqlite.run(&["verify"]);
+    assert!(verified.status.success(), "{}", text(&verified));
+}
+
+#[test]
+fn a_sqlite_store_moves_to_postgresql_with_everything_it_held() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some(store) = runtime.block_on(TestDatabase::new(StoreKind::Postgres)) else { return };
+    let Database::Postgres(url) = &store.database else { unreachable!() };
+    let sqlite = Kopilka::new();
+    sqlite.ok(&["demo", "--members", "60"]);
+    let moved = sqlite.run(&["migrate-store", "--to", url]);
+    assert!(moved.status.success(), "{}", text(&moved));
+    assert!(text(&moved).contains("Verified"), "{}", text(&moved));
+    let export = |command: &mut Command| String::from_utf8(command.output().unwrap().stdout).unwrap();
+    for kind in ["members", "transactions"] {
+        let before = sqlite.export(kind, "1");
+        let after = export(kopilka(url).args(["export", kind, "--tenant", "1"]));
+        assert!(before.lines().count() > 60, "{kind}: the demo exported {before:?}");
+        assert_eq!(before, after, "{kind} read back from PostgreSQL as they were in SQLite");
+    }
+    // The target is no longer empty: a second move is refused and changes nothing.
+    let again = sqlite.run(&["migrate-store", "--to", url]);
+    assert!(!again.status.success());
+    assert!(text(&again).contains("already holds 1 tenant"), "{}", text(&again));
+    let verified = kopilka(url).arg("verify").output().unwrap();
     assert!(verified.status.success(), "{}", text(&verified));
 }
