@@ -17,8 +17,8 @@ use sqlx::{AnyConnection, AnyPool, Executor, Row};
 use crate::sql::Backend;
 use crate::{micros, ApiKeyRow, Result, Role, StoreError};
 
-/// Where the store lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the store lives. Its `Debug` is `describe()`, which leaves a URL's password out.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Database {
     /// `kopilka.db` in this directory: the embedded default.
     Sqlite(PathBuf),
@@ -74,7 +74,7 @@ impl Database {
                     })?;
                 }
                 let mode = if create { "rwc" } else { "rw" };
-                let url = format!("sqlite://{}?mode={mode}", dir.join("kopilka.db").display());
+                let url = format!("sqlite:{}?mode={mode}", url_path(&dir.join("kopilka.db")));
                 let pool = options
                     .after_connect(|conn, _| {
                         Box::pin(async move {
@@ -89,6 +89,20 @@ impl Database {
             Database::Postgres(url) => Ok(options.acquire_timeout(Duration::from_secs(30)).connect(url).await?),
         }
     }
+}
+
+/// A file path as the path of a `sqlite:` URL (no `//`, so no part of it is read as a host):
+/// percent-encoded where URLs need it, as sqlx's SQLite driver decodes it.
+fn url_path(path: &Path) -> String {
+    let mut encoded = String::new();
+    for byte in path.to_string_lossy().bytes() {
+        if byte.is_ascii_control() || b" \"#<>?`{}%".contains(&byte) || !byte.is_ascii() {
+            encoded.push_str(&format!("%{byte:02X}"));
+        } else {
+            encoded.push(byte as char);
+        }
+    }
+    encoded
 }
 
 impl From<&Path> for Database {
@@ -106,6 +120,12 @@ impl From<&PathBuf> for Database {
 impl From<&Database> for Database {
     fn from(database: &Database) -> Database {
         database.clone()
+    }
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
     }
 }
 
@@ -287,5 +307,28 @@ pub mod admin {
             .execute(&mut *conn)
             .await?;
         Ok(Some((id, version)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_data_directory_may_hold_any_characters_a_path_can() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("my data #1 ?x {ü} 100%");
+        let store = Store::open(&dir).await.expect("opens");
+        assert_eq!(store.tenant_count().await.unwrap(), 0);
+        assert!(dir.join("kopilka.db").exists(), "the file is where it was asked to be");
+    }
+
+    #[test]
+    fn a_postgres_url_is_described_without_its_password() {
+        let database =
+            Database::choose(Path::new("x"), Some("postgres://kopilka:s3cret@db.local:5432/loyalty")).unwrap();
+        assert_eq!(format!("{database:?}"), "PostgreSQL at db.local:5432/loyalty");
+        let refused = Database::choose(Path::new("x"), Some("mysql://x")).unwrap_err();
+        assert!(refused.starts_with("--database:"), "{refused}");
     }
 }
