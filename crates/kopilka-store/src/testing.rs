@@ -102,10 +102,11 @@ impl TestDatabase {
                 let admin = admin_url();
                 let name = database_name();
                 if let Err(error) = create_database(&admin, &name).await {
+                    let server = Database::Postgres(admin.clone()).describe();
                     if postgres_mandatory() {
-                        panic!("KOPILKA_TEST_PG is set but PostgreSQL at {admin} cannot be used: {error}");
+                        panic!("KOPILKA_TEST_PG is set but {server} cannot be used: {error}");
                     }
-                    say_skipped(&admin, &error);
+                    say_skipped(&server, &error);
                     return None;
                 }
                 let url = match admin.rsplit_once('/') {
@@ -142,13 +143,13 @@ async fn create_database(admin: &str, name: &str) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-fn say_skipped(admin: &str, error: &sqlx::Error) {
+fn say_skipped(server: &str, error: &sqlx::Error) {
     static SAID: OnceLock<()> = OnceLock::new();
     SAID.get_or_init(|| {
         // Straight to the terminal: libtest captures `eprintln!` of passing tests.
         let _ = writeln!(
             std::io::stderr(),
-            "\nPostgreSQL tests SKIPPED in this test binary: no server at {admin} ({error}).\n\
+            "\nPostgreSQL tests SKIPPED in this test binary: no {server} ({error}).\n\
              Set KOPILKA_TEST_PG=1 to make that a failure (CI does), KOPILKA_TEST_PG_URL to point elsewhere.\n"
         );
     });
