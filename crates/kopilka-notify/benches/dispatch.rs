@@ -61,7 +61,7 @@ async fn main() {
                 .push_bind(serde_json::to_string(&event).unwrap())
                 .push_bind(0i64);
         });
-        query.build().execute(&mut *tx).await.unwrap();
+        query.execute(&mut *tx).await.unwrap();
     }
     tx.commit().await.unwrap();
 

@@ -546,7 +546,7 @@ pub async fn insert_deliveries(conn: &mut AnyConnection, rows: &[DeliveryRow]) -
                 .push_bind(d.delivered_at.map(micros::of));
         });
         query.push(" ON CONFLICT DO NOTHING");
-        query.build().execute(&mut *conn).await?;
+        query.execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -658,7 +658,7 @@ pub async fn deliveries(
         query.push(" AND channel = ").push_bind(channel.clone());
     }
     query.push(" ORDER BY created_at DESC, id DESC LIMIT ").push_bind(limit.clamp(1, PAGE_SIZE_MAX));
-    let rows = query.build().fetch_all(pool).await?;
+    let rows = query.fetch_all(pool).await?;
     rows.iter().map(delivery_of_row).collect()
 }
 

@@ -173,7 +173,7 @@ pub async fn load(conn: &mut AnyConnection, keys: &BatchKeys) -> Result<Loaded> 
             b.push_bind(tenant.0).push_bind(key);
         });
         query.push(") SELECT tenant_id, key, request_hash, status, body, member_id FROM k JOIN idempotency ON idempotency.tenant_id = k.t AND idempotency.key = k.v");
-        for row in query.build().fetch_all(&mut *conn).await? {
+        for row in query.fetch_all(&mut *conn).await? {
             let status: i64 = row.get(3);
             loaded.idempotency.insert(
                 (TenantId(row.get(0)), row.get(1)),
@@ -196,7 +196,7 @@ pub async fn load(conn: &mut AnyConnection, keys: &BatchKeys) -> Result<Loaded> 
             b.push_bind(tenant.0).push_bind(id.0);
         });
         query.push(") SELECT tenant_id, program_id, record FROM k JOIN purchases ON purchases.tenant_id = k.t AND purchases.id = k.v");
-        for row in query.build().fetch_all(&mut *conn).await? {
+        for row in query.fetch_all(&mut *conn).await? {
             loaded.purchases.push(purchase_of_row(&row)?);
         }
     }
@@ -206,7 +206,7 @@ pub async fn load(conn: &mut AnyConnection, keys: &BatchKeys) -> Result<Loaded> 
             b.push_bind(tenant.0).push_bind(id);
         });
         query.push(") SELECT tenant_id, program_id, record FROM k JOIN purchases ON purchases.tenant_id = k.t AND purchases.external_id = k.v");
-        for row in query.build().fetch_all(&mut *conn).await? {
+        for row in query.fetch_all(&mut *conn).await? {
             loaded.purchases.push(purchase_of_row(&row)?);
         }
     }
@@ -230,7 +230,7 @@ pub async fn load(conn: &mut AnyConnection, keys: &BatchKeys) -> Result<Loaded> 
                 ") SELECT tenant_id, id, {0} FROM k JOIN members ON members.tenant_id = k.t AND members.{0} = k.v",
                 kind.as_str()
             ));
-            for row in query.build().fetch_all(&mut *conn).await? {
+            for row in query.fetch_all(&mut *conn).await? {
                 let tenant = TenantId(row.get(0));
                 let member = MemberId(row.get(1));
                 loaded.identifiers.insert((tenant, kind, row.get(2)), member);
@@ -268,7 +268,7 @@ async fn load_members(
         query.push(format!(
             ") SELECT tenant_id, {MEMBER_COLUMNS} FROM k JOIN members ON members.tenant_id = k.t AND members.id = k.v"
         ));
-        for row in query.build().fetch_all(&mut *conn).await? {
+        for row in query.fetch_all(&mut *conn).await? {
             let tenant = TenantId(row.get("tenant_id"));
             let member = member_of_row(&row)?;
             if let Some(survivor) = member.merged_into {
@@ -282,7 +282,7 @@ async fn load_members(
             b.push_bind(tenant.0).push_bind(id.0);
         });
         query.push(format!(") SELECT tenant_id, {LOT_COLUMNS} FROM k JOIN lots{} ON lots.tenant_id = k.t AND lots.member_id = k.v WHERE state IN ('pending', 'available')", Backend::of(conn).indexed_by("lots_member")));
-        for row in query.build().fetch_all(&mut *conn).await? {
+        for row in query.fetch_all(&mut *conn).await? {
             let lot = lot_of_row(&row)?;
             loaded.lots.entry((TenantId(row.get("tenant_id")), lot.member_id)).or_default().push(lot);
         }
@@ -305,7 +305,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
             ") UPDATE members SET card = NULL, phone = NULL, email = NULL, external_id = NULL FROM k
              WHERE members.tenant_id = k.t AND members.id = k.v",
         );
-        query.build().execute(&mut *conn).await?;
+        query.execute(&mut *conn).await?;
     }
     for chunk in writes.members.chunks(chunk_rows(19)) {
         let mut query = Builder::new(format!("INSERT INTO members (tenant_id, {MEMBER_COLUMNS}, manual_tier_until) "));
@@ -338,7 +338,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
               state = excluded.state, merged_into = excluded.merged_into, updated_at = excluded.updated_at,
               manual_tier_until = excluded.manual_tier_until",
         );
-        query.build().execute(&mut *conn).await?;
+        query.execute(&mut *conn).await?;
     }
 
     for chunk in writes.member_states.chunks(chunk_rows(4)) {
@@ -353,7 +353,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
             ") UPDATE members SET state = k.s, manual_tier_until = k.u FROM k
              WHERE members.tenant_id = k.t AND members.id = k.v",
         );
-        query.build().execute(&mut *conn).await?;
+        query.execute(&mut *conn).await?;
     }
 
     // A member absorbed after absorbing others hands them on, so every stored merge stays one hop.
@@ -386,7 +386,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
             " ON CONFLICT (tenant_id, id) DO UPDATE SET member_id = excluded.member_id, remaining = excluded.remaining,
               state = excluded.state",
         );
-        query.build().execute(&mut *conn).await?;
+        query.execute(&mut *conn).await?;
     }
 
     for chunk in writes.movements.chunks(chunk_rows(8)) {
@@ -404,7 +404,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
                 .push_bind(m.purchase_id.map(|p| p.0))
                 .push_bind(&m.reason);
         });
-        query.build().execute(&mut *conn).await?;
+        query.execute(&mut *conn).await?;
     }
 
     let postings: Vec<_> = writes
@@ -427,7 +427,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
                 .push_bind(p.lot_id.map(|l| l.0))
                 .push_bind(p.account.partner_id().map(|id| id.0));
         });
-        query.build().execute(&mut *conn).await?;
+        query.execute(&mut *conn).await?;
     }
 
     for chunk in writes.purchases.chunks(chunk_rows(9)) {
@@ -448,7 +448,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
         query.push(
             " ON CONFLICT (tenant_id, id) DO UPDATE SET member_id = excluded.member_id, record = excluded.record",
         );
-        query.build().execute(&mut *conn).await?;
+        query.execute(&mut *conn).await?;
     }
 
     for chunk in writes.events.chunks(chunk_rows(6)) {
@@ -461,7 +461,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
                 .push_bind(serde_json::to_string(event).expect("events serialize"))
                 .push_bind(micros::of(*at));
         });
-        query.build().execute(&mut *conn).await?;
+        query.execute(&mut *conn).await?;
     }
 
     for (tenant, member) in &writes.erased {
@@ -484,7 +484,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
                 .push_bind(response.member_id.map(|m| m.0))
                 .push_bind(micros::of(*at));
         });
-        query.build().execute(&mut *conn).await?;
+        query.execute(&mut *conn).await?;
     }
     crate::checkout::flush(&mut *conn, &writes.checkout).await?;
     crate::rewards::flush(conn, &writes.rewards).await?;

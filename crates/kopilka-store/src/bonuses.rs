@@ -44,7 +44,7 @@ impl Store {
             query.push(") AND merged_into IS NULL AND id > ").push_bind(after.0);
         }
         query.push(") AS due ORDER BY id LIMIT ").push_bind(limit);
-        let ids: Vec<i64> = query.build_query_scalar().fetch_all(&self.pool).await?;
+        let ids: Vec<i64> = query.fetch_all_scalar(&self.pool).await?;
         Ok(ids.into_iter().map(MemberId).collect())
     }
 

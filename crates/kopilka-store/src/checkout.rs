@@ -77,7 +77,7 @@ pub(crate) async fn load(
         query.push(
             ") SELECT tenant_id, document FROM k JOIN checkouts ON checkouts.tenant_id = k.t AND checkouts.id = k.v",
         );
-        for row in query.build().fetch_all(&mut *conn).await? {
+        for row in query.fetch_all(&mut *conn).await? {
             let tenant = TenantId(row.get("tenant_id"));
             let checkout = checkout_of_row(&row)?;
             members.push((tenant, checkout.member_id));
@@ -94,7 +94,7 @@ pub(crate) async fn load(
             b.push_bind(tenant.0).push_bind(code);
         });
         query.push(") SELECT tenant_id, code, campaign_id, member_id, uses, holds FROM k JOIN coupons ON coupons.tenant_id = k.t AND coupons.code = k.v");
-        for row in query.build().fetch_all(&mut *conn).await? {
+        for row in query.fetch_all(&mut *conn).await? {
             let tenant = TenantId(row.get("tenant_id"));
             let coupon = coupon_of_row(&row)?;
             campaigns.push((tenant, coupon.campaign_id));
@@ -108,7 +108,7 @@ pub(crate) async fn load(
             b.push_bind(tenant.0).push_bind(code);
         });
         query.push(") SELECT tenant_id, id, voucher_code FROM k JOIN reward_redemptions ON reward_redemptions.tenant_id = k.t AND reward_redemptions.voucher_code = k.v");
-        for row in query.build().fetch_all(&mut *conn).await? {
+        for row in query.fetch_all(&mut *conn).await? {
             let tenant = TenantId(row.get("tenant_id"));
             loaded.vouchers.insert((tenant, row.get("voucher_code")), RedemptionId(row.get("id")));
         }
@@ -121,7 +121,7 @@ pub(crate) async fn load(
             b.push_bind(tenant.0).push_bind(id);
         });
         query.push(") SELECT tenant_id, id, document, used, active FROM k JOIN coupon_campaigns ON coupon_campaigns.tenant_id = k.t AND coupon_campaigns.id = k.v");
-        for row in query.build().fetch_all(&mut *conn).await? {
+        for row in query.fetch_all(&mut *conn).await? {
             let tenant = TenantId(row.get("tenant_id"));
             let record = campaign_of_row(&row)?;
             loaded.campaigns.insert((tenant, record.id), record);
@@ -169,7 +169,7 @@ pub(crate) async fn flush(conn: &mut AnyConnection, writes: &CheckoutWrites) -> 
             " ON CONFLICT (tenant_id, id) DO UPDATE SET status = excluded.status, purchase_id = excluded.purchase_id,
               document = excluded.document, updated_at = excluded.updated_at",
         );
-        query.build().execute(&mut *conn).await?;
+        query.execute(&mut *conn).await?;
     }
     for chunk in writes.coupons.chunks(BIND_VALUES_MAX / 4) {
         let mut query = Builder::new("WITH k(t, c, u, h) AS (");
@@ -182,7 +182,7 @@ pub(crate) async fn flush(conn: &mut AnyConnection, writes: &CheckoutWrites) -> 
         query.push(
             ") UPDATE coupons SET uses = k.u, holds = k.h FROM k WHERE coupons.tenant_id = k.t AND coupons.code = k.c",
         );
-        query.build().execute(&mut *conn).await?;
+        query.execute(&mut *conn).await?;
     }
     for (tenant, id, used) in &writes.campaign_uses {
         sqlx::query("UPDATE coupon_campaigns SET used = $1 WHERE tenant_id = $2 AND id = $3")
@@ -266,7 +266,7 @@ pub mod admin {
                 b.push_bind(tenant.0).push_bind(code);
             });
             query.push(") SELECT code FROM k JOIN coupons ON coupons.tenant_id = k.t AND coupons.code = k.v");
-            found.extend(query.build().fetch_all(&mut *conn).await?.iter().map(|row| row.get::<String, _>(0)));
+            found.extend(query.fetch_all(&mut *conn).await?.iter().map(|row| row.get::<String, _>(0)));
         }
         Ok(found)
     }
@@ -304,7 +304,7 @@ pub mod admin {
             }
             // `WHERE true` tells SQLite's parser that ON CONFLICT belongs to the INSERT.
             query.push(") AS v WHERE true ON CONFLICT DO NOTHING");
-            inserted += query.build().execute(&mut *conn).await?.rows_affected();
+            inserted += query.execute(&mut *conn).await?.rows_affected();
         }
         sqlx::query("UPDATE coupon_campaigns SET codes = codes + $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4")
             .bind(inserted as i64)

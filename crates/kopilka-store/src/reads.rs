@@ -92,7 +92,7 @@ impl Store {
             query.push(" AND id < ").push_bind(before.0);
         }
         query.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
-        let rows = query.build().fetch_all(&self.pool).await?;
+        let rows = query.fetch_all(&self.pool).await?;
         let mut movements = Vec::with_capacity(rows.len());
         for row in rows {
             let corrupt = |detail: String| StoreError::Corrupt { table: "movements", detail };
@@ -123,7 +123,7 @@ impl Store {
         query.push(") ORDER BY movement_id, seq");
         let index_of: std::collections::HashMap<MovementId, usize> =
             movements.iter().enumerate().map(|(index, m)| (m.id, index)).collect();
-        for row in query.build().fetch_all(&self.pool).await? {
+        for row in query.fetch_all(&self.pool).await? {
             let movement_id = MovementId(row.get(0));
             let kind: String = row.get(1);
             let partner = row.get::<Option<i64>, _>(5).map(kopilka_core::PartnerId);
@@ -161,7 +161,7 @@ impl Store {
             separated.push_bind(member.0);
         }
         query.push(") ORDER BY occurred_at, id");
-        let rows = query.build().fetch_all(&self.pool).await?;
+        let rows = query.fetch_all(&self.pool).await?;
         rows.iter().map(|row| purchase_of_row(row).map(|(_, _, record)| record)).collect()
     }
 

@@ -128,7 +128,7 @@ pub async fn load(
     let mut redemption_keys: Vec<_> = keys.redemptions.iter().map(|(t, id)| (*t, id.0)).collect();
     for chunk in payout_keys.chunks(CHUNK_ROWS_MAX) {
         let select = "SELECT tenant_id, record FROM k JOIN cashback_payouts ON cashback_payouts.tenant_id = k.t AND cashback_payouts.id = k.v";
-        for row in keyed_query(chunk, select).build().fetch_all(&mut *conn).await? {
+        for row in keyed_query(chunk, select).fetch_all(&mut *conn).await? {
             let tenant = TenantId(row.get("tenant_id"));
             let payout: CashbackPayout = record_of_row(&row, "cashback_payouts")?;
             redemption_keys.push((tenant, payout.redemption_id.0));
@@ -139,7 +139,7 @@ pub async fn load(
     let mut more_payouts = Vec::new();
     for chunk in redemption_keys.chunks(CHUNK_ROWS_MAX) {
         let select = "SELECT tenant_id, record FROM k JOIN reward_redemptions ON reward_redemptions.tenant_id = k.t AND reward_redemptions.id = k.v";
-        for row in keyed_query(chunk, select).build().fetch_all(&mut *conn).await? {
+        for row in keyed_query(chunk, select).fetch_all(&mut *conn).await? {
             let tenant = TenantId(row.get("tenant_id"));
             let redemption: RewardRedemption = record_of_row(&row, "reward_redemptions")?;
             reward_keys.push((tenant, redemption.reward_id.0));
@@ -155,7 +155,7 @@ pub async fn load(
     // A cancellation named by its redemption needs the redemption's payout too.
     for chunk in more_payouts.chunks(CHUNK_ROWS_MAX) {
         let select = "SELECT tenant_id, record FROM k JOIN cashback_payouts ON cashback_payouts.tenant_id = k.t AND cashback_payouts.id = k.v";
-        for row in keyed_query(chunk, select).build().fetch_all(&mut *conn).await? {
+        for row in keyed_query(chunk, select).fetch_all(&mut *conn).await? {
             let payout: CashbackPayout = record_of_row(&row, "cashback_payouts")?;
             loaded.payouts.insert((TenantId(row.get("tenant_id")), payout.id), payout);
         }
@@ -171,7 +171,7 @@ pub async fn load(
              WHERE status <> 'cancelled'",
             Backend::of(conn).indexed_by("reward_redemptions_member")
         ));
-        for row in query.build().fetch_all(&mut *conn).await? {
+        for row in query.fetch_all(&mut *conn).await? {
             let redemption: RewardRedemption = record_of_row(&row, "reward_redemptions")?;
             loaded.redemptions.entry((TenantId(row.get("tenant_id")), redemption.id)).or_insert(redemption);
         }
@@ -182,7 +182,7 @@ pub async fn load(
         let select = format!(
             "SELECT tenant_id, {REWARD_COLUMNS} FROM k JOIN rewards ON rewards.tenant_id = k.t AND rewards.id = k.v"
         );
-        for row in keyed_query(chunk, &select).build().fetch_all(&mut *conn).await? {
+        for row in keyed_query(chunk, &select).fetch_all(&mut *conn).await? {
             let reward = reward_of_row(&row)?;
             loaded.rewards.insert((TenantId(row.get("tenant_id")), reward.id), reward);
         }
@@ -207,7 +207,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &RewardWrites) -> Result<()
             " ON CONFLICT (tenant_id, id) DO UPDATE SET spec = excluded.spec, redeemed_count = excluded.redeemed_count,
               updated_at = excluded.updated_at",
         );
-        query.build().execute(&mut *conn).await?;
+        query.execute(&mut *conn).await?;
     }
     for chunk in writes.redemptions.chunks(CHUNK_ROWS_MAX) {
         let mut query = Builder::new(
@@ -224,7 +224,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &RewardWrites) -> Result<()
                 .push_bind(serde_json::to_string(r).expect("redemptions serialize"));
         });
         query.push(" ON CONFLICT (tenant_id, id) DO UPDATE SET status = excluded.status, record = excluded.record");
-        query.build().execute(&mut *conn).await?;
+        query.execute(&mut *conn).await?;
     }
     for chunk in writes.payouts.chunks(CHUNK_ROWS_MAX) {
         let mut query =
@@ -238,7 +238,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &RewardWrites) -> Result<()
                 .push_bind(serde_json::to_string(p).expect("payouts serialize"));
         });
         query.push(" ON CONFLICT (tenant_id, id) DO UPDATE SET status = excluded.status, record = excluded.record");
-        query.build().execute(&mut *conn).await?;
+        query.execute(&mut *conn).await?;
     }
     if let Some(ids) = &writes.ids {
         sqlx::query(

@@ -2,16 +2,16 @@
 //!
 //! Every statement goes through sqlx's `Any` driver, so one body of code serves SQLite and
 //! PostgreSQL. They differ in a handful of places, which live here and nowhere else:
-//! placeholders (`$1, $2…`, which sqlx's SQLite driver also accepts), how a transaction takes the
-//! write lock, JSON paths, and SQLite's `INDEXED BY` hints (PostgreSQL plans with statistics).
+//! placeholders (plain statements use `$1, $2…`, which sqlx's SQLite driver also accepts), how a
+//! transaction takes the write lock, JSON paths, and SQLite's `INDEXED BY` hints (PostgreSQL plans
+//! with statistics).
 //!
 //! `Builder` stands in for sqlx's `QueryBuilder`, whose `Any` flavour writes `?` placeholders that
-//! PostgreSQL rejects.
+//! PostgreSQL rejects; it writes the placeholders each database binds fastest.
 
 use std::fmt::{Display, Write as _};
 
 use sqlx::any::AnyArguments;
-use sqlx::query::{Query, QueryScalar};
 use sqlx::AnyConnection;
 use sqlx::{Any, Arguments, Encode, Type};
 
@@ -139,16 +139,36 @@ async fn take_lock(conn: &mut AnyConnection, backend: Backend, lock: Lock) -> cr
     Ok(())
 }
 
-/// A statement with bound values, numbered `$1, $2…` as both databases accept.
+/// Where a `Builder`'s statement runs: a connection (or transaction) or a pool, which tells the
+/// builder which placeholders to write.
+pub trait Target<'c>: sqlx::Executor<'c, Database = Any> {
+    fn backend(&self) -> Backend;
+}
+
+impl<'c> Target<'c> for &'c mut AnyConnection {
+    fn backend(&self) -> Backend {
+        Backend::of(self)
+    }
+}
+
+impl<'c> Target<'c> for &'c sqlx::AnyPool {
+    fn backend(&self) -> Backend {
+        Backend::of_name(self.connect_options().database_url.scheme())
+    }
+}
+
+/// A statement with bound values. Placeholders are written as `?` and numbered `$1, $2…` only
+/// when the statement runs on PostgreSQL: SQLite looks a numbered parameter's name up by walking
+/// a list, so a multi-row INSERT of thousands of `$N` spends most of its time binding.
 pub struct Builder<'a> {
     sql: String,
     args: AnyArguments<'a>,
-    bound: usize,
+    placeholders: Vec<usize>,
 }
 
 impl<'a> Builder<'a> {
     pub fn new(init: impl Into<String>) -> Builder<'a> {
-        Builder { sql: init.into(), args: AnyArguments::default(), bound: 0 }
+        Builder { sql: init.into(), args: AnyArguments::default(), placeholders: Vec::new() }
     }
 
     pub fn push(&mut self, sql: impl Display) -> &mut Self {
@@ -160,8 +180,8 @@ impl<'a> Builder<'a> {
     where
         T: 'a + Encode<'a, Any> + Type<Any>,
     {
-        self.bound += 1;
-        write!(self.sql, "${}", self.bound).expect("writing to a String cannot fail");
+        self.placeholders.push(self.sql.len());
+        self.sql.push('?');
         self.args.add(value).expect("values of the store's types always encode");
         self
     }
@@ -189,20 +209,45 @@ impl<'a> Builder<'a> {
         self
     }
 
-    pub fn sql(&self) -> &str {
-        &self.sql
+    /// The statement's text as `backend` takes it.
+    pub fn sql(&self, backend: Backend) -> std::borrow::Cow<'_, str> {
+        match backend {
+            Backend::Sqlite => std::borrow::Cow::Borrowed(&self.sql),
+            Backend::Postgres => {
+                let mut numbered = String::with_capacity(self.sql.len() + 4 * self.placeholders.len());
+                let mut from = 0;
+                for (n, at) in self.placeholders.iter().enumerate() {
+                    numbered.push_str(&self.sql[from..*at]);
+                    write!(numbered, "${}", n + 1).expect("writing to a String cannot fail");
+                    from = at + 1;
+                }
+                numbered.push_str(&self.sql[from..]);
+                std::borrow::Cow::Owned(numbered)
+            }
+        }
     }
 
-    /// The statement, ready to run. The builder keeps its text and gives up its values.
-    pub fn build(&mut self) -> Query<'_, Any, AnyArguments<'_>> {
-        sqlx::query_with(&self.sql, std::mem::take(&mut self.args))
+    /// Runs the statement; the builder keeps its text and gives up its values.
+    pub async fn execute<'c>(&mut self, target: impl Target<'c>) -> Result<sqlx::any::AnyQueryResult, sqlx::Error> {
+        let args = std::mem::take(&mut self.args);
+        let sql = self.sql(target.backend());
+        sqlx::query_with(&sql, args).execute(target).await
     }
 
-    pub fn build_query_scalar<O>(&mut self) -> QueryScalar<'_, Any, O, AnyArguments<'_>>
+    pub async fn fetch_all<'c>(&mut self, target: impl Target<'c>) -> Result<Vec<sqlx::any::AnyRow>, sqlx::Error> {
+        let args = std::mem::take(&mut self.args);
+        let sql = self.sql(target.backend());
+        sqlx::query_with(&sql, args).fetch_all(target).await
+    }
+
+    pub async fn fetch_all_scalar<'c, O>(&mut self, target: impl Target<'c>) -> Result<Vec<O>, sqlx::Error>
     where
+        O: Send + Unpin,
         (O,): for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow>,
     {
-        sqlx::query_scalar_with(&self.sql, std::mem::take(&mut self.args))
+        let args = std::mem::take(&mut self.args);
+        let sql = self.sql(target.backend());
+        sqlx::query_scalar_with(&sql, args).fetch_all(target).await
     }
 }
 

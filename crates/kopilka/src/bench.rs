@@ -656,7 +656,7 @@ async fn anchor_phase(dir: &Path, workload: &Workload, sizes: Sizes, batch: usiz
                 .push_bind(now)
                 .push_bind(now);
         });
-        query.build().execute(&mut conn).await?;
+        query.execute(&mut conn).await?;
     }
     sqlx::query("COMMIT").execute(&mut conn).await?;
     // The engine's members got ids 1..=N in a fresh store, and so do the anchor's.

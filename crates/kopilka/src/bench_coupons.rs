@@ -86,7 +86,7 @@ async fn anchor(dir: &Path, codes: usize) -> anyhow::Result<Duration> {
         query.push_values(chunk, |mut b, code| {
             b.push_bind(1i64).push_bind(code).push_bind(1i64).push_bind(None::<i64>).push_bind(now);
         });
-        query.build().execute(&mut conn).await?;
+        query.execute(&mut conn).await?;
     }
     sqlx::query("COMMIT").execute(&mut conn).await?;
     Ok(started.elapsed())

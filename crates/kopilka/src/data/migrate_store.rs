@@ -191,7 +191,7 @@ async fn insert(
     if let Some(failure) = failure {
         bail!("a value does not fit its column on the target: {failure}");
     }
-    Ok(query.build().execute(&mut *target).await?.rows_affected() as i64)
+    Ok(query.execute(&mut *target).await?.rows_affected() as i64)
 }
 
 /// Every member account's total, by tenant, member, currency and account.
