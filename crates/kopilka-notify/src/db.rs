@@ -562,9 +562,12 @@ pub async fn claim_due(
     limit: i64,
 ) -> Result<Vec<DeliveryRow>> {
     let sql = format!(
-        "UPDATE deliveries SET next_attempt_at = $1 WHERE (tenant_id, id) IN (
-           SELECT tenant_id, id FROM deliveries WHERE status IN ('pending', 'failed') AND next_attempt_at <= $2
-           ORDER BY next_attempt_at LIMIT $3{})
+        // A join on the key, not `(tenant_id, id) IN (…)`: SQLite answers the IN by walking every
+        // delivery of the tenant.
+        "UPDATE deliveries SET next_attempt_at = $1 FROM (
+           SELECT tenant_id AS t, id AS i FROM deliveries WHERE status IN ('pending', 'failed') AND next_attempt_at <= $2
+           ORDER BY next_attempt_at LIMIT $3{}) AS due
+         WHERE deliveries.tenant_id = due.t AND deliveries.id = due.i
          RETURNING {DELIVERY_COLUMNS}",
         Backend::of(conn).skip_locked()
     );
