@@ -45,8 +45,9 @@ impl AppState {
 pub struct Config {
     pub database: Database,
     pub listen: SocketAddr,
-    /// How often the activation and expiry jobs run.
-    pub jobs_interval: Duration,
+    /// How often the scheduled jobs run (the first round at start, to catch up); None runs none,
+    /// for tests that run jobs on demand on a clock they move.
+    pub jobs_interval: Option<Duration>,
 }
 
 /// A running server: its address, and the handle to stop it.
@@ -117,14 +118,17 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Run
     let addr = listener.local_addr()?;
     let (shutdown, signal) = watch::channel(false);
     let notify = crate::notify::start(&config.database, clock.clone(), signal.clone()).await?;
-    let jobs = tokio::spawn(crate::jobs::run_scheduled(
-        state.store.clone(),
-        state.writer.clone(),
-        clock,
-        state.metrics.clone(),
-        config.jobs_interval,
-        signal.clone(),
-    ));
+    let mut tasks = vec![notify];
+    if let Some(interval) = config.jobs_interval {
+        tasks.push(tokio::spawn(crate::jobs::run_scheduled(
+            state.store.clone(),
+            state.writer.clone(),
+            clock,
+            state.metrics.clone(),
+            interval,
+            signal.clone(),
+        )));
+    }
     let router = crate::api::router(state.clone());
     let mut http_signal = signal;
     let http = tokio::spawn(async move {
@@ -135,5 +139,6 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Run
             tracing::error!(%error, "HTTP server failed");
         }
     });
-    Ok(Running { addr, state, shutdown, tasks: vec![http, jobs, notify], writer_task })
+    tasks.push(http);
+    Ok(Running { addr, state, shutdown, tasks, writer_task })
 }

@@ -226,7 +226,7 @@ both_stores! {
         let config = Config {
             database: store.database.clone(),
             listen: "127.0.0.1:0".parse().unwrap(),
-            jobs_interval: Duration::from_secs(3600),
+            jobs_interval: None,
         };
         let running = app::start(&config, clock.clone()).await.unwrap();
         let seen = hook.wait_for(3).await;

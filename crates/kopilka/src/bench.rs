@@ -729,11 +729,8 @@ async fn count(store: &Store, table: &str) -> anyhow::Result<i64> {
 // Phase 3: HTTP on loopback.
 
 async fn http_phase(dir: &Path, workload: Arc<Workload>, sizes: Sizes) -> anyhow::Result<Phase> {
-    let config = Config {
-        database: dir.into(),
-        listen: "127.0.0.1:0".parse().expect("an address"),
-        jobs_interval: Duration::from_secs(24 * 3600),
-    };
+    let config =
+        Config { database: dir.into(), listen: "127.0.0.1:0".parse().expect("an address"), jobs_interval: None };
     let running = app::start(&config, Arc::new(SystemClock)).await?;
     let tenant = app::bootstrap(&running.state).await?.context("a fresh store has no tenant")?;
     let base = format!("http://{}", running.addr);

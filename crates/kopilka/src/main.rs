@@ -160,7 +160,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(database: Database, listen: SocketAddr, jobs_interval_secs: u64) -> anyhow::Result<()> {
-    let config = Config { database, listen, jobs_interval: Duration::from_secs(jobs_interval_secs.max(1)) };
+    let config = Config { database, listen, jobs_interval: Some(Duration::from_secs(jobs_interval_secs.max(1))) };
     let running = app::start(&config, Arc::new(SystemClock)).await?;
     if let Some(tenant) = app::bootstrap(&running.state).await? {
         println!("Created tenant {} ({:?}) with the default program.", tenant.id, tenant.name);

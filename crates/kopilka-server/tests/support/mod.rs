@@ -9,7 +9,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use kopilka_server::app::{self, Config, Running};
@@ -65,8 +64,9 @@ pub async fn spawn_app() -> TestApp {
     let config = Config {
         database: store.database.clone(),
         listen: "127.0.0.1:0".parse().unwrap(),
-        // The scheduled jobs stay out of the way; tests run them on demand.
-        jobs_interval: Duration::from_secs(3600),
+        // No scheduled jobs: tests run them on demand, and a scheduled round would race the test
+        // for the clock it moves.
+        jobs_interval: None,
     };
     let running = app::start(&config, clock.clone()).await.expect("server starts");
     let tenant = app::bootstrap(&running.state).await.expect("bootstrap").expect("a fresh store gets a tenant");

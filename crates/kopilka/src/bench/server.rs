@@ -65,7 +65,7 @@ impl Server {
             let config = Config {
                 database: dir.into(),
                 listen: "127.0.0.1:0".parse().expect("an address"),
-                jobs_interval: Duration::from_secs(24 * 3600),
+                jobs_interval: None,
             };
             let running = app::start(&config, Arc::new(SystemClock)).await?;
             let tenant = app::bootstrap(&running.state).await?.context("a fresh store has no tenant")?;
