@@ -37,6 +37,15 @@ pub enum DomainEvent {
         returned_minor: i64,
         points_unrecovered: i64,
     },
+    /// A receipt of points earned at a partner was returned: `points_reversed` were taken back
+    /// from the member, `points_unrecovered` (already spent or expired) the program carries.
+    PartnerPurchaseReturned {
+        member_id: MemberId,
+        partner_id: i64,
+        external_id: String,
+        points_reversed: i64,
+        points_unrecovered: i64,
+    },
     /// The member's tier changed: `reason` is `qualified`, `review` or `manual`.
     TierChanged {
         member_id: MemberId,
@@ -152,6 +161,7 @@ impl DomainEvent {
             DomainEvent::MembersMerged { .. } => "members_merged",
             DomainEvent::PurchaseRecorded { .. } => "purchase_recorded",
             DomainEvent::PurchaseReturned { .. } => "purchase_returned",
+            DomainEvent::PartnerPurchaseReturned { .. } => "partner_purchase_returned",
             DomainEvent::CouponRedeemed { .. } => "coupon_redeemed",
             DomainEvent::TierChanged { .. } => "tier_changed",
             DomainEvent::BonusGranted { .. } => "bonus_granted",
@@ -185,6 +195,7 @@ impl DomainEvent {
             | DomainEvent::MemberErased { member_id }
             | DomainEvent::PurchaseRecorded { member_id, .. }
             | DomainEvent::PurchaseReturned { member_id, .. }
+            | DomainEvent::PartnerPurchaseReturned { member_id, .. }
             | DomainEvent::CouponRedeemed { member_id, .. }
             | DomainEvent::TierChanged { member_id, .. }
             | DomainEvent::Points { member_id, .. }
@@ -244,6 +255,13 @@ mod tests {
             DomainEvent::MembersMerged { survivor_id: member_id, absorbed_id: MemberId(3) },
             DomainEvent::PurchaseRecorded { member_id, purchase_id, total_minor: 1, currency: "RUB".into() },
             DomainEvent::PurchaseReturned { member_id, purchase_id, returned_minor: 1, points_unrecovered: 0 },
+            DomainEvent::PartnerPurchaseReturned {
+                member_id,
+                partner_id: 1,
+                external_id: "C-1".into(),
+                points_reversed: 1,
+                points_unrecovered: 0,
+            },
         ];
         for event in events {
             let json = serde_json::to_value(&event).unwrap();

@@ -6,6 +6,12 @@
 //! settlement is then nothing but the sum of postings on those two accounts, priced at the terms
 //! the partner agreed to, so it reconciles with the ledger by construction and `verify` needs no
 //! special case: the accounts are ordinary system accounts.
+//!
+//! A partner's receipt is recorded once ([`PartnerReceipt`]) and may be returned once, whole: the
+//! return reverses the partner's posting in full, since the sale it priced did not happen, and
+//! takes back from the member what is left of the points (like an ordinary return, never below
+//! zero). Points the member already spent or that expired stay with the member, and the program
+//! carries them on its own `issued` account instead of the partner.
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -13,7 +19,10 @@ use serde::{Deserialize, Serialize};
 use crate::events::DomainEvent;
 use crate::ledger::Credit;
 use crate::purchase::{Outcome, POINTS_MAX};
-use crate::{Account, DomainError, IdAllocator, MemberLedger, Movement, MovementKind, PartnerId, Posting, Program};
+use crate::{
+    Account, DomainError, IdAllocator, LotId, MemberId, MemberLedger, Movement, MovementId, MovementKind, PartnerId,
+    Posting, Program,
+};
 
 /// The longest partner name and receipt reference accepted.
 pub const PARTNER_TEXT_LEN_MAX: usize = 200;
@@ -149,11 +158,149 @@ pub fn decide_partner_redeem(
     Ok(outcome)
 }
 
+/// A receipt of points earned at a partner, keyed by the partner and its `external_id`, so the
+/// same receipt is never credited twice and can be returned.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartnerReceipt {
+    pub partner_id: PartnerId,
+    pub external_id: String,
+    pub member_id: MemberId,
+    pub points: i64,
+    /// The lot the points went into: a return takes from it first.
+    pub earn_lot_id: Option<LotId>,
+    pub movement_id: MovementId,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub occurred_at: Timestamp,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub returned_at: Option<Timestamp>,
+    /// Points taken back from the member by the return.
+    #[serde(default)]
+    pub points_reversed: i64,
+    /// Points the member had already spent: the program carries them in the partner's place.
+    #[serde(default)]
+    pub points_unrecovered: i64,
+    /// Points that had expired before the return: carried by the program too.
+    #[serde(default)]
+    pub points_lapsed: i64,
+}
+
+/// Points earned at `partner` as a receipt to keep: `decide_partner_earn` and the record of it.
+pub fn decide_partner_purchase(
+    program: &Program,
+    partner: &Partner,
+    ledger: &mut MemberLedger,
+    points: i64,
+    reference: &str,
+    now: Timestamp,
+    ids: &mut IdAllocator,
+) -> Result<(PartnerReceipt, Outcome), DomainError> {
+    let outcome = decide_partner_earn(program, partner, ledger, points, reference, now, ids)?;
+    let movement = outcome.movements.last().expect("an earn moves points");
+    let receipt = PartnerReceipt {
+        partner_id: partner.id,
+        external_id: reference.to_string(),
+        member_id: ledger.member_id,
+        points,
+        earn_lot_id: movement.postings.iter().find_map(|p| p.lot_id),
+        movement_id: movement.id,
+        occurred_at: now,
+        returned_at: None,
+        points_reversed: 0,
+        points_unrecovered: 0,
+        points_lapsed: 0,
+    };
+    Ok((receipt, outcome))
+}
+
+/// Returns a partner receipt, whole: one movement puts all of its points back on the partner's
+/// issued account, taking what it can from the member (the receipt's own lot first, pending or
+/// available, never below zero) and the rest from the program's `issued`. A receipt already
+/// returned has nothing left to return.
+pub fn decide_partner_return(
+    program: &Program,
+    ledger: &mut MemberLedger,
+    receipt: &mut PartnerReceipt,
+    now: Timestamp,
+    ids: &mut IdAllocator,
+) -> Result<Outcome, DomainError> {
+    assert_eq!(receipt.member_id, ledger.member_id);
+    if receipt.returned_at.is_some() {
+        return Err(DomainError::NothingToReturn);
+    }
+    let mut outcome = caught_up(ledger, now, ids);
+    let currency = &program.point_currency;
+    let reason = Some(format!("partner {} return: {}", receipt.partner_id, receipt.external_id));
+    let partner_account = Account::PartnerIssued(receipt.partner_id);
+    // Expired points are gone from the member either way; taking them from newer lots would
+    // punish the member twice (as for ordinary returns).
+    let lapsed = now >= program.expires_at(receipt.occurred_at);
+    let (movement, taken) = if lapsed {
+        (None, 0)
+    } else {
+        ledger.debit_up_to(
+            ids,
+            MovementKind::Reverse,
+            partner_account,
+            currency,
+            receipt.points,
+            true,
+            receipt.earn_lot_id,
+            now,
+            None,
+            reason.clone(),
+        )
+    };
+    let shortfall = receipt.points - taken;
+    let announce = movement.is_some();
+    let mut movement = movement.unwrap_or_else(|| Movement {
+        id: ids.movement(),
+        kind: MovementKind::Reverse,
+        member_id: ledger.member_id,
+        currency: currency.clone(),
+        occurred_at: now,
+        postings: Vec::new(),
+        purchase_id: None,
+        reason,
+    });
+    if shortfall > 0 {
+        match movement.postings.iter_mut().find(|p| p.account == partner_account) {
+            Some(posting) => posting.amount += shortfall,
+            None => movement.postings.push(Posting { account: partner_account, amount: shortfall, lot_id: None }),
+        }
+        movement.postings.push(Posting { account: Account::Issued, amount: -shortfall, lot_id: None });
+    }
+    movement.assert_balanced();
+    // A movement between the program's accounts alone changes nothing the member sees.
+    if announce {
+        outcome.events.push(DomainEvent::of_movement(&movement, None));
+    }
+    outcome.movements.push(movement);
+    receipt.returned_at = Some(now);
+    receipt.points_reversed = taken;
+    if lapsed {
+        receipt.points_lapsed = shortfall;
+    } else {
+        receipt.points_unrecovered = shortfall;
+    }
+    assert_eq!(receipt.points_reversed + receipt.points_unrecovered + receipt.points_lapsed, receipt.points);
+    outcome.events.push(DomainEvent::PartnerPurchaseReturned {
+        member_id: receipt.member_id,
+        partner_id: receipt.partner_id.0,
+        external_id: receipt.external_id.clone(),
+        points_reversed: receipt.points_reversed,
+        points_unrecovered: receipt.points_unrecovered + receipt.points_lapsed,
+    });
+    Ok(outcome)
+}
+
 /// What a partner and the program owe each other for a period, from the ledger's postings.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Settlement {
-    /// Points members earned at the partner (net of any taken back).
+    /// Points members earned at the partner, net of receipts returned in the period (negative
+    /// when returns outweigh earnings).
     pub points_issued: i64,
     /// Points members spent at the partner.
     pub points_redeemed: i64,

@@ -135,6 +135,7 @@ pub const EVENT_KINDS: &[&str] = &[
     "members_merged",
     "purchase_recorded",
     "purchase_returned",
+    "partner_purchase_returned",
     "points_earn",
     "points_activate",
     "points_redeem",
@@ -182,6 +183,13 @@ pub fn sample_event(kind: &str) -> Option<DomainEvent> {
         "purchase_returned" => {
             DomainEvent::PurchaseReturned { member_id, purchase_id, returned_minor: 1_000_00, points_unrecovered: 0 }
         }
+        "partner_purchase_returned" => DomainEvent::PartnerPurchaseReturned {
+            member_id,
+            partner_id: 1,
+            external_id: "C-1042".into(),
+            points_reversed: 300,
+            points_unrecovered: 0,
+        },
         "points_earn" => points(MovementKind::Earn),
         "points_activate" => points(MovementKind::Activate),
         "points_redeem" => points(MovementKind::Redeem),

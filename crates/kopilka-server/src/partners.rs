@@ -1,9 +1,10 @@
 //! Partners in the writer: creating partners and their keys, and members earning and spending at
-//! a partner. The settlement is a read (`api::partners`), computed from the ledger's postings.
+//! a partner, and partner receipts returned. The settlement is a read (`api::partners`), computed
+//! from the ledger's postings.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
-use kopilka_core::partners::{self, Partner, PartnerTerms};
+use kopilka_core::partners::{self, Partner, PartnerReceipt, PartnerTerms};
 use kopilka_core::{MemberId, PartnerId, TenantId};
 use kopilka_store::batch::BatchKeys;
 use kopilka_store::partners::{PartnerKeyRow, PartnerWrites, PartnersLoaded};
@@ -36,6 +37,11 @@ pub enum PartnerCommand {
         points: i64,
         external_id: String,
     },
+    /// A receipt of `Earn` returned, whole.
+    Return {
+        partner_id: PartnerId,
+        external_id: String,
+    },
     /// A coalition exchange; the handler names the period its limit looks back over (from its
     /// clock) so the batch can load what the member already converted.
     Exchange {
@@ -53,10 +59,18 @@ impl PartnerCommand {
         match self {
             PartnerCommand::Create(_) => keys.partners.creating.push(tenant),
             PartnerCommand::CreateKey { partner_id, .. } => keys.partners.partners.push((tenant, *partner_id)),
-            PartnerCommand::Earn { partner_id, member_id, .. }
-            | PartnerCommand::Redeem { partner_id, member_id, .. } => {
+            PartnerCommand::Earn { partner_id, member_id, external_id, .. } => {
                 keys.partners.partners.push((tenant, *partner_id));
                 keys.members.push((tenant, *member_id));
+                keys.partners.receipts.push((tenant, *partner_id, external_id.clone()));
+            }
+            PartnerCommand::Redeem { partner_id, member_id, .. } => {
+                keys.partners.partners.push((tenant, *partner_id));
+                keys.members.push((tenant, *member_id));
+            }
+            PartnerCommand::Return { partner_id, external_id } => {
+                keys.partners.partners.push((tenant, *partner_id));
+                keys.partners.receipts.push((tenant, *partner_id, external_id.clone()));
             }
             PartnerCommand::Exchange { member_id, from_currency, to_program, usage_since, .. } => {
                 keys.members.push((tenant, *member_id));
@@ -73,8 +87,13 @@ pub struct PartnerState {
     partners: HashMap<(TenantId, PartnerId), Partner>,
     last_ids: HashMap<TenantId, i64>,
     exchange_used: HashMap<(TenantId, MemberId, String, String), i64>,
+    receipts: HashMap<ReceiptKey, PartnerReceipt>,
+    /// Receipts to write: each once, in its final state, however many commands touched it.
+    dirty_receipts: BTreeSet<ReceiptKey>,
     writes: PartnerWrites,
 }
+
+type ReceiptKey = (TenantId, PartnerId, String);
 
 impl PartnerState {
     pub fn new(loaded: PartnersLoaded) -> PartnerState {
@@ -82,11 +101,17 @@ impl PartnerState {
             partners: loaded.partners,
             last_ids: loaded.last_ids,
             exchange_used: loaded.exchange_used,
+            receipts: loaded.receipts,
+            dirty_receipts: BTreeSet::new(),
             writes: PartnerWrites::default(),
         }
     }
 
-    pub fn into_writes(self) -> PartnerWrites {
+    pub fn into_writes(mut self) -> PartnerWrites {
+        for key in std::mem::take(&mut self.dirty_receipts) {
+            let receipt = self.receipts.remove(&key).expect("a dirty receipt is held");
+            self.writes.receipts.push((key.0, receipt));
+        }
         self.writes
     }
 
@@ -96,6 +121,24 @@ impl PartnerState {
             .cloned()
             .ok_or_else(|| ApiError::not_found("partner_not_found", format!("partner {id} does not exist")))
     }
+}
+
+/// The answer to a partner receipt returned.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PartnerReturnResponse {
+    pub partner_id: i64,
+    pub external_id: String,
+    pub member_id: i64,
+    /// Points taken back from the member.
+    pub points_reversed: i64,
+    /// Points the member had already spent: the program, not the partner, carries them.
+    pub points_unrecovered: i64,
+    /// Points that had expired before the return: carried by the program too.
+    pub points_lapsed: i64,
+    /// The reversal, putting the receipt's points back on the partner's account.
+    pub movement: kopilka_core::Movement,
+    pub receipt: PartnerReceipt,
+    pub balance: BalanceView,
 }
 
 /// The answer to an earn or a spend at a partner.
@@ -148,6 +191,7 @@ impl BatchState<'_> {
             PartnerCommand::Redeem { partner_id, member_id, points, external_id } => {
                 self.at_partner(tenant, *partner_id, *member_id, *points, external_id, false)
             }
+            PartnerCommand::Return { partner_id, external_id } => self.partner_return(tenant, *partner_id, external_id),
             PartnerCommand::Exchange { member_id, from_program, to_program, points, from_currency, .. } => {
                 self.exchange(tenant, *member_id, *from_program, *to_program, *points, from_currency)
             }
@@ -164,12 +208,29 @@ impl BatchState<'_> {
         earn: bool,
     ) -> Result<Reply, ApiError> {
         let partner = self.partners.get(tenant, partner_id)?;
+        let receipt_key = (tenant, partner_id, external_id.to_string());
+        if earn {
+            if let Some(existing) = self.partners.receipts.get(&receipt_key) {
+                return Err(ApiError::Conflict {
+                    code: "partner_receipt_duplicate",
+                    detail: format!(
+                        "partner {partner_id} already recorded receipt {external_id:?} (movement {})",
+                        existing.movement_id
+                    ),
+                    field: Some("external_id".into()),
+                });
+            }
+        }
         let member = self.member(tenant, member_id)?;
         let program = self.programs.get(tenant, None)?.program.clone();
         let now = self.now;
         let (ledger, ids) = self.ledger(tenant, member);
         let outcome = if earn {
-            partners::decide_partner_earn(&program, &partner, ledger, points, external_id, now, ids)?
+            let (receipt, outcome) =
+                partners::decide_partner_purchase(&program, &partner, ledger, points, external_id, now, ids)?;
+            self.partners.receipts.insert(receipt_key.clone(), receipt);
+            self.partners.dirty_receipts.insert(receipt_key);
+            outcome
         } else {
             partners::decide_partner_redeem(&program, &partner, ledger, points, external_id, now, ids)?
         };
@@ -181,6 +242,48 @@ impl BatchState<'_> {
             points,
             external_id: external_id.to_string(),
             movement,
+            balance,
+        };
+        Ok(Reply::json(201, &response).about(member))
+    }
+}
+
+impl BatchState<'_> {
+    fn partner_return(
+        &mut self,
+        tenant: TenantId,
+        partner_id: PartnerId,
+        external_id: &str,
+    ) -> Result<Reply, ApiError> {
+        self.partners.get(tenant, partner_id)?;
+        let key = (tenant, partner_id, external_id.to_string());
+        let mut receipt = self.partners.receipts.get(&key).cloned().ok_or_else(|| {
+            ApiError::not_found(
+                "partner_receipt_not_found",
+                format!("partner {partner_id} recorded no receipt {external_id:?}"),
+            )
+        })?;
+        // The member may since have been merged into another: the points went with the lots.
+        let member = self.member(tenant, receipt.member_id)?;
+        receipt.member_id = member;
+        let program = self.programs.get(tenant, None)?.program.clone();
+        let now = self.now;
+        let (ledger, ids) = self.ledger(tenant, member);
+        let outcome = partners::decide_partner_return(&program, ledger, &mut receipt, now, ids)?;
+        let movement = outcome.movements.last().cloned().expect("a return moves points");
+        self.record(tenant, outcome);
+        self.partners.receipts.insert(key.clone(), receipt.clone());
+        self.partners.dirty_receipts.insert(key);
+        let balance = self.balance(tenant, member, &program);
+        let response = PartnerReturnResponse {
+            partner_id: partner_id.0,
+            external_id: external_id.to_string(),
+            member_id: member.0,
+            points_reversed: receipt.points_reversed,
+            points_unrecovered: receipt.points_unrecovered,
+            points_lapsed: receipt.points_lapsed,
+            movement,
+            receipt,
             balance,
         };
         Ok(Reply::json(201, &response).about(member))

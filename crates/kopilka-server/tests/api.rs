@@ -412,6 +412,7 @@ both_stores! {
             "/v1/partners/{id}/members/{member_id}/balance",
             "/v1/partner-purchases",
             "/v1/partner-redemptions",
+            "/v1/partner-returns",
             "/v1/exchanges",
         ] {
             assert!(spec["paths"].get(path).is_some(), "{path} missing from the spec");

@@ -1,5 +1,6 @@
 //! Partners end to end: partner keys bound to their partner, members earning and spending at a
-//! partner, the settlement reconciling with the ledger, and bad input refused with nothing written.
+//! partner, receipts recorded once and returned, the settlement reconciling with the ledger, and
+//! bad input refused with nothing written.
 
 mod support;
 
@@ -146,6 +147,177 @@ both_stores! {
         assert_eq!(app.balance(anna).await, (0, 0));
         assert_eq!(app.history_len(anna).await, 0);
         assert_eq!(app.get("/v1/partners").await.body.as_array().unwrap().len(), 1);
+        app.assert_ledger_sound().await;
+    }
+}
+
+/// The postings of the member's history on `account` (of `partner`, if named), summed.
+async fn account_total(app: &TestApp, member: i64, account: &str, partner: Option<i64>) -> i64 {
+    let history = app.get(&format!("/v1/members/{member}/history?limit=500")).await.body;
+    let mut total = 0;
+    for item in history["items"].as_array().unwrap() {
+        for posting in item["postings"].as_array().unwrap() {
+            if posting["account"]["kind"] == account && posting["account"]["partner_id"].as_i64() == partner {
+                total += posting["amount"].as_i64().unwrap();
+            }
+        }
+    }
+    total
+}
+
+async fn settlement(app: &TestApp, partner: i64, from: jiff::Timestamp, to: jiff::Timestamp) -> Value {
+    let report = app.get(&format!("/v1/partners/{partner}/settlement?from={from}&to={to}")).await;
+    assert_eq!(report.status, 200, "{:?}", report.body);
+    report.body
+}
+
+/// The outbox's events of `kind`, payloads parsed, oldest first.
+async fn outbox(app: &TestApp, kind: &str) -> Vec<Value> {
+    let store = &app.running.as_ref().unwrap().state.store;
+    let payloads: Vec<String> = sqlx::query_scalar("SELECT payload FROM events WHERE kind = $1 ORDER BY id")
+        .bind(kind)
+        .fetch_all(&store.pool)
+        .await
+        .unwrap();
+    payloads.iter().map(|p| serde_json::from_str(p).unwrap()).collect()
+}
+
+both_stores! {
+    async fn a_partner_receipt_is_recorded_once_whatever_the_idempotency_key() {
+        let app = spawn_app().await;
+        let cafe = create_partner(&app, "Cafe", 80).await;
+        let cinema = create_partner(&app, "Cinema", 50).await;
+        let key = partner_key(&app, cafe).await;
+        let anna = app.create_member("6001").await;
+
+        let first = app.send("POST", "/v1/partner-purchases", &key, Some("first"),
+            Some(points(anna, 300, "C-1").to_string().into_bytes())).await;
+        assert_eq!(first.status, 201, "{:?}", first.body);
+        let history = app.history_len(anna).await;
+        // The same key replays the answer; another key is a second receipt, refused.
+        let replay = app.send("POST", "/v1/partner-purchases", &key, Some("first"),
+            Some(points(anna, 300, "C-1").to_string().into_bytes())).await;
+        assert!(replay.replayed);
+        assert_eq!(replay.status, 201);
+        for attempt in [points(anna, 300, "C-1"), points(anna, 5, "C-1")] {
+            let again = app.post_as(&key, "/v1/partner-purchases", attempt).await;
+            assert_eq!(again.status, 409, "{:?}", again.body);
+            assert_eq!(again.code(), "partner_receipt_duplicate");
+            assert_eq!(again.body["field"], "external_id");
+        }
+        // An admin naming the partner is refused the same way.
+        let mut by_admin = points(anna, 300, "C-1");
+        by_admin["partner_id"] = json!(cafe);
+        assert_eq!(app.post("/v1/partner-purchases", by_admin).await.code(), "partner_receipt_duplicate");
+        assert_eq!(app.balance(anna).await, (0, 300));
+        assert_eq!(app.history_len(anna).await, history, "a refused receipt writes nothing");
+
+        // Receipts are the partner's own: another partner may use the same number.
+        let mut at_cinema = points(anna, 40, "C-1");
+        at_cinema["partner_id"] = json!(cinema);
+        assert_eq!(app.post("/v1/partner-purchases", at_cinema).await.status, 201);
+
+        // Sent together, likely into one writer batch: exactly one of them is recorded.
+        let sends: Vec<_> = (0..6).map(|i| app.post_as(&key, "/v1/partner-purchases", points(anna, 10 + i, "C-2"))).collect();
+        let answers = futures::future::join_all(sends).await;
+        let created = answers.iter().filter(|a| a.status == 201).count();
+        let refused = answers.iter().filter(|a| a.status == 409 && a.code() == "partner_receipt_duplicate").count();
+        assert_eq!((created, refused), (1, 5), "{answers:?}");
+        let credited: i64 = answers.iter().filter(|a| a.status == 201).map(|a| a.body["points"].as_i64().unwrap()).sum();
+        assert_eq!(app.balance(anna).await, (0, 340 + credited));
+        let day = jiff::SignedDuration::from_hours(24);
+        let report = settlement(&app, cafe, app.now() - day, app.now() + day).await;
+        assert_eq!(report["points_issued"], 300 + credited);
+        app.assert_ledger_sound().await;
+    }
+}
+
+fn partner_return(external_id: &str) -> Value {
+    json!({ "external_id": external_id })
+}
+
+both_stores! {
+    async fn a_returned_partner_receipt_is_taken_back_and_settles_in_the_period_of_the_return() {
+        let app = spawn_app().await;
+        let cafe = create_partner(&app, "Cafe", 80).await;
+        let cinema = create_partner(&app, "Cinema", 50).await;
+        let key = partner_key(&app, cafe).await;
+        let cinema_key = partner_key(&app, cinema).await;
+        let anna = app.create_member("7001").await;
+        let start = app.now();
+
+        assert_eq!(app.post_as(&key, "/v1/partner-purchases", points(anna, 300, "C-1")).await.status, 201);
+        assert_eq!(app.post_as(&key, "/v1/partner-purchases", points(anna, 200, "C-2")).await.status, 201);
+        app.advance_days(14);
+        assert_eq!(app.post_as(&key, "/v1/partner-redemptions", points(anna, 450, "S-1")).await.status, 201);
+        assert_eq!(app.balance(anna).await, (50, 0));
+        app.advance_days(1);
+        let mid = app.now();
+
+        // Anna spent most of C-1's points: the 50 she holds come back, the program carries 250,
+        // and the cafe's 300 are taken off its account in full.
+        let returned = app.post_as(&key, "/v1/partner-returns", partner_return("C-1")).await;
+        assert_eq!(returned.status, 201, "{:?}", returned.body);
+        let body = &returned.body;
+        assert_eq!((body["points_reversed"].as_i64(), body["points_unrecovered"].as_i64()), (Some(50), Some(250)));
+        assert_eq!(body["points_lapsed"], 0);
+        assert_eq!(body["receipt"]["points"], 300);
+        assert_eq!(body["member_id"], anna);
+        assert_eq!(app.balance(anna).await, (0, 0));
+
+        let history = app.history_len(anna).await;
+        let again = app.post_as(&key, "/v1/partner-returns", partner_return("C-1")).await;
+        assert_eq!((again.status.as_u16(), again.code()), (422, "nothing_to_return"));
+        let unknown = app.post_as(&key, "/v1/partner-returns", partner_return("C-9")).await;
+        assert_eq!((unknown.status.as_u16(), unknown.code()), (404, "partner_receipt_not_found"));
+        // The cinema's key sees only the cinema's receipts, and may not name the cafe.
+        let foreign = app.post_as(&cinema_key, "/v1/partner-returns", partner_return("C-2")).await;
+        assert_eq!(foreign.code(), "partner_receipt_not_found");
+        let mut naming = partner_return("C-2");
+        naming["partner_id"] = json!(cafe);
+        assert_eq!(app.post_as(&cinema_key, "/v1/partner-returns", naming).await.status, 403);
+        let pos = app.create_key("pos").await;
+        assert_eq!(app.post_as(&pos, "/v1/partner-returns", partner_return("C-2")).await.status, 403);
+        let mut by_lines = partner_return("C-2");
+        by_lines["lines"] = json!([{ "line": 0, "quantity": 1 }]);
+        assert_eq!(app.post_as(&key, "/v1/partner-returns", by_lines).await.status, 400, "partner receipts have no lines");
+        let nameless = app.post("/v1/partner-returns", partner_return("C-2")).await;
+        assert_eq!((nameless.status.as_u16(), nameless.code()), (400, "validation_failed"));
+        assert_eq!(app.history_len(anna).await, history, "refused returns write nothing");
+
+        // An admin names the partner; the points still pending come straight back.
+        app.advance_days(1);
+        assert_eq!(app.post_as(&key, "/v1/partner-purchases", points(anna, 100, "C-3")).await.status, 201);
+        let mut by_admin = partner_return("C-3");
+        by_admin["partner_id"] = json!(cafe);
+        let pending = app.post("/v1/partner-returns", by_admin).await;
+        assert_eq!(pending.status, 201, "{:?}", pending.body);
+        assert_eq!((pending.body["points_reversed"].as_i64(), pending.body["points_unrecovered"].as_i64()), (Some(100), Some(0)));
+        assert_eq!(app.balance(anna).await, (0, 0));
+        let end = app.now().checked_add(jiff::SignedDuration::from_secs(1)).unwrap();
+
+        // Before the return: 500 issued, 450 redeemed. The return's period: C-1's and C-3's
+        // points net out to a return of 300, owed back to the cafe.
+        let before = settlement(&app, cafe, start, mid).await;
+        assert_eq!((before["points_issued"].as_i64(), before["points_redeemed"].as_i64()), (Some(500), Some(450)));
+        let after = settlement(&app, cafe, mid, end).await;
+        assert_eq!((after["points_issued"].as_i64(), after["points_redeemed"].as_i64()), (Some(-300), Some(0)));
+        assert_eq!(after["partner_owes_minor"], -24_000);
+        assert_eq!(after["net_minor"], -24_000);
+        let whole = settlement(&app, cafe, start, end).await;
+        assert_eq!(whole["points_issued"], 200);
+        assert_eq!(whole["net_minor"], 200 * 80 - 450 * 100);
+        // The same from the ledger: what is left on the cafe's account, and the 250 the program took on.
+        assert_eq!(-account_total(&app, anna, "partner_issued", Some(cafe)).await, 200);
+        assert_eq!(account_total(&app, anna, "partner_redeemed", Some(cafe)).await, 450);
+        assert_eq!(account_total(&app, anna, "issued", None).await, -250);
+
+        let events = outbox(&app, "partner_purchase_returned").await;
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(events[0]["external_id"], "C-1");
+        assert_eq!(events[0]["partner_id"], cafe);
+        assert_eq!((events[0]["points_reversed"].as_i64(), events[0]["points_unrecovered"].as_i64()), (Some(50), Some(250)));
+        assert_eq!(events[1]["points_reversed"], 100);
         app.assert_ledger_sound().await;
     }
 }

@@ -189,7 +189,7 @@ pub async fn load(conn: &mut AnyConnection, keys: &BatchKeys) -> Result<Loaded> 
 
     let mut members = keys.members.clone();
     loaded.referrals = crate::referrals::load(conn, &keys.referrals, &mut members).await?;
-    loaded.partners = crate::partners::load(conn, &keys.partners).await?;
+    loaded.partners = crate::partners::load(conn, &keys.partners, &mut members).await?;
     for chunk in keys.purchase_ids.chunks(chunk_rows(2)) {
         let mut query = Builder::new("WITH k(t, v) AS (");
         query.push_values(chunk, |mut b, (tenant, id)| {

@@ -1,14 +1,16 @@
 //! Partners and their keys: their part of a writer batch, and the reads behind the partner API,
-//! including the postings a settlement is computed from.
+//! including the postings a settlement is computed from. Receipts of points earned at a partner
+//! live in `partner_receipts`, one row per partner and `external_id`.
 
 use std::collections::HashMap;
 
 use jiff::Timestamp;
-use kopilka_core::partners::Partner;
+use kopilka_core::partners::{Partner, PartnerReceipt};
 use kopilka_core::{Account, MemberId, PartnerId, Posting, TenantId};
 use sqlx::AnyConnection;
 use sqlx::Row;
 
+use crate::sql::Builder;
 use crate::{micros, Result, Role, Store, StoreError};
 
 /// What a batch's partner commands need.
@@ -20,6 +22,8 @@ pub struct PartnerKeys {
     /// Points a member converted out of a currency, in movements with a reason (the pair of
     /// programs), since a time, for exchange limits.
     pub exchange_usage: Vec<(TenantId, MemberId, String, String, Timestamp)>,
+    /// Receipts named by partner and `external_id`: to refuse a second one, or to return one.
+    pub receipts: Vec<(TenantId, PartnerId, String)>,
 }
 
 /// What `load` found.
@@ -28,6 +32,7 @@ pub struct PartnersLoaded {
     pub partners: HashMap<(TenantId, PartnerId), Partner>,
     pub last_ids: HashMap<TenantId, i64>,
     pub exchange_used: HashMap<(TenantId, MemberId, String, String), i64>,
+    pub receipts: HashMap<(TenantId, PartnerId, String), PartnerReceipt>,
 }
 
 /// A partner's API key: the `api_keys` row and its binding.
@@ -45,19 +50,34 @@ pub struct PartnerKeyRow {
 pub struct PartnerWrites {
     pub partners: Vec<(TenantId, Partner)>,
     pub keys: Vec<PartnerKeyRow>,
+    /// Receipts new or changed (returned), each once in its final state.
+    pub receipts: Vec<(TenantId, PartnerReceipt)>,
 }
 
 impl PartnerWrites {
     pub fn is_empty(&self) -> bool {
-        self.partners.is_empty() && self.keys.is_empty()
+        self.partners.is_empty() && self.keys.is_empty() && self.receipts.is_empty()
     }
+}
+
+/// Bound values per statement, under both databases' limits (as in `batch`).
+const RECEIPT_CHUNK: usize = 32_000 / 6;
+
+fn receipt_of(record: &str) -> Result<PartnerReceipt> {
+    serde_json::from_str(record).map_err(|e| StoreError::Corrupt { table: "partner_receipts", detail: e.to_string() })
 }
 
 fn partner_of(record: &str) -> Result<Partner> {
     serde_json::from_str(record).map_err(|e| StoreError::Corrupt { table: "partners", detail: e.to_string() })
 }
 
-pub async fn load(conn: &mut AnyConnection, keys: &PartnerKeys) -> Result<PartnersLoaded> {
+/// Loads what `keys` names, adding the members of the receipts found to `members`: a return
+/// names only the receipt.
+pub async fn load(
+    conn: &mut AnyConnection,
+    keys: &PartnerKeys,
+    members: &mut Vec<(TenantId, MemberId)>,
+) -> Result<PartnersLoaded> {
     let mut loaded = PartnersLoaded::default();
     for (tenant, id) in &keys.partners {
         let record: Option<String> = sqlx::query_scalar("SELECT record FROM partners WHERE tenant_id = $1 AND id = $2")
@@ -92,6 +112,22 @@ pub async fn load(conn: &mut AnyConnection, keys: &PartnerKeys) -> Result<Partne
         .await?;
         loaded.exchange_used.insert((*tenant, *member, currency.clone(), reason.clone()), used);
     }
+    for chunk in keys.receipts.chunks(RECEIPT_CHUNK / 3) {
+        let mut query = Builder::new("WITH k(t, p, v) AS (");
+        query.push_values(chunk, |mut b, (tenant, partner, external_id)| {
+            b.push_bind(tenant.0).push_bind(partner.0).push_bind(external_id);
+        });
+        query.push(
+            ") SELECT r.tenant_id, r.record FROM k JOIN partner_receipts r
+             ON r.tenant_id = k.t AND r.partner_id = k.p AND r.external_id = k.v",
+        );
+        for row in query.build().fetch_all(&mut *conn).await? {
+            let receipt = receipt_of(row.get(1))?;
+            let tenant = TenantId(row.get(0));
+            members.push((tenant, receipt.member_id));
+            loaded.receipts.insert((tenant, receipt.partner_id, receipt.external_id.clone()), receipt);
+        }
+    }
     Ok(loaded)
 }
 
@@ -121,6 +157,26 @@ pub async fn flush(conn: &mut AnyConnection, writes: &PartnerWrites) -> Result<(
             .bind(key.partner.0)
             .execute(&mut *conn)
             .await?;
+    }
+    for chunk in writes.receipts.chunks(RECEIPT_CHUNK) {
+        let mut query = Builder::new(
+            "INSERT INTO partner_receipts (tenant_id, partner_id, external_id, member_id, record, created_at) ",
+        );
+        query.push_values(chunk, |mut b, (tenant, receipt)| {
+            b.push_bind(tenant.0)
+                .push_bind(receipt.partner_id.0)
+                .push_bind(receipt.external_id.clone())
+                .push_bind(receipt.member_id.0)
+                .push_bind(serde_json::to_string(receipt).expect("receipts serialize"))
+                .push_bind(micros::of(receipt.occurred_at));
+        });
+        // Only a return rewrites a receipt; a second receipt under the same key is refused by
+        // the writer before it gets here.
+        query.push(
+            " ON CONFLICT (tenant_id, partner_id, external_id) DO UPDATE SET member_id = excluded.member_id,
+              record = excluded.record",
+        );
+        query.build().execute(&mut *conn).await?;
     }
     Ok(())
 }

@@ -41,7 +41,7 @@ use crate::extract::BODY_BYTES_MAX;
         checkout::add_codes, checkout::list_codes, checkout::get_coupon,
         referrals::member_referrals,
         partners::create, partners::list, partners::get_partner, partners::create_key, partners::earn,
-        partners::redeem, partners::settlement, partners::member_balance, partners::exchange,
+        partners::redeem, partners::partner_return, partners::settlement, partners::member_balance, partners::exchange,
     ),
     components(schemas(Problem)),
     modifiers(&BearerAuth),

@@ -1,5 +1,6 @@
 //! Partners: their creation and keys (admins), members earning and spending at a partner (the
-//! partner's own key, or an admin naming the partner), and the settlement report.
+//! partner's own key, or an admin naming the partner), partner receipts returned, and the
+//! settlement report.
 //!
 //! A partner key is an ordinary `partner` key bound to one partner in `partner_keys`; the binding
 //! is looked up here rather than in `auth`, so every partner endpoint says which partner it acts
@@ -36,6 +37,7 @@ pub fn routes() -> Router<AppState> {
         .route("/partners/{id}/members/{member_id}/balance", get(member_balance))
         .route("/partner-purchases", post(earn))
         .route("/partner-redemptions", post(redeem))
+        .route("/partner-returns", post(partner_return))
         .route("/exchanges", post(exchange))
 }
 
@@ -179,11 +181,13 @@ async fn at_partner(
     state.submit(tenant, m.idempotency, Command::Partner(command)).await
 }
 
-/// Points a member earned at the partner, at the partner's cost.
+/// Points a member earned at the partner, at the partner's cost. Each `external_id` is recorded
+/// once per partner, whatever the Idempotency-Key.
 #[utoipa::path(post, path = "/v1/partner-purchases", tag = "partners", request_body = PartnerPointsRequest,
     params(("Idempotency-Key" = String, Header, description = "unique per intended change")),
     responses((status = 201, body = crate::partners::PartnerMovementResponse),
-        (status = 404, body = Problem, description = "partner_not_found, member_not_found")))]
+        (status = 404, body = Problem, description = "partner_not_found, member_not_found"),
+        (status = 409, body = Problem, description = "partner_receipt_duplicate")))]
 pub async fn earn(
     State(state): State<AppState>,
     caller: Caller,
@@ -205,6 +209,34 @@ pub async fn redeem(
     m: Mutation<PartnerPointsRequest>,
 ) -> Result<Reply, ApiError> {
     at_partner(state, caller, headers, m, false).await
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PartnerReturnRequest {
+    /// Required for an admin; a partner key may omit it or must name its own partner.
+    pub partner_id: Option<i64>,
+    /// The receipt's `external_id`, as it was sent to `/v1/partner-purchases`.
+    pub external_id: String,
+}
+
+/// A receipt of points earned at the partner returned, whole (partner receipts carry no lines):
+/// its points come off the partner's issued account in full, and off the member as far as they
+/// still hold them; what they already spent or saw expire the program carries.
+#[utoipa::path(post, path = "/v1/partner-returns", tag = "partners", request_body = PartnerReturnRequest,
+    params(("Idempotency-Key" = String, Header, description = "unique per intended change")),
+    responses((status = 201, body = crate::partners::PartnerReturnResponse),
+        (status = 404, body = Problem, description = "partner_not_found, partner_receipt_not_found"),
+        (status = 422, body = Problem, description = "nothing_to_return")))]
+pub async fn partner_return(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    m: Mutation<PartnerReturnRequest>,
+) -> Result<Reply, ApiError> {
+    let (tenant, partner_id) = acting_partner(&state, &caller, &headers, PARTNER_ACTORS, m.body.partner_id).await?;
+    let command = PartnerCommand::Return { partner_id, external_id: m.body.external_id };
+    state.submit(tenant, m.idempotency, Command::Partner(command)).await
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -231,7 +263,8 @@ pub struct SettlementReport {
     pub settlement: Settlement,
 }
 
-/// What the partner and the program owe each other for movements in `[from, to)`.
+/// What the partner and the program owe each other for movements in `[from, to)`. A receipt
+/// returned counts in the period of its return, as a negative issue.
 #[utoipa::path(get, path = "/v1/partners/{id}/settlement", tag = "partners", params(PeriodQuery),
     responses((status = 200, body = SettlementReport), (status = 404, body = Problem, description = "partner_not_found")))]
 pub async fn settlement(
