@@ -121,7 +121,7 @@ pub async fn load(
             ") SELECT r.tenant_id, r.record FROM k JOIN partner_receipts r
              ON r.tenant_id = k.t AND r.partner_id = k.p AND r.external_id = k.v",
         );
-        for row in query.build().fetch_all(&mut *conn).await? {
+        for row in query.fetch_all(&mut *conn).await? {
             let receipt = receipt_of(row.get(1))?;
             let tenant = TenantId(row.get(0));
             members.push((tenant, receipt.member_id));
@@ -176,7 +176,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &PartnerWrites) -> Result<(
             " ON CONFLICT (tenant_id, partner_id, external_id) DO UPDATE SET member_id = excluded.member_id,
               record = excluded.record",
         );
-        query.build().execute(&mut *conn).await?;
+        query.execute(&mut *conn).await?;
     }
     Ok(())
 }
