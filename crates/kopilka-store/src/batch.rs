@@ -168,7 +168,7 @@ pub(crate) fn purchase_of_row(row: &AnyRow) -> Result<(TenantId, ProgramId, Purc
 pub async fn load(conn: &mut AnyConnection, keys: &BatchKeys) -> Result<Loaded> {
     let mut loaded = Loaded::default();
     for chunk in keys.idempotency.chunks(chunk_rows(2)) {
-        let mut query = Builder::new("WITH k(t, v) AS (");
+        let mut query = Builder::on(Backend::of(conn), "WITH k(t, v) AS (");
         query.push_values(chunk, |mut b, (tenant, key)| {
             b.push_bind(tenant.0).push_bind(key);
         });
@@ -191,7 +191,7 @@ pub async fn load(conn: &mut AnyConnection, keys: &BatchKeys) -> Result<Loaded> 
     loaded.referrals = crate::referrals::load(conn, &keys.referrals, &mut members).await?;
     loaded.partners = crate::partners::load(conn, &keys.partners).await?;
     for chunk in keys.purchase_ids.chunks(chunk_rows(2)) {
-        let mut query = Builder::new("WITH k(t, v) AS (");
+        let mut query = Builder::on(Backend::of(conn), "WITH k(t, v) AS (");
         query.push_values(chunk, |mut b, (tenant, id)| {
             b.push_bind(tenant.0).push_bind(id.0);
         });
@@ -201,7 +201,7 @@ pub async fn load(conn: &mut AnyConnection, keys: &BatchKeys) -> Result<Loaded> 
         }
     }
     for chunk in keys.purchase_external_ids.chunks(chunk_rows(2)) {
-        let mut query = Builder::new("WITH k(t, v) AS (");
+        let mut query = Builder::on(Backend::of(conn), "WITH k(t, v) AS (");
         query.push_values(chunk, |mut b, (tenant, id)| {
             b.push_bind(tenant.0).push_bind(id);
         });
@@ -222,7 +222,7 @@ pub async fn load(conn: &mut AnyConnection, keys: &BatchKeys) -> Result<Loaded> 
     for kind in IdentifierKind::ALL {
         let wanted: Vec<_> = keys.identifiers.iter().filter(|(_, k, _)| *k == kind).collect();
         for chunk in wanted.chunks(chunk_rows(2)) {
-            let mut query = Builder::new("WITH k(t, v) AS (");
+            let mut query = Builder::on(Backend::of(conn), "WITH k(t, v) AS (");
             query.push_values(chunk, |mut b, (tenant, _, value)| {
                 b.push_bind(tenant.0).push_bind(value);
             });
@@ -261,7 +261,7 @@ async fn load_members(
     survivors: &mut Vec<(TenantId, MemberId)>,
 ) -> Result<()> {
     for chunk in keys.chunks(chunk_rows(2)) {
-        let mut query = Builder::new("WITH k(t, v) AS (");
+        let mut query = Builder::on(Backend::of(conn), "WITH k(t, v) AS (");
         query.push_values(chunk, |mut b, (tenant, id)| {
             b.push_bind(tenant.0).push_bind(id.0);
         });
@@ -277,7 +277,7 @@ async fn load_members(
             loaded.lots.insert((tenant, member.id), Vec::new());
             loaded.members.insert((tenant, member.id), member);
         }
-        let mut query = Builder::new("WITH k(t, v) AS (");
+        let mut query = Builder::on(Backend::of(conn), "WITH k(t, v) AS (");
         query.push_values(chunk, |mut b, (tenant, id)| {
             b.push_bind(tenant.0).push_bind(id.0);
         });
@@ -297,7 +297,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
     // The batch's final state has no duplicates, but rows are written in no particular order, so
     // the rows being rewritten first let go of their identifiers.
     for chunk in writes.members.chunks(chunk_rows(2)) {
-        let mut query = Builder::new("WITH k(t, v) AS (");
+        let mut query = Builder::on(Backend::of(conn), "WITH k(t, v) AS (");
         query.push_values(chunk, |mut b, (tenant, m)| {
             b.push_bind(tenant.0).push_bind(m.id.0);
         });
@@ -308,7 +308,10 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
         query.build().execute(&mut *conn).await?;
     }
     for chunk in writes.members.chunks(chunk_rows(19)) {
-        let mut query = Builder::new(format!("INSERT INTO members (tenant_id, {MEMBER_COLUMNS}, manual_tier_until) "));
+        let mut query = Builder::on(
+            Backend::of(conn),
+            format!("INSERT INTO members (tenant_id, {MEMBER_COLUMNS}, manual_tier_until) "),
+        );
         query.push_values(chunk, |mut b, (tenant, m)| {
             b.push_bind(tenant.0)
                 .push_bind(m.id.0)
@@ -342,7 +345,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
     }
 
     for chunk in writes.member_states.chunks(chunk_rows(4)) {
-        let mut query = Builder::new("WITH k(t, v, s, u) AS (");
+        let mut query = Builder::on(Backend::of(conn), "WITH k(t, v, s, u) AS (");
         query.push_values(chunk, |mut b, (tenant, member, state)| {
             b.push_bind(tenant.0)
                 .push_bind(member.0)
@@ -367,7 +370,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
     }
 
     for chunk in writes.lots.chunks(chunk_rows(11)) {
-        let mut query = Builder::new(format!("INSERT INTO lots (tenant_id, {LOT_COLUMNS}) "));
+        let mut query = Builder::on(Backend::of(conn), format!("INSERT INTO lots (tenant_id, {LOT_COLUMNS}) "));
         query.push_values(chunk, |mut b, (tenant, lot)| {
             b.push_bind(tenant.0)
                 .push_bind(lot.id.0)
@@ -390,7 +393,8 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
     }
 
     for chunk in writes.movements.chunks(chunk_rows(8)) {
-        let mut query = Builder::new(
+        let mut query = Builder::on(
+            Backend::of(conn),
             "INSERT INTO movements (tenant_id, id, member_id, kind, currency, occurred_at, purchase_id, reason) ",
         );
         query.push_values(chunk, |mut b, (tenant, m)| {
@@ -413,7 +417,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
         .flat_map(|(tenant, m)| m.postings.iter().enumerate().map(move |(seq, p)| (tenant, m, seq, p)))
         .collect();
     for chunk in postings.chunks(chunk_rows(9)) {
-        let mut query = Builder::new(
+        let mut query = Builder::on(Backend::of(conn),
             "INSERT INTO postings (tenant_id, movement_id, seq, account, member_id, currency, amount, lot_id, partner_id) ",
         );
         query.push_values(chunk, |mut b, (tenant, m, seq, p)| {
@@ -431,7 +435,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
     }
 
     for chunk in writes.purchases.chunks(chunk_rows(9)) {
-        let mut query = Builder::new(
+        let mut query = Builder::on(Backend::of(conn),
             "INSERT INTO purchases (tenant_id, id, member_id, external_id, program_id, occurred_at, total_minor, points_earned, record) ",
         );
         query.push_values(chunk, |mut b, (tenant, program, p)| {
@@ -452,7 +456,10 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
     }
 
     for chunk in writes.events.chunks(chunk_rows(6)) {
-        let mut query = Builder::new("INSERT INTO events (tenant_id, id, kind, member_id, payload, occurred_at) ");
+        let mut query = Builder::on(
+            Backend::of(conn),
+            "INSERT INTO events (tenant_id, id, kind, member_id, payload, occurred_at) ",
+        );
         query.push_values(chunk, |mut b, (tenant, id, event, at)| {
             b.push_bind(tenant.0)
                 .push_bind(*id)
@@ -472,7 +479,8 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
             .await?;
     }
     for chunk in writes.idempotency.chunks(chunk_rows(7)) {
-        let mut query = Builder::new(
+        let mut query = Builder::on(
+            Backend::of(conn),
             "INSERT INTO idempotency (tenant_id, key, request_hash, status, body, member_id, created_at) ",
         );
         query.push_values(chunk, |mut b, (tenant, key, response, at)| {

@@ -144,11 +144,24 @@ pub struct Builder<'a> {
     sql: String,
     args: AnyArguments<'a>,
     bound: usize,
+    /// Placeholders written `?`, not `$N` (see `Builder::on`).
+    positional: bool,
 }
 
 impl<'a> Builder<'a> {
     pub fn new(init: impl Into<String>) -> Builder<'a> {
-        Builder { sql: init.into(), args: AnyArguments::default(), bound: 0 }
+        Builder { sql: init.into(), args: AnyArguments::default(), bound: 0, positional: false }
+    }
+
+    /// A builder for a statement that runs on `backend`. On SQLite its placeholders are written
+    /// `?`: SQLite finds each `$N` by a linear search of the statement's parameter names, when it
+    /// parses the statement and again when sqlx binds each value (`sqlite3_bind_parameter_name`),
+    /// so a statement of n `$N` values costs n² string comparisons; with the writer's multi-row
+    /// INSERTs that was most of the server's CPU (BENCHMARKS.md). A `?` is numbered by where it
+    /// stands, which is the order `push_bind` numbers `$N` in, so the statement means the same.
+    /// Only for statements whose values all come through `push_bind`.
+    pub fn on(backend: Backend, init: impl Into<String>) -> Builder<'a> {
+        Builder { positional: backend == Backend::Sqlite, ..Builder::new(init) }
     }
 
     pub fn push(&mut self, sql: impl Display) -> &mut Self {
@@ -161,7 +174,11 @@ impl<'a> Builder<'a> {
         T: 'a + Encode<'a, Any> + Type<Any>,
     {
         self.bound += 1;
-        write!(self.sql, "${}", self.bound).expect("writing to a String cannot fail");
+        if self.positional {
+            self.sql.push('?');
+        } else {
+            write!(self.sql, "${}", self.bound).expect("writing to a String cannot fail");
+        }
         self.args.add(value).expect("values of the store's types always encode");
         self
     }

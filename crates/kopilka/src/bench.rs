@@ -653,8 +653,10 @@ async fn anchor_phase(database: Database, workload: &Workload, sizes: Sizes, bat
         .await?;
     batch::begin(&mut conn).await?;
     for chunk in (0..workload.members).collect::<Vec<_>>().chunks(BIND_VALUES_MAX / 7) {
-        let mut query =
-            Builder::new("INSERT INTO members (tenant_id, id, card, consents, signup_at, created_at, updated_at) ");
+        let mut query = Builder::on(
+            store.backend,
+            "INSERT INTO members (tenant_id, id, card, consents, signup_at, created_at, updated_at) ",
+        );
         query.push_values(chunk, |mut b, i| {
             b.push_bind(tenant)
                 .push_bind(*i as i64 + 1)
