@@ -156,6 +156,7 @@ async fn measure_in(args: &BenchArgs, target: &Target, sizes: SuiteSizes, dir: &
         args.seed,
     )
     .await?;
+    say_redemptions(&redemptions);
     ensure!(redemptions.overdrafts == 0, "{} hot members overdrawn", redemptions.overdrafts);
     ensure!(redemptions.ledger_problems == 0, "verify found {} problems", redemptions.ledger_problems);
 
@@ -250,6 +251,7 @@ async fn postgres_figures(
             args.seed,
         )
         .await?;
+        say_redemptions(&redemptions);
         ensure!(redemptions.overdrafts == 0, "{} hot members overdrawn on PostgreSQL", redemptions.overdrafts);
         ensure!(redemptions.ledger_problems == 0, "verify found {} problems", redemptions.ledger_problems);
         anyhow::Ok(PostgresFigures { where_it_runs: target.where_it_runs(), purchases, redemptions })
@@ -262,6 +264,20 @@ async fn postgres_figures(
 }
 
 type Requests = Arc<Vec<(String, Vec<u8>)>>;
+
+/// The redemption figures as a progress line: a run cut short still leaves them on record.
+fn say_redemptions(red: &Redemptions) {
+    eprintln!(
+        "      {:.0}/s, p50 {}, p99 {}; {} accepted, {} refused, {} overdrafts, {} ledger problems",
+        red.rate(),
+        millis(red.p50),
+        millis(red.p99),
+        red.accepted,
+        red.refused,
+        red.overdrafts,
+        red.ledger_problems
+    );
+}
 
 async fn http_figures(
     target: &Target,
