@@ -413,8 +413,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
         .flat_map(|(tenant, m)| m.postings.iter().enumerate().map(move |(seq, p)| (tenant, m, seq, p)))
         .collect();
     for chunk in postings.chunks(chunk_rows(9)) {
-        let mut query = Builder::new(
-            "INSERT INTO postings (tenant_id, movement_id, seq, account, member_id, currency, amount, lot_id, partner_id) ",
+        let mut query = Builder::new("INSERT INTO postings (tenant_id, movement_id, seq, account, member_id, currency, amount, lot_id, partner_id) ",
         );
         query.push_values(chunk, |mut b, (tenant, m, seq, p)| {
             b.push_bind(tenant.0)
@@ -431,8 +430,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
     }
 
     for chunk in writes.purchases.chunks(chunk_rows(9)) {
-        let mut query = Builder::new(
-            "INSERT INTO purchases (tenant_id, id, member_id, external_id, program_id, occurred_at, total_minor, points_earned, record) ",
+        let mut query = Builder::new("INSERT INTO purchases (tenant_id, id, member_id, external_id, program_id, occurred_at, total_minor, points_earned, record) ",
         );
         query.push_values(chunk, |mut b, (tenant, program, p)| {
             b.push_bind(tenant.0)

@@ -45,7 +45,7 @@ use kopilka_server::writer::{Writer, BATCH_SIZE_MAX};
 use kopilka_store::batch::{self, Writes};
 use kopilka_store::sql::Builder;
 use kopilka_store::store::hash_api_key;
-use kopilka_store::{micros, Store, StoredResponse};
+use kopilka_store::{micros, Backend, Database, Store, StoredResponse};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sqlx::AnyConnection;
@@ -110,9 +110,10 @@ pub struct BenchArgs {
     /// redemptions on hot members, the jobs over many lots, a CSV import, peak memory.
     #[arg(long, visible_alias = "suite")]
     pub all: bool,
-    /// The store the suite runs on: `sqlite` (a fresh file per phase under --work-dir). PostgreSQL
-    /// URLs are accepted once the store speaks PostgreSQL.
-    #[arg(long, value_name = "URL", default_value = "sqlite")]
+    /// The store items 1-6 run on: `sqlite` (a fresh file per phase under --work-dir); items 1-3
+    /// also run on PostgreSQL (--postgres). Not `--database`: that is kopilka's global store URL,
+    /// and a second argument of that name would fill it with this one's default.
+    #[arg(long = "store", id = "bench_store", value_name = "STORE", default_value = "sqlite")]
     pub database: String,
     /// Runs the server, the jobs and the import inside the bench process instead of as child
     /// `kopilka` processes (their memory is then the bench's own). The smoke test uses it.
@@ -136,6 +137,13 @@ pub struct BenchArgs {
     /// Seconds pgbench runs [default: 20; --quick 2].
     #[arg(long)]
     pub pgbench_seconds: Option<u64>,
+    /// The PostgreSQL server on which the suite also runs items 1-3, as an admin URL (a database
+    /// that exists); each phase creates a scratch database there and drops it after.
+    #[arg(long, value_name = "URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    pub postgres: String,
+    /// Skips the suite's PostgreSQL phases.
+    #[arg(long)]
+    pub skip_postgres: bool,
 }
 
 /// The sizes of a run, after `--quick` and the flags.
@@ -218,7 +226,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let anchor = with_run_dir(&args, |dir| async move {
             let workload = Workload::generate(sizes.members, sizes.purchases, args.seed);
             let batch = args.anchor_batch.unwrap_or(BATCH_SIZE_MAX).clamp(1, BATCH_SIZE_MAX);
-            anchor_phase(&dir.join("anchor"), &workload, sizes, batch).await
+            anchor_phase(Database::Sqlite(dir.join("anchor")), &workload, sizes, batch).await
         })
         .await?;
         println!(
@@ -267,12 +275,12 @@ async fn measure_in(args: &BenchArgs, sizes: Sizes, run_dir: &Path) -> anyhow::R
     let workload = Arc::new(Workload::generate(sizes.members, sizes.purchases.max(sizes.http_purchases), args.seed));
 
     eprintln!("[1/3] engine in-process: {} purchases through the writer...", sizes.purchases);
-    let engine = engine_phase(&run_dir.join("engine"), &workload, sizes).await?;
+    let engine = engine_phase(Database::Sqlite(run_dir.join("engine")), &workload, sizes).await?;
     eprintln!("      {:.0} purchases/s, mean batch {:.0}", engine.rate(), engine.mean_batch);
 
     let batch = args.anchor_batch.unwrap_or(engine.mean_batch.round() as usize).clamp(1, BATCH_SIZE_MAX);
     eprintln!("[2/3] raw SQLite anchor: the same rows, {batch} purchases per transaction...");
-    let anchor = anchor_phase(&run_dir.join("anchor"), &workload, sizes, batch).await?;
+    let anchor = anchor_phase(Database::Sqlite(run_dir.join("anchor")), &workload, sizes, batch).await?;
     eprintln!("      {:.0} purchases/s", anchor.rate());
     ensure!(
         anchor.rows == engine.rows,
@@ -384,8 +392,8 @@ fn request_hash(path: &str, body: &[u8]) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 // Phase 1: the engine in-process.
 
-async fn engine_phase(dir: &Path, workload: &Workload, sizes: Sizes) -> anyhow::Result<Phase> {
-    let (state, writer_task) = app::open(dir, Arc::new(SystemClock)).await?;
+async fn engine_phase(database: Database, workload: &Workload, sizes: Sizes) -> anyhow::Result<Phase> {
+    let (state, writer_task) = app::open(database, Arc::new(SystemClock)).await?;
     let tenant = app::bootstrap(&state).await?.context("a fresh store has no tenant")?;
     let tenant = TenantId(tenant.id);
 
@@ -630,8 +638,8 @@ impl RowTemplate {
     }
 }
 
-async fn anchor_phase(dir: &Path, workload: &Workload, sizes: Sizes, batch: usize) -> anyhow::Result<Phase> {
-    let store = Store::open(dir).await?;
+async fn anchor_phase(database: Database, workload: &Workload, sizes: Sizes, batch: usize) -> anyhow::Result<Phase> {
+    let store = Store::connect(&database).await?;
     let mut conn = store.writer_connection().await?;
     let template = RowTemplate::decide(workload)?;
     let tenant = 1i64;
@@ -643,7 +651,7 @@ async fn anchor_phase(dir: &Path, workload: &Workload, sizes: Sizes, batch: usiz
         .bind(now)
         .execute(&mut conn)
         .await?;
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await?;
+    batch::begin(&mut conn).await?;
     for chunk in (0..workload.members).collect::<Vec<_>>().chunks(BIND_VALUES_MAX / 7) {
         let mut query =
             Builder::new("INSERT INTO members (tenant_id, id, card, consents, signup_at, created_at, updated_at) ");
@@ -691,12 +699,24 @@ async fn anchor_phase(dir: &Path, workload: &Workload, sizes: Sizes, batch: usiz
 
     let rows = table_counts(&mut conn).await?;
     let purchase_rows = count(&store, "purchases").await?;
-    let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous").fetch_one(&mut conn).await?;
-    let journal: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&mut conn).await?;
-    ensure!(
-        synchronous == 2 && journal == "wal",
-        "the anchor must be as durable as the store: {journal}, {synchronous}"
-    );
+    match store.backend {
+        Backend::Sqlite => {
+            let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous").fetch_one(&mut conn).await?;
+            let journal: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&mut conn).await?;
+            ensure!(
+                synchronous == 2 && journal == "wal",
+                "the anchor must be as durable as the store: {journal}, {synchronous}"
+            );
+        }
+        Backend::Postgres => {
+            // The same session settings as the store's own connections: a commit waits for fsync.
+            let synchronous: String = sqlx::query_scalar("SHOW synchronous_commit").fetch_one(&mut conn).await?;
+            ensure!(
+                synchronous == "on",
+                "the anchor must be as durable as the store: synchronous_commit {synchronous}"
+            );
+        }
+    }
     drop(conn);
     store.pool.close().await;
     ensure!(purchase_rows == sizes.purchases as i64, "{purchase_rows} purchase rows for {} purchases", sizes.purchases);

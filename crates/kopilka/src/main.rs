@@ -79,7 +79,7 @@ enum Command {
     /// Checks the ledger: every movement balanced, member accounts equal to their lots.
     Verify,
     /// Measures throughput against an anchor measured in the same run (see BENCHMARKS.md).
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
 }
 
 #[derive(Subcommand)]
@@ -155,7 +155,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             create_key(&database, &role, tenant, &name).await
         }
         Command::Verify => verify(&database).await,
-        Command::Bench(args) => bench::run(args).await,
+        Command::Bench(args) => bench::run(*args).await,
     }
 }
 

@@ -13,6 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::ensure;
+use kopilka_store::Database;
 
 use super::server::{run_cli, Target};
 use super::{anchor_phase, memory, table_counts, Phase, Sizes, Workload};
@@ -57,7 +58,7 @@ pub async fn measure(
     ensure!(imported == purchases as i64, "{imported} of {purchases} purchases imported");
 
     let sizes = Sizes { members, purchases, in_flight: 1, http_purchases: 0, http_clients: 1 };
-    let anchor = anchor_phase(&dir.join("import-anchor"), &workload, sizes, 1_000).await?;
+    let anchor = anchor_phase(Database::Sqlite(dir.join("import-anchor")), &workload, sizes, 1_000).await?;
     ensure!(anchor.rows == rows, "the anchor must write the import's rows: import {rows:?}, anchor {:?}", anchor.rows);
     Ok(ImportFigures { purchases, members, elapsed, anchor, peak_kib, file_bytes })
 }

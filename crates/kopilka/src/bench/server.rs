@@ -1,47 +1,163 @@
 //! Where the suite's processes and stores come from: the HTTP server (a child `kopilka serve`, or
 //! `app::start` in-process), other `kopilka` commands run as children with their peak memory, and
-//! the one place a phase's store is opened, so another store slots in by `--database`.
+//! the one place a phase's store is opened, so another store slots in by `--store`/`--postgres`.
+//!
+//! On PostgreSQL each phase directory maps to a scratch database of its own on the server, created
+//! when the phase first asks for it and dropped by `Target::drop_scratch` (or, failing that, when
+//! the target is dropped), so a run leaves nothing behind on the server.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use kopilka_server::app::{self, Config};
 use kopilka_server::clock::SystemClock;
-use kopilka_store::Store;
+use kopilka_store::{Database, Store};
+use sqlx::any::AnyPoolOptions;
 
 use super::memory::{self, Watch};
 
 /// How the suite runs what it measures.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Target {
-    /// `sqlite` for now; see `--database`.
+    /// `sqlite`, or the PostgreSQL server's admin URL (`postgres://…/postgres`).
     pub database: String,
     /// `None`: everything in the bench process.
     pub exe: Option<PathBuf>,
+    /// The scratch database of each phase directory, on PostgreSQL.
+    scratch: Mutex<HashMap<PathBuf, String>>,
 }
 
 impl Target {
     pub fn new(database: &str, in_process: bool) -> anyhow::Result<Target> {
         if database != "sqlite" {
-            bail!("--database {database}: this build's store is SQLite only (use `sqlite`)");
+            bail!("--store {database}: items 4-6 run on SQLite only (PostgreSQL runs items 1-3: see --postgres)");
         }
+        Target::with(database, in_process)
+    }
+
+    /// The PostgreSQL server at `admin_url` (a database that exists, such as `postgres`): each
+    /// phase gets a scratch database of its own there.
+    pub fn postgres(admin_url: &str, in_process: bool) -> anyhow::Result<Target> {
+        ensure!(
+            admin_url.starts_with("postgres://") || admin_url.starts_with("postgresql://"),
+            "--postgres {admin_url}: not a postgres:// URL"
+        );
+        Target::with(admin_url, in_process)
+    }
+
+    fn with(database: &str, in_process: bool) -> anyhow::Result<Target> {
         let exe = if in_process { None } else { Some(std::env::current_exe().context("the kopilka binary")?) };
-        Ok(Target { database: database.to_string(), exe })
+        Ok(Target { database: database.to_string(), exe, scratch: Mutex::new(HashMap::new()) })
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.database != "sqlite"
+    }
+
+    /// The store of a phase's data directory: SQLite in it, or a fresh scratch database on the
+    /// PostgreSQL server, created at the first call for this directory.
+    pub async fn database(&self, dir: &Path) -> anyhow::Result<Database> {
+        if !self.is_postgres() {
+            return Ok(Database::Sqlite(dir.to_path_buf()));
+        }
+        let known = self.scratch.lock().expect("not poisoned").get(dir).cloned();
+        let name = match known {
+            Some(name) => name,
+            None => {
+                static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let name = format!("kopilka_bench_{}_{n}", std::process::id());
+                admin_statement(&self.database, &format!("CREATE DATABASE {name}"))
+                    .await
+                    .with_context(|| format!("cannot create the scratch database {name} on {}", self.database))?;
+                self.scratch.lock().expect("not poisoned").insert(dir.to_path_buf(), name.clone());
+                name
+            }
+        };
+        Ok(Database::Postgres(database_url(&self.database, &name)))
     }
 
     /// Opens the store of a phase's data directory: the one place the suite opens a store.
     pub async fn open_store(&self, dir: &Path) -> anyhow::Result<Store> {
-        Ok(Store::open(dir).await?)
+        Ok(Store::connect(&self.database(dir).await?).await?)
+    }
+
+    /// Drops every scratch database this target created.
+    pub async fn drop_scratch(&self) -> anyhow::Result<()> {
+        let names: Vec<String> = self.scratch.lock().expect("not poisoned").drain().map(|(_, name)| name).collect();
+        for name in names {
+            admin_statement(&self.database, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await?;
+        }
+        Ok(())
     }
 
     pub fn where_it_runs(&self) -> String {
         let how = if self.exe.is_some() { "child processes" } else { "in the bench process" };
-        format!("{}, {how}", self.database)
+        let store =
+            if self.is_postgres() { format!("PostgreSQL at {}", host_of(&self.database)) } else { "SQLite".into() };
+        format!("{store}, {how}")
     }
+}
+
+impl Drop for Target {
+    /// A run that failed halfway still drops its scratch databases: a thread with a runtime of its
+    /// own, since this may run inside the bench's runtime.
+    fn drop(&mut self) {
+        let names: Vec<String> =
+            self.scratch.lock().map(|mut s| s.drain().map(|(_, n)| n).collect()).unwrap_or_default();
+        if names.is_empty() {
+            return;
+        }
+        let admin = self.database.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async {
+                for name in names {
+                    if let Err(error) =
+                        admin_statement(&admin, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await
+                    {
+                        eprintln!("could not drop the scratch database {name}: {error}");
+                    }
+                }
+            });
+            anyhow::Ok(())
+        })
+        .join();
+    }
+}
+
+/// `postgres://user@host:port/db` → `host:port`, for messages.
+fn host_of(url: &str) -> &str {
+    let rest = url.rsplit('@').next().unwrap_or(url);
+    let rest = rest.trim_start_matches("postgresql://").trim_start_matches("postgres://");
+    rest.split('/').next().unwrap_or(rest)
+}
+
+/// The admin URL with its database replaced by `name`.
+fn database_url(admin_url: &str, name: &str) -> String {
+    let (server, _) = admin_url.rsplit_once('/').expect("a postgres URL has a path");
+    format!("{server}/{name}")
+}
+
+/// Runs one statement on the admin database (CREATE/DROP DATABASE cannot run in a transaction).
+async fn admin_statement(admin_url: &str, statement: &str) -> anyhow::Result<()> {
+    sqlx::any::install_default_drivers();
+    let pool =
+        AnyPoolOptions::new().max_connections(1).acquire_timeout(Duration::from_secs(5)).connect(admin_url).await?;
+    let result = sqlx::query(statement).execute(&pool).await;
+    pool.close().await;
+    result?;
+    Ok(())
+}
+
+/// Whether a PostgreSQL server answers at `admin_url`: `Err` says why not, for the skip message.
+pub async fn postgres_reachable(admin_url: &str) -> Result<(), String> {
+    admin_statement(admin_url, "SELECT 1").await.map_err(|e| format!("{e:#}"))
 }
 
 /// A running HTTP server with its first tenant's admin key.
@@ -60,13 +176,10 @@ impl Server {
     /// Starts a server on a fresh data directory, on a free port of 127.0.0.1.
     pub async fn start(target: &Target, dir: &Path) -> anyhow::Result<Server> {
         std::fs::create_dir_all(dir)?;
+        let database = target.database(dir).await?;
         let Some(exe) = &target.exe else {
             memory::reset_own_peak();
-            let config = Config {
-                database: dir.into(),
-                listen: "127.0.0.1:0".parse().expect("an address"),
-                jobs_interval: None,
-            };
+            let config = Config { database, listen: "127.0.0.1:0".parse().expect("an address"), jobs_interval: None };
             let running = app::start(&config, Arc::new(SystemClock)).await?;
             let tenant = app::bootstrap(&running.state).await?.context("a fresh store has no tenant")?;
             return Ok(Server {
@@ -78,8 +191,14 @@ impl Server {
         let mut child = Command::new(exe)
             .arg("--data-dir")
             .arg(dir)
+            .args(match &database {
+                Database::Postgres(url) => vec!["--database".to_string(), url.clone()],
+                Database::Sqlite(_) => Vec::new(),
+            })
             .args(["serve", "--listen", "127.0.0.1:0", "--jobs-interval-secs", "86400"])
             .env("RUST_LOG", "warn")
+            // The store is the one named here, never one inherited from the bench's environment.
+            .env_remove("KOPILKA_DATABASE_URL")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -142,6 +261,8 @@ pub async fn run_cli(exe: &Path, dir: &Path, args: &[String]) -> anyhow::Result<
         .arg(dir)
         .args(args)
         .env("RUST_LOG", "warn")
+        // The store is the one named here, never one inherited from the bench's environment.
+        .env_remove("KOPILKA_DATABASE_URL")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -9,6 +9,10 @@
 //!    vs the same reads on the idle server;
 //! 5. a CSV import (`import`);
 //! 6. the peak memory (`VmHWM`) of each process that served: child processes by default.
+//!
+//! Items 1-3 run a second time on PostgreSQL (`--postgres`, scratch databases created and dropped
+//! by the run), their figures beside the same run's pgbench TPS; without a server they are
+//! skipped with the reason printed.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -22,8 +26,8 @@ use rand::Rng;
 use super::import::ImportFigures;
 use super::jobs::JobFigures;
 use super::pgbench::PgBench;
-use super::redemptions::Redemptions;
-use super::server::{Server, Target};
+use super::redemptions::{Redemptions, HOT_MEMBERS};
+use super::server::{postgres_reachable, Server, Target};
 use super::{
     anchor_phase, engine_phase, http_members, http_purchases, machine, memory, millis, percentiles, thousands,
     with_run_dir, BenchArgs, Phase, Sizes, Workload, BATCH_SIZE_MAX,
@@ -77,6 +81,23 @@ pub struct HttpFigures {
     pub server_peak_kib: u64,
 }
 
+/// Items 1 and 2 on one store.
+#[derive(Debug, Clone)]
+pub struct PurchaseFigures {
+    pub engine: Phase,
+    pub anchor: Phase,
+    pub engine_peak_kib: u64,
+    pub http: HttpFigures,
+}
+
+/// Items 1-3 on PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PostgresFigures {
+    pub where_it_runs: String,
+    pub purchases: PurchaseFigures,
+    pub redemptions: Redemptions,
+}
+
 /// Everything one suite run measured.
 #[derive(Debug, Clone)]
 pub struct SuiteReport {
@@ -87,6 +108,8 @@ pub struct SuiteReport {
     pub engine_peak_kib: u64,
     pub http: HttpFigures,
     pub pgbench: Result<PgBench, String>,
+    /// `Err`: why the PostgreSQL phases were skipped.
+    pub postgres: Result<PostgresFigures, String>,
     pub redemptions: Redemptions,
     pub jobs: JobFigures,
     pub import: ImportFigures,
@@ -114,26 +137,17 @@ async fn measure_in(args: &BenchArgs, target: &Target, sizes: SuiteSizes, dir: &
         args.seed,
     ));
 
-    eprintln!("[1/6] purchases in-process: {} through the writer, then the raw store...", p.purchases);
-    memory::reset_own_peak();
-    let engine = engine_phase(&dir.join("engine"), &workload, p).await?;
-    let engine_peak_kib = memory::peak_kib(None).unwrap_or(0);
-    let batch = (engine.mean_batch.round() as usize).clamp(1, BATCH_SIZE_MAX);
-    let anchor = anchor_phase(&dir.join("anchor"), &workload, p, batch).await?;
-    ensure!(anchor.rows == engine.rows, "the anchor must write the engine's rows");
-    eprintln!("      engine {:.0}/s, raw store {:.0}/s", engine.rate(), anchor.rate());
-
-    eprintln!("[2/6] purchases over HTTP ({}): peak, half the peak, balance reads...", target.where_it_runs());
-    let http = http_figures(target, &dir.join("http"), workload.clone(), p, sizes.readers).await?;
-    eprintln!("      peak {:.0}/s, half {:.0}/s p99 {}", http.peak.rate(), http.half.rate(), millis(http.half.p99));
+    let PurchaseFigures { engine, anchor, engine_peak_kib, http } =
+        purchase_figures(target, dir, &workload, p, sizes.readers).await?;
     let (clients, seconds) = (sizes.pgbench_clients, sizes.pgbench_seconds);
     let pgbench = tokio::task::spawn_blocking(move || super::pgbench::measure(clients, seconds)).await?;
     match &pgbench {
         Ok(pg) => eprintln!("      pgbench tpcb-like: {:.0} TPS", pg.tps),
         Err(why) => eprintln!("      pgbench skipped: {why}"),
     }
+    let postgres = postgres_figures(args, sizes, &workload, &dir.join("postgres")).await?;
 
-    eprintln!("[3/6] redemptions: {} on {} hot members...", sizes.redemptions, super::redemptions::HOT_MEMBERS);
+    eprintln!("[3/6] redemptions: {} on {} hot members...", sizes.redemptions, HOT_MEMBERS);
     let redemptions = super::redemptions::measure(
         target,
         &dir.join("redemptions"),
@@ -142,6 +156,7 @@ async fn measure_in(args: &BenchArgs, target: &Target, sizes: SuiteSizes, dir: &
         args.seed,
     )
     .await?;
+    say_redemptions(&redemptions);
     ensure!(redemptions.overdrafts == 0, "{} hot members overdrawn", redemptions.overdrafts);
     ensure!(redemptions.ledger_problems == 0, "verify found {} problems", redemptions.ledger_problems);
 
@@ -172,13 +187,97 @@ async fn measure_in(args: &BenchArgs, target: &Target, sizes: SuiteSizes, dir: &
         engine_peak_kib,
         http,
         pgbench,
+        postgres,
         redemptions,
         jobs,
         import,
     })
 }
 
+/// Items 1 and 2 on `target`'s store: in-process purchases and the raw store writing the same rows
+/// in transactions of the engine's mean batch (`batch::flush`, as the writer does), then the HTTP
+/// phases.
+async fn purchase_figures(
+    target: &Target,
+    dir: &Path,
+    workload: &Arc<Workload>,
+    p: Sizes,
+    readers: usize,
+) -> anyhow::Result<PurchaseFigures> {
+    let on = target.where_it_runs();
+    eprintln!("[1/6] purchases in-process on {on}: {} through the writer, then the raw store...", p.purchases);
+    memory::reset_own_peak();
+    let engine = engine_phase(target.database(&dir.join("engine")).await?, workload, p).await?;
+    let engine_peak_kib = memory::peak_kib(None).unwrap_or(0);
+    let batch = (engine.mean_batch.round() as usize).clamp(1, BATCH_SIZE_MAX);
+    let anchor = anchor_phase(target.database(&dir.join("anchor")).await?, workload, p, batch).await?;
+    ensure!(anchor.rows == engine.rows, "the anchor must write the engine's rows");
+    eprintln!("      engine {:.0}/s, raw store {:.0}/s ({batch} per transaction)", engine.rate(), anchor.rate());
+
+    eprintln!("[2/6] purchases over HTTP ({on}): peak, half the peak, balance reads...");
+    let http = http_figures(target, &dir.join("http"), workload.clone(), p, readers).await?;
+    eprintln!("      peak {:.0}/s, half {:.0}/s p99 {}", http.peak.rate(), http.half.rate(), millis(http.half.p99));
+    Ok(PurchaseFigures { engine, anchor, engine_peak_kib, http })
+}
+
+/// Items 1-3 on the PostgreSQL server of `--postgres`, or why they were skipped. A server that
+/// answers but fails mid-run is an error, not a skip.
+async fn postgres_figures(
+    args: &BenchArgs,
+    sizes: SuiteSizes,
+    workload: &Arc<Workload>,
+    dir: &Path,
+) -> anyhow::Result<Result<PostgresFigures, String>> {
+    if args.skip_postgres {
+        eprintln!("[PostgreSQL] skipped: --skip-postgres");
+        return Ok(Err("--skip-postgres".into()));
+    }
+    let url = if args.postgres.is_empty() { "postgres://postgres@127.0.0.1:5432/postgres" } else { &args.postgres };
+    if let Err(why) = postgres_reachable(url).await {
+        let why = format!("no PostgreSQL server at {url}: {why}");
+        eprintln!("[PostgreSQL] items 1-3 SKIPPED: {why}");
+        return Ok(Err(why));
+    }
+    let target = Target::postgres(url, args.in_process)?;
+    eprintln!("[PostgreSQL] items 1-3 on {}, scratch databases dropped after", target.where_it_runs());
+    let result = async {
+        let purchases = purchase_figures(&target, dir, workload, sizes.purchases, sizes.readers).await?;
+        eprintln!("[3/6] redemptions on PostgreSQL: {} on {} hot members...", sizes.redemptions, HOT_MEMBERS);
+        let redemptions = super::redemptions::measure(
+            &target,
+            &dir.join("redemptions"),
+            sizes.redemptions,
+            sizes.redemption_clients,
+            args.seed,
+        )
+        .await?;
+        say_redemptions(&redemptions);
+        ensure!(redemptions.overdrafts == 0, "{} hot members overdrawn on PostgreSQL", redemptions.overdrafts);
+        ensure!(redemptions.ledger_problems == 0, "verify found {} problems", redemptions.ledger_problems);
+        anyhow::Ok(PostgresFigures { where_it_runs: target.where_it_runs(), purchases, redemptions })
+    }
+    .await;
+    let dropped = target.drop_scratch().await;
+    let figures = result?;
+    dropped?;
+    Ok(Ok(figures))
+}
+
 type Requests = Arc<Vec<(String, Vec<u8>)>>;
+
+/// The redemption figures as a progress line: a run cut short still leaves them on record.
+fn say_redemptions(red: &Redemptions) {
+    eprintln!(
+        "      {:.0}/s, p50 {}, p99 {}; {} accepted, {} refused, {} overdrafts, {} ledger problems",
+        red.rate(),
+        millis(red.p50),
+        millis(red.p99),
+        red.accepted,
+        red.refused,
+        red.overdrafts,
+        red.ledger_problems
+    );
+}
 
 async fn http_figures(
     target: &Target,
@@ -358,6 +457,79 @@ fn met(ok: bool) -> &'static str {
     }
 }
 
+fn postgres_lines(lines: &mut Vec<Line>, r: &SuiteReport, pg: &PostgresFigures) {
+    let (engine, anchor, http) = (&pg.purchases.engine, pg.purchases.anchor.rate(), &pg.purchases.http);
+    lines.push(Line {
+        what: format!("1. purchases in-process on PostgreSQL ({} in flight)", r.sizes.purchases.in_flight),
+        figure: format!("{}/s", thousands(engine.rate())),
+        anchor: format!(
+            "raw store, same rows, {:.0} per transaction: {}/s",
+            pg.purchases.anchor.mean_batch,
+            thousands(anchor)
+        ),
+        ratio: ratio(engine.rate() / anchor),
+        target: "-".into(),
+    });
+    let peak = http.peak.rate();
+    let (anchor_text, ratio_text, target) = match &r.pgbench {
+        Ok(bench) => (
+            format!("pgbench tpcb-like {} TPS", thousands(bench.tps)),
+            ratio(peak / bench.tps),
+            format!("≥ 3× pgbench: {}", met(peak >= 3.0 * bench.tps)),
+        ),
+        Err(_) => ("pgbench skipped".into(), "-".into(), "≥ 3× pgbench: not measured".into()),
+    };
+    lines.push(Line {
+        what: format!("2. purchases over HTTP on PostgreSQL, peak ({} clients)", r.sizes.purchases.http_clients),
+        figure: format!("{}/s, p50 {}, p99 {}", thousands(peak), millis(http.peak.p50), millis(http.peak.p99)),
+        anchor: anchor_text,
+        ratio: ratio_text,
+        target,
+    });
+    let half_p99 = http.half.p99.unwrap_or_default();
+    lines.push(Line {
+        what: "2. purchases over HTTP on PostgreSQL at half the peak".into(),
+        figure: format!(
+            "{}/s, p50 {}, p99 {}",
+            thousands(http.half.rate()),
+            millis(http.half.p50),
+            millis(http.half.p99)
+        ),
+        anchor: format!("raw store {}/s", thousands(anchor)),
+        ratio: ratio(http.half.rate() / anchor),
+        target: format!("p99 < 20 ms: {}", met(half_p99 < Duration::from_millis(20))),
+    });
+    let red = &pg.redemptions;
+    lines.push(Line {
+        what: format!("3. redemptions on PostgreSQL, {} hot members, {} clients", HOT_MEMBERS, red.clients),
+        figure: format!(
+            "{}/s, p50 {}, p99 {}; {} accepted, {} refused, {} overdrafts, {} ledger problems",
+            thousands(red.rate()),
+            millis(red.p50),
+            millis(red.p99),
+            thousands(red.accepted as f64),
+            thousands(red.refused as f64),
+            red.overdrafts,
+            red.ledger_problems
+        ),
+        anchor: format!("HTTP purchases peak on PostgreSQL {}/s", thousands(peak)),
+        ratio: ratio(red.rate() / peak),
+        target: format!("zero overdrafts: {}", met(red.overdrafts == 0 && red.ledger_problems == 0)),
+    });
+    lines.push(Line {
+        what: format!("6. peak memory on PostgreSQL (VmHWM, {})", pg.where_it_runs),
+        figure: format!(
+            "server, purchases and reads {}; server, redemptions {}; bench process, engine phase {}",
+            memory::mib(http.server_peak_kib),
+            memory::mib(red.server_peak_kib),
+            memory::mib(pg.purchases.engine_peak_kib)
+        ),
+        anchor: "-".into(),
+        ratio: "-".into(),
+        target: format!("server < 500 MiB: {}", met(http.server_peak_kib.max(red.server_peak_kib) < 500 * 1024)),
+    });
+}
+
 pub fn table(r: &SuiteReport) -> String {
     let mut lines = Vec::new();
     let anchor = r.anchor.rate();
@@ -395,7 +567,7 @@ pub fn table(r: &SuiteReport) -> String {
             figure: format!("{} TPS (-c {} -j 2 -T {}, scale {})", thousands(pg.tps), pg.clients, pg.seconds, pg.scale),
             anchor: format!("HTTP peak on SQLite {}/s", thousands(peak)),
             ratio: format!("HTTP = {}", ratio(peak / pg.tps)),
-            target: "on PostgreSQL: HTTP ≥ 3× (store not ported yet)".into(),
+            target: "-".into(),
         }),
         Err(why) => lines.push(Line {
             what: "2. pgbench tpcb-like".into(),
@@ -403,6 +575,16 @@ pub fn table(r: &SuiteReport) -> String {
             anchor: "-".into(),
             ratio: "-".into(),
             target: "-".into(),
+        }),
+    }
+    match &r.postgres {
+        Ok(pg) => postgres_lines(&mut lines, r, pg),
+        Err(why) => lines.push(Line {
+            what: "1-3. on PostgreSQL".into(),
+            figure: format!("SKIPPED: {why}"),
+            anchor: "-".into(),
+            ratio: "-".into(),
+            target: "HTTP ≥ 3× pgbench: not measured".into(),
         }),
     }
     let red = &r.redemptions;
@@ -533,5 +715,22 @@ mod tests {
         assert_eq!(report.import.purchases, sizes.import_purchases);
         assert!(report.http.server_peak_kib > 0);
         assert!(table(&report).contains("ratio"));
+        // The PostgreSQL half: counts as on SQLite, when a server is there (mandatory in CI).
+        match &report.postgres {
+            Ok(pg) => {
+                assert_eq!(pg.purchases.engine.committed, sizes.purchases.purchases);
+                assert_eq!(pg.purchases.anchor.rows, pg.purchases.engine.rows);
+                assert_eq!(pg.purchases.anchor.rows, report.engine.rows, "the same rows on both stores");
+                assert_eq!(pg.purchases.http.purchase_rows, report.http.purchase_rows);
+                let red = &pg.redemptions;
+                assert_eq!(red.accepted + red.refused, sizes.redemptions);
+                assert_eq!((red.overdrafts, red.ledger_problems), (0, 0));
+                assert!(table(&report).contains("PostgreSQL at"));
+            }
+            Err(why) => {
+                assert!(!kopilka_store::testing::postgres_mandatory(), "KOPILKA_TEST_PG is set: {why}");
+                assert!(table(&report).contains("SKIPPED"));
+            }
+        }
     }
 }
