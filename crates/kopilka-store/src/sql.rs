@@ -91,8 +91,8 @@ pub async fn begin_write(conn: &mut AnyConnection) -> crate::Result<()> {
     take_lock(conn, backend, Lock::Write).await
 }
 
-/// The same as a sqlx transaction, which rolls back when dropped (a pass cancelled at shutdown
-/// leaves nothing half-done and no lock held).
+/// Opens a writing transaction holding `lock`, as a sqlx transaction: it rolls back when dropped,
+/// so a pass cancelled at shutdown leaves nothing half-done and no lock held.
 pub async fn begin_locked(conn: &mut AnyConnection, lock: Lock) -> crate::Result<sqlx::Transaction<'_, Any>> {
     let backend = Backend::of(conn);
     let mut tx = sqlx::Connection::begin_with(conn, backend.begin_write()).await?;
