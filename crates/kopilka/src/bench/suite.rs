@@ -359,18 +359,8 @@ async fn paced_purchases(
                     let due = started + interval * i as u32;
                     tokio::time::sleep_until(due).await;
                     let (idempotency_key, body) = &requests[i];
-                    let response = client
-                        .post(&url)
-                        .header("authorization", &auth)
-                        .header("idempotency-key", idempotency_key)
-                        .header("content-type", "application/json")
-                        .body(body.clone())
-                        .send()
-                        .await?;
-                    let status = response.status().as_u16();
-                    let text = response.bytes().await?;
+                    super::post_purchase(&client, &url, &auth, idempotency_key, body).await?;
                     latencies.push(due.elapsed());
-                    ensure!(status == 201, "POST /v1/purchases answered {status}: {}", String::from_utf8_lossy(&text));
                 }
                 anyhow::Ok(latencies)
             })
@@ -457,6 +447,27 @@ fn met(ok: bool) -> &'static str {
     }
 }
 
+/// Item 3's line on one store (`on` names it, e.g. " on PostgreSQL"), beside that store's
+/// HTTP purchase peak.
+fn redemption_line(red: &Redemptions, on: &str, peak: f64) -> Line {
+    Line {
+        what: format!("3. redemptions{on}, {HOT_MEMBERS} hot members, {} clients", red.clients),
+        figure: format!(
+            "{}/s, p50 {}, p99 {}; {} accepted, {} refused, {} overdrafts, {} ledger problems",
+            thousands(red.rate()),
+            millis(red.p50),
+            millis(red.p99),
+            thousands(red.accepted as f64),
+            thousands(red.refused as f64),
+            red.overdrafts,
+            red.ledger_problems
+        ),
+        anchor: format!("HTTP purchases peak{on} {}/s", thousands(peak)),
+        ratio: ratio(red.rate() / peak),
+        target: format!("zero overdrafts: {}", met(red.overdrafts == 0 && red.ledger_problems == 0)),
+    }
+}
+
 fn postgres_lines(lines: &mut Vec<Line>, r: &SuiteReport, pg: &PostgresFigures) {
     let (engine, anchor, http) = (&pg.purchases.engine, pg.purchases.anchor.rate(), &pg.purchases.http);
     lines.push(Line {
@@ -500,22 +511,7 @@ fn postgres_lines(lines: &mut Vec<Line>, r: &SuiteReport, pg: &PostgresFigures) 
         target: format!("p99 < 20 ms: {}", met(half_p99 < Duration::from_millis(20))),
     });
     let red = &pg.redemptions;
-    lines.push(Line {
-        what: format!("3. redemptions on PostgreSQL, {} hot members, {} clients", HOT_MEMBERS, red.clients),
-        figure: format!(
-            "{}/s, p50 {}, p99 {}; {} accepted, {} refused, {} overdrafts, {} ledger problems",
-            thousands(red.rate()),
-            millis(red.p50),
-            millis(red.p99),
-            thousands(red.accepted as f64),
-            thousands(red.refused as f64),
-            red.overdrafts,
-            red.ledger_problems
-        ),
-        anchor: format!("HTTP purchases peak on PostgreSQL {}/s", thousands(peak)),
-        ratio: ratio(red.rate() / peak),
-        target: format!("zero overdrafts: {}", met(red.overdrafts == 0 && red.ledger_problems == 0)),
-    });
+    lines.push(redemption_line(red, " on PostgreSQL", peak));
     lines.push(Line {
         what: format!("6. peak memory on PostgreSQL (VmHWM, {})", pg.where_it_runs),
         figure: format!(
@@ -587,23 +583,7 @@ pub fn table(r: &SuiteReport) -> String {
             target: "HTTP ≥ 3× pgbench: not measured".into(),
         }),
     }
-    let red = &r.redemptions;
-    lines.push(Line {
-        what: format!("3. redemptions, {} hot members, {} clients", super::redemptions::HOT_MEMBERS, red.clients),
-        figure: format!(
-            "{}/s, p50 {}, p99 {}; {} accepted, {} refused, {} overdrafts, {} ledger problems",
-            thousands(red.rate()),
-            millis(red.p50),
-            millis(red.p99),
-            thousands(red.accepted as f64),
-            thousands(red.refused as f64),
-            red.overdrafts,
-            red.ledger_problems
-        ),
-        anchor: format!("HTTP purchases peak {}/s", thousands(peak)),
-        ratio: ratio(red.rate() / peak),
-        target: format!("zero overdrafts: {}", met(red.overdrafts == 0 && red.ledger_problems == 0)),
-    });
+    lines.push(redemption_line(&r.redemptions, "", peak));
     for (name, run, target) in [
         ("4. activation job", &r.jobs.activation, None),
         ("4. expiry job", &r.jobs.expiry, Some(Duration::from_secs(20))),
