@@ -986,6 +986,28 @@ pub fn table(report: &Report) -> String {
     out
 }
 
+/// One purchase POSTed as a till would, keep-alive; an answer other than 201 is an error.
+pub(crate) async fn post_purchase(
+    client: &reqwest::Client,
+    url: &str,
+    auth: &str,
+    idempotency_key: &str,
+    body: &[u8],
+) -> anyhow::Result<()> {
+    let response = client
+        .post(url)
+        .header("authorization", auth)
+        .header("idempotency-key", idempotency_key)
+        .header("content-type", "application/json")
+        .body(body.to_vec())
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    let text = response.bytes().await?;
+    ensure!(status == 201, "POST /v1/purchases answered {status}: {}", String::from_utf8_lossy(&text));
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1011,26 +1033,4 @@ mod tests {
         assert_eq!(http.purchase_rows, 60);
         assert!(table(&report).contains("× raw SQLite"));
     }
-}
-
-/// One purchase POSTed as a till would, keep-alive; an answer other than 201 is an error.
-pub(crate) async fn post_purchase(
-    client: &reqwest::Client,
-    url: &str,
-    auth: &str,
-    idempotency_key: &str,
-    body: &[u8],
-) -> anyhow::Result<()> {
-    let response = client
-        .post(url)
-        .header("authorization", auth)
-        .header("idempotency-key", idempotency_key)
-        .header("content-type", "application/json")
-        .body(body.to_vec())
-        .send()
-        .await?;
-    let status = response.status().as_u16();
-    let text = response.bytes().await?;
-    ensure!(status == 201, "POST /v1/purchases answered {status}: {}", String::from_utf8_lossy(&text));
-    Ok(())
 }
