@@ -7,8 +7,11 @@
 //! itself fails, the batch is retried one request at a time, so one bad request cannot take its
 //! neighbours down with it.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use jiff::Timestamp;
@@ -69,12 +72,32 @@ impl Writer {
 
     /// Sends a request and waits for its answer, which comes after its batch is committed.
     pub async fn submit(&self, request: Request) -> Result<Reply, ApiError> {
+        self.enqueue(request).await?.await
+    }
+
+    /// Puts a request on the writer's queue and returns its answer to await later. Requests
+    /// enqueued one after another are decided in that order, so a caller that awaits each
+    /// `enqueue` before the next (an import) keeps its order while many wait for the writer.
+    pub async fn enqueue(&self, request: Request) -> Result<Answer, ApiError> {
         let (reply, answer) = oneshot::channel();
         self.sender
             .send(Envelope { request, reply })
             .await
             .map_err(|_| ApiError::Unavailable("the writer has stopped".into()))?;
-        answer.await.map_err(|_| ApiError::Unavailable("the writer stopped before answering".into()))?
+        Ok(Answer(answer))
+    }
+}
+
+/// The answer to an enqueued request; it comes after the request's batch is committed.
+pub struct Answer(oneshot::Receiver<Result<Reply, ApiError>>);
+
+impl Future for Answer {
+    type Output = Result<Reply, ApiError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx).map(|received| {
+            received.unwrap_or_else(|_| Err(ApiError::Unavailable("the writer stopped before answering".into())))
+        })
     }
 }
 

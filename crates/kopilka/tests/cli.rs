@@ -126,3 +126,29 @@ fn running_an_import_again_changes_nothing() {
     let after = (kopilka.export("members", "1"), kopilka.export("transactions", "1"), kopilka.ok(&["verify"]));
     assert_eq!(before, after);
 }
+
+/// More receipts than the writer takes in one batch, of three members, each return right behind
+/// its purchase: the import must keep the file's order (a return never reaches the writer before
+/// its purchase, ids follow the file), which the export shows line for line.
+#[test]
+fn a_long_import_keeps_the_order_of_the_file() {
+    let kopilka = Kopilka::new();
+    let members = kopilka.write("members.csv", &members_csv());
+    kopilka.ok(&["import", "members", p(&members), "--new-tenant", "shop"]);
+    let when = days_ago(30);
+    let buyers = ["CRM-1,,,", ",770000000002,,", ",,,olga@example.com"];
+    let mut csv = format!("{TRANSACTIONS_HEADER}\n");
+    for i in 0..2_500 {
+        let buyer = buyers[i % buyers.len()];
+        let price = 1_000 + i * 10;
+        csv.push_str(&format!("purchase,P-{i},{when},{buyer},pos,,RUB,0,,,MILK,dairy,2,{price},0\n"));
+        if i % 7 == 3 {
+            csv.push_str(&format!("return,P-{i}:return,,{buyer},,,,,P-{i},1,MILK,dairy,1,,\n"));
+        }
+    }
+    let file = kopilka.write("transactions.csv", &csv);
+    let out = kopilka.ok(&["import", "transactions", p(&file), "--tenant", "1"]);
+    assert!(out.contains("2857 receipts imported, 0 already imported, 0 refused"), "{out}");
+    assert_eq!(kopilka.export("transactions", "1"), csv);
+    assert!(kopilka.ok(&["verify"]).contains("the ledger balances"));
+}

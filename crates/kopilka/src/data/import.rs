@@ -923,8 +923,6 @@ pub async fn find_member(
 /// A receipt ready for the writer, with the rows it came from.
 pub struct ReceiptCommand {
     pub rows: Vec<u64>,
-    /// Receipts with the same chain run one after another, in file order.
-    pub chain: String,
     pub key: String,
     pub command: Command,
 }
@@ -944,32 +942,19 @@ impl ReceiptCommand {
     }
 }
 
-/// Submits receipts in rounds: round k holds the k-th receipt of every chain (a member's receipts,
-/// in file order), in file order. A member's receipts are thus recorded one after another, so a
-/// redemption sees the points of the purchases before it, while different members' receipts share
-/// the writer's batches. The order, and so every id, depends only on the file.
+/// Submits receipts in file order and returns how each went. The writer applies requests in the
+/// order they reach its queue, one batch after another, and a batch applies its commands in turn
+/// on the state the earlier ones left; so a member's receipts are recorded one after another (a
+/// redemption sees the points of the purchases before it) while a batch holds up to a thousand
+/// receipts of any members. The order, and so every id, depends only on the file.
 pub async fn submit_receipts(
     state: &AppState,
     tenant: TenantId,
     receipts: Vec<ReceiptCommand>,
 ) -> Vec<(ReceiptCommand, Result<Reply, ApiError>)> {
-    let mut position_in_chain: HashMap<String, usize> = HashMap::new();
-    let mut rounds: Vec<Vec<ReceiptCommand>> = Vec::new();
-    for receipt in receipts {
-        let position = position_in_chain.entry(receipt.chain.clone()).or_insert(0);
-        if rounds.len() <= *position {
-            rounds.push(Vec::new());
-        }
-        rounds[*position].push(receipt);
-        *position += 1;
-    }
-    let mut outcomes = Vec::new();
-    for round in rounds {
-        let requests = round.iter().map(|receipt| receipt.request(tenant)).collect();
-        let results = submit_in_order(&state.writer, requests).await;
-        outcomes.extend(round.into_iter().zip(results));
-    }
-    outcomes
+    let requests = receipts.iter().map(|receipt| receipt.request(tenant)).collect();
+    let results = submit_in_order(&state.writer, requests).await;
+    receipts.into_iter().zip(results).collect()
 }
 
 /// Parses and checks a transactions file against the tenant (members, currency) and turns it into
@@ -1008,10 +993,6 @@ async fn plan_transactions(
         .into_iter()
         .map(|receipt| {
             let member = receipt.member.as_ref().map(|(m, _, _)| members[m]);
-            let chain = match member {
-                Some(member) => format!("member:{member}"),
-                None => format!("purchase:{}", receipt.purchase_external_id.clone().unwrap_or_default()),
-            };
             let (key, command) = match receipt.kind {
                 ReceiptKind::Purchase => (
                     format!("import:purchase:{}", receipt.external_id),
@@ -1050,7 +1031,7 @@ async fn plan_transactions(
                     )
                 }
             };
-            ReceiptCommand { rows: receipt.rows, chain, key, command }
+            ReceiptCommand { rows: receipt.rows, key, command }
         })
         .collect();
     Ok(commands)

@@ -13,15 +13,13 @@ mod migrate_store;
 mod online_retail;
 
 use std::collections::VecDeque;
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::task::Poll;
 
 use clap::{Args, ValueEnum};
 use kopilka_server::engine::{Idempotency, Reply, Request};
 use kopilka_server::error::ApiError;
-use kopilka_server::writer::Writer;
+use kopilka_server::writer::{Answer, Writer};
 use sha2::{Digest, Sha256};
 
 pub use demo::demo;
@@ -131,27 +129,27 @@ where
 /// Sends requests to the writer in the order given, at most [`IN_FLIGHT_MAX`] waiting at once, and
 /// returns the answers in the same order. The writer decides requests in arrival order, so ids
 /// (members, purchases) follow the input: an import is deterministic, and its export comes back in
-/// the same order.
+/// the same order. Each request is on the writer's queue before the next is sent (an `enqueue`
+/// awaited to the end, not polled once: a poll can be refused by tokio's cooperative budget, and
+/// the request would then reach the queue only when its answer is awaited, serializing the
+/// import into batches of a few requests and letting later requests overtake it).
 async fn submit_in_order(writer: &Writer, requests: Vec<Request>) -> Vec<Result<Reply, ApiError>> {
     let mut results = Vec::with_capacity(requests.len());
     let mut waiting = VecDeque::new();
     for request in requests {
         if waiting.len() >= IN_FLIGHT_MAX {
-            let answer: Pin<Box<dyn Future<Output = _> + Send>> = waiting.pop_front().expect("not empty");
-            results.push(answer.await);
+            results.push(wait(waiting.pop_front().expect("not empty")).await);
         }
-        let mut answer: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(writer.submit(request));
-        // One poll puts the request on the writer's queue (its senders wait in line, so order holds
-        // even when the queue is full); the answer is awaited later.
-        if let Poll::Ready(result) = poll_fn(|cx| Poll::Ready(answer.as_mut().poll(cx))).await {
-            answer = Box::pin(std::future::ready(result));
-        }
-        waiting.push_back(answer);
+        waiting.push_back(writer.enqueue(request).await);
     }
     for answer in waiting {
-        results.push(answer.await);
+        results.push(wait(answer).await);
     }
     results
+}
+
+async fn wait(enqueued: Result<Answer, ApiError>) -> Result<Reply, ApiError> {
+    enqueued?.await
 }
 
 fn display_name(path: &Path) -> String {
