@@ -400,6 +400,14 @@ impl MemberLedger {
         for lot_id in touched {
             self.touch(lot_id);
         }
+        // Expired points go to the program's `expired` account in one posting per movement: the
+        // lot side already names each lot, and a posting per lot on the system side would double
+        // the rows an expiry run over millions of lots writes without saying anything more.
+        for (_, postings) in &mut expiries {
+            let expired: i64 = postings.iter().filter(|p| p.account == Account::Expired).map(|p| p.amount).sum();
+            postings.retain(|p| p.account != Account::Expired);
+            postings.push(Posting { account: Account::Expired, amount: expired, lot_id: None });
+        }
         let mut movements = Vec::new();
         for (kind, groups) in [(MovementKind::Activate, activations), (MovementKind::Expire, expiries)] {
             for (currency, postings) in groups {

@@ -638,7 +638,7 @@ fn end_of_following_year_expiry_keeps_a_years_points_until_the_new_year_after_ne
               activate: m1.pending -30 #2, m1.available +30 #2, m1.pending -40 #3, m1.available +40 #3
             > at 2028-01-01
             > catch_up m1
-              expire: m1.available -20 #1, expired +20, m1.available -30 #2, expired +30
+              expire: m1.available -20 #1, m1.available -30 #2, expired +50
             at 2028-01-01:
               m1: available 40, pending 0
                 #1 0/20 expired, from 2026-03-24 to 2028-01-01 p1
