@@ -422,6 +422,7 @@ pub fn expiry_reminders(
     now: Timestamp,
 ) -> Vec<ExpiryReminder> {
     let Some(bonuses) = program.event_bonuses.as_ref() else { return Vec::new() };
+    ledger.assert_complete("expiry reminders");
     let tz = program.tz();
     let today = now.to_zoned(tz.clone()).date();
     marks.reminders.retain(|date, _| date.parse::<Date>().is_ok_and(|date| date >= today));

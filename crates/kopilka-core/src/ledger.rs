@@ -316,12 +316,28 @@ pub struct Balance {
 
 /// What the ledger knows of one member: the member's open lots (and, until the store flushes them,
 /// lots that this batch closed). Lots not open never change again, so they need not be loaded.
+///
+/// A ledger may also be *partial* ([`MemberLedger::partial`]): only the lots that catching up to
+/// a given moment changes are loaded, and the others are known by their totals. That is all a
+/// purchase without a redemption, a bonus or a catch-up needs (they credit and catch up, and
+/// report the balance), and it spares loading hundreds of lots for a member who buys every day.
+/// Whatever takes points from lots (debits, merges, reminders by expiry date) asserts that the
+/// ledger is complete: the writer loads every open lot for such commands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberLedger {
     pub member_id: MemberId,
     pub lots: Vec<Lot>,
     /// Lots created or changed since the store last saved this ledger.
     pub dirty: Vec<LotId>,
+    /// For a partial ledger, the totals of the open lots left unloaded, by currency: none of them
+    /// changes state before `unloaded_until`.
+    unloaded: Option<Unloaded>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Unloaded {
+    totals: Vec<(PointCurrency, Balance)>,
+    until: Timestamp,
 }
 
 /// Where a new credit lands.
@@ -340,12 +356,50 @@ impl MemberLedger {
             assert_eq!(lot.member_id, member_id);
             lot.assert_valid();
         }
-        MemberLedger { member_id, lots, dirty: Vec::new() }
+        MemberLedger { member_id, lots, dirty: Vec::new(), unloaded: None }
+    }
+
+    /// A partial ledger: `due` holds the member's open lots whose state changes at or before
+    /// `until` (so `catch_up` up to `until` sees every lot it must move), and `totals` the
+    /// remaining points of every other open lot, by currency and state.
+    pub fn partial(
+        member_id: MemberId,
+        due: Vec<Lot>,
+        totals: Vec<(PointCurrency, Balance)>,
+        until: Timestamp,
+    ) -> MemberLedger {
+        for lot in &due {
+            assert!(lot.state_at(until) != lot.state, "lot {} is not due at {until}", lot.id);
+        }
+        let mut ledger = MemberLedger::new(member_id, due);
+        ledger.unloaded = Some(Unloaded { totals, until });
+        ledger
+    }
+
+    /// Whether every open lot is loaded.
+    pub fn is_complete(&self) -> bool {
+        self.unloaded.is_none()
+    }
+
+    /// Panics unless every open lot is loaded: `what` would take points from lots it cannot see.
+    pub fn assert_complete(&self, what: &str) {
+        assert!(
+            self.is_complete(),
+            "{what} needs every open lot of member {}, but the ledger is partial",
+            self.member_id
+        );
     }
 
     /// The member's balance at `now`, counting lots by the state they are in at `now`.
     pub fn balance(&self, currency: &PointCurrency, now: Timestamp) -> Balance {
         let mut balance = Balance::default();
+        if let Some(unloaded) = &self.unloaded {
+            assert!(now <= unloaded.until, "a partial ledger's balance is known up to {} only", unloaded.until);
+            for (_, totals) in unloaded.totals.iter().filter(|(c, _)| c == currency) {
+                balance.available += totals.available;
+                balance.pending += totals.pending;
+            }
+        }
         for lot in self.lots.iter().filter(|lot| &lot.currency == currency) {
             match lot.state_at(now) {
                 LotState::Available => balance.available += lot.remaining,
@@ -365,6 +419,9 @@ impl MemberLedger {
     /// Brings the lots up to `now`: activates those whose return window closed and expires those
     /// whose time ran out. Returns at most one activation and one expiry movement per currency.
     pub fn catch_up(&mut self, now: Timestamp, ids: &mut IdAllocator) -> Vec<Movement> {
+        if let Some(unloaded) = &self.unloaded {
+            assert!(now <= unloaded.until, "a partial ledger can catch up to {} only", unloaded.until);
+        }
         let mut activations: Vec<(PointCurrency, Vec<Posting>)> = Vec::new();
         let mut expiries: Vec<(PointCurrency, Vec<Posting>)> = Vec::new();
         let mut touched = Vec::new();
@@ -486,6 +543,7 @@ impl MemberLedger {
     ) -> (Option<Movement>, i64) {
         assert!(amount > 0, "a debit must be positive");
         assert!(sink.member_id().is_none(), "debits go to system accounts");
+        self.assert_complete("a debit");
         let mut order: Vec<usize> = (0..self.lots.len())
             .filter(|&i| {
                 let lot = &self.lots[i];
@@ -557,6 +615,8 @@ impl MemberLedger {
     /// it.
     pub fn absorb(&mut self, absorbed: &mut MemberLedger, ids: &mut IdAllocator, now: Timestamp) -> Vec<Movement> {
         assert_ne!(self.member_id, absorbed.member_id);
+        self.assert_complete("a merge");
+        absorbed.assert_complete("a merge");
         let mut groups: Vec<(PointCurrency, Vec<Posting>)> = Vec::new();
         let (moving, staying): (Vec<Lot>, Vec<Lot>) =
             std::mem::take(&mut absorbed.lots).into_iter().partition(|lot| lot.remaining > 0);

@@ -14,8 +14,8 @@ use kopilka_core::member_state::{MemberState, StateChange, TierChange};
 use kopilka_core::purchase::{self, PurchaseCommand, PurchaseRecord};
 use kopilka_core::rules::LineExplanation;
 use kopilka_core::{
-    Currency, DomainError, DomainEvent, IdAllocator, Lot, MemberId, MemberLedger, Program, ProgramId, PurchaseId,
-    TenantId,
+    Balance, Currency, DomainError, DomainEvent, IdAllocator, Lot, MemberId, MemberLedger, PointCurrency, Program,
+    ProgramId, PurchaseId, TenantId,
 };
 use kopilka_store::batch::{BatchKeys, Loaded, Writes};
 use kopilka_store::{MemberRow, Role, StoredResponse};
@@ -216,9 +216,9 @@ impl Programs {
     }
 }
 
-/// What a batch of requests needs loaded.
-pub fn keys(requests: &[&Request]) -> BatchKeys {
-    let mut keys = BatchKeys::default();
+/// What a batch of requests deciding at `now` needs loaded.
+pub fn keys(requests: &[&Request], now: Timestamp) -> BatchKeys {
+    let mut keys = BatchKeys { light_at: Some(now), ..BatchKeys::default() };
     for request in requests {
         let tenant = request.tenant;
         if let Some(idempotency) = &request.idempotency {
@@ -246,7 +246,14 @@ pub fn keys(requests: &[&Request]) -> BatchKeys {
                 keys.members.push((tenant, *member_id))
             }
             Command::Purchase(purchase) => {
-                keys.members.push((tenant, MemberId(purchase.member_id)));
+                // A purchase that redeems nothing only credits and catches up: its member is loaded
+                // light (a partial ledger), which spares a frequent buyer's hundreds of open lots.
+                let member = (tenant, MemberId(purchase.member_id));
+                if purchase.redeem_points == 0 {
+                    keys.light_members.push(member);
+                } else {
+                    keys.members.push(member);
+                }
                 keys.purchase_external_ids.push((tenant, purchase.external_id.clone()));
             }
             Command::Return(ret) => {
@@ -260,8 +267,8 @@ pub fn keys(requests: &[&Request]) -> BatchKeys {
             Command::Redeem(redeem) => keys.members.push((tenant, MemberId(redeem.member_id))),
             Command::Adjust(adjust) => keys.members.push((tenant, MemberId(adjust.member_id))),
             Command::MemberEvent { member_id, .. } => keys.members.push((tenant, *member_id)),
-            Command::CatchUp { members }
-            | Command::ReviewTiers { members }
+            Command::CatchUp { members } => keys.light_members.extend(members.iter().map(|m| (tenant, *m))),
+            Command::ReviewTiers { members }
             | Command::YearlyBonuses { members }
             | Command::RemindExpiry { members } => keys.members.extend(members.iter().map(|m| (tenant, *m))),
             Command::Checkout(command) => crate::checkout::push_keys(&mut keys, tenant, command),
@@ -299,6 +306,8 @@ pub struct BatchState<'a> {
     /// Members whose loyalty state changed but not their profile.
     dirty_states: HashSet<MemberKey>,
     loaded_lots: HashMap<MemberKey, Vec<Lot>>,
+    /// Members loaded light: the totals of their lots left in the store (see `BatchKeys`).
+    unloaded: HashMap<MemberKey, (Vec<(PointCurrency, Balance)>, Timestamp)>,
     ledgers: HashMap<MemberKey, MemberLedger>,
     pub(crate) purchases: HashMap<(TenantId, PurchaseId), (ProgramId, PurchaseRecord)>,
     purchase_by_external_id: HashMap<(TenantId, String), PurchaseId>,
@@ -337,6 +346,7 @@ impl<'a> BatchState<'a> {
             dirty_members: HashSet::new(),
             dirty_states: HashSet::new(),
             loaded_lots: loaded.lots,
+            unloaded: loaded.unloaded,
             ledgers: HashMap::new(),
             purchases,
             purchase_by_external_id,
@@ -441,11 +451,14 @@ impl<'a> BatchState<'a> {
     /// The member's ledger, built from the loaded lots on first use, with the id allocator beside
     /// it (a pair, so both can be borrowed at once).
     pub(crate) fn ledger(&mut self, tenant: TenantId, member: MemberId) -> (&mut MemberLedger, &mut IdAllocator) {
-        let loaded_lots = &mut self.loaded_lots;
-        let ledger = self
-            .ledgers
-            .entry((tenant, member))
-            .or_insert_with(|| MemberLedger::new(member, loaded_lots.remove(&(tenant, member)).unwrap_or_default()));
+        let (loaded_lots, unloaded) = (&mut self.loaded_lots, &mut self.unloaded);
+        let ledger = self.ledgers.entry((tenant, member)).or_insert_with(|| {
+            let lots = loaded_lots.remove(&(tenant, member)).unwrap_or_default();
+            match unloaded.remove(&(tenant, member)) {
+                Some((totals, until)) => MemberLedger::partial(member, lots, totals, until),
+                None => MemberLedger::new(member, lots),
+            }
+        });
         (ledger, &mut *self.ids)
     }
 

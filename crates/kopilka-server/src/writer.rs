@@ -17,6 +17,7 @@ use std::time::Instant;
 use jiff::Timestamp;
 use kopilka_core::{Program, ProgramId, TenantId};
 use kopilka_store::batch::{self, BatchKeys};
+use kopilka_store::checkpoint::Checkpointer;
 use kopilka_store::store::{admin, hash_api_key};
 use kopilka_store::{Backend, Role, Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
@@ -53,12 +54,13 @@ impl Writer {
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> Result<(Writer, tokio::task::JoinHandle<()>), StoreError> {
-        let connection = store.writer_connection().await?;
+        let mut connection = store.writer_connection().await?;
+        let checkpointer = Checkpointer::start(store, &mut connection).await?;
         let mut programs = Programs::default();
         for (tenant, id, version, program) in store.programs().await? {
             programs.put(tenant, id, version, program);
         }
-        let task = WriterTask { connection, clock, metrics, programs };
+        let task = WriterTask { connection, clock, metrics, programs, checkpointer };
         let (sender, receiver) = mpsc::channel(QUEUE_LEN_MAX);
         let handle = tokio::spawn(task.run(receiver));
         Ok((Writer { sender }, handle))
@@ -106,6 +108,8 @@ struct WriterTask {
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     programs: Programs,
+    /// SQLite's WAL checkpoints, run beside the writer instead of inside its commits.
+    checkpointer: Option<Checkpointer>,
 }
 
 impl WriterTask {
@@ -122,6 +126,9 @@ impl WriterTask {
                 }
             }
             self.run_group(group).await;
+        }
+        if let Some(checkpointer) = self.checkpointer.take() {
+            checkpointer.stop().await;
         }
         tracing::info!("writer stopped: every handle was dropped");
     }
@@ -175,7 +182,7 @@ impl WriterTask {
         batch::begin(&mut self.connection).await?;
         self.refresh_programs().await?;
         let (mut ids, mut last_event_id) = batch::id_seeds(&mut self.connection).await?;
-        let loaded = batch::load(&mut self.connection, &engine::keys(requests)).await?;
+        let loaded = batch::load(&mut self.connection, &engine::keys(requests, now)).await?;
         let mut state = BatchState::new(loaded, &self.programs, &mut ids, &mut last_event_id, now);
         let replies: Vec<_> = requests.iter().map(|request| state.apply(request)).collect();
         let writes = state.into_writes();

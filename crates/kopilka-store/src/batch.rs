@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 
 use jiff::Timestamp;
+use kopilka_core::ledger::Balance;
 use kopilka_core::member::{Consents, Gender, IdentifierKind, Profile};
 use kopilka_core::member_state::MemberState;
 use kopilka_core::purchase::PurchaseRecord;
@@ -32,6 +33,11 @@ const BIND_VALUES_MAX: usize = 32_000;
 pub struct BatchKeys {
     pub idempotency: Vec<(TenantId, String)>,
     pub members: Vec<(TenantId, MemberId)>,
+    /// Members whose commands only credit points and catch up to `light_at` (a purchase that
+    /// redeems nothing, a catch-up job): loaded with the open lots due by then and the totals of
+    /// the others (a partial `MemberLedger`), unless another key wants them whole.
+    pub light_members: Vec<(TenantId, MemberId)>,
+    pub light_at: Option<Timestamp>,
     pub purchase_ids: Vec<(TenantId, PurchaseId)>,
     pub purchase_external_ids: Vec<(TenantId, String)>,
     pub identifiers: Vec<(TenantId, IdentifierKind, String)>,
@@ -48,8 +54,11 @@ pub struct BatchKeys {
 pub struct Loaded {
     pub idempotency: HashMap<(TenantId, String), StoredResponse>,
     pub members: HashMap<(TenantId, MemberId), MemberRow>,
-    /// Open lots of every loaded member.
+    /// Open lots of every loaded member; for members loaded light, only those due at `light_at`.
     pub lots: HashMap<(TenantId, MemberId), Vec<Lot>>,
+    /// Members loaded light: the totals of the open lots not loaded, and the moment up to which
+    /// none of those changes state.
+    pub unloaded: HashMap<(TenantId, MemberId), (Vec<(PointCurrency, Balance)>, Timestamp)>,
     pub purchases: Vec<(TenantId, ProgramId, PurchaseRecord)>,
     pub identifiers: HashMap<(TenantId, IdentifierKind, String), MemberId>,
     pub checkout: LoadedCheckout,
@@ -245,6 +254,18 @@ pub async fn load(conn: &mut AnyConnection, keys: &BatchKeys) -> Result<Loaded> 
     members.dedup();
     let mut survivors = Vec::new();
     load_members(conn, &members, &mut loaded, &mut survivors).await?;
+    if let Some(at) = keys.light_at {
+        // Whole wins: a member another key names, or the survivor of one, may be debited.
+        let mut light: Vec<_> = keys
+            .light_members
+            .iter()
+            .filter(|key| members.binary_search(key).is_err() && !survivors.contains(key))
+            .copied()
+            .collect();
+        light.sort();
+        light.dedup();
+        load_light_members(conn, &light, at, &mut loaded, &mut survivors).await?;
+    }
     survivors.sort();
     survivors.dedup();
     survivors.retain(|key| !loaded.members.contains_key(key));
@@ -285,6 +306,80 @@ async fn load_members(
         for row in query.fetch_all(&mut *conn).await? {
             let lot = lot_of_row(&row)?;
             loaded.lots.entry((TenantId(row.get("tenant_id")), lot.member_id)).or_default().push(lot);
+        }
+    }
+    Ok(())
+}
+
+/// Members with only the lots that catching up to `at` changes, and the totals of the others.
+async fn load_light_members(
+    conn: &mut AnyConnection,
+    keys: &[(TenantId, MemberId)],
+    at: Timestamp,
+    loaded: &mut Loaded,
+    survivors: &mut Vec<(TenantId, MemberId)>,
+) -> Result<()> {
+    let at_micros = micros::of(at);
+    for chunk in keys.chunks(chunk_rows(2)) {
+        let mut query = Builder::new("WITH k(t, v) AS (");
+        query.push_values(chunk, |mut b, (tenant, id)| {
+            b.push_bind(tenant.0).push_bind(id.0);
+        });
+        query.push(format!(
+            ") SELECT tenant_id, {MEMBER_COLUMNS} FROM k JOIN members ON members.tenant_id = k.t AND members.id = k.v"
+        ));
+        for row in query.fetch_all(&mut *conn).await? {
+            let tenant = TenantId(row.get("tenant_id"));
+            let member = member_of_row(&row)?;
+            if let Some(survivor) = member.merged_into {
+                survivors.push((tenant, survivor));
+            }
+            loaded.lots.insert((tenant, member.id), Vec::new());
+            loaded.unloaded.insert((tenant, member.id), (Vec::new(), at));
+            loaded.members.insert((tenant, member.id), member);
+        }
+        // Due by `at` exactly when `Lot::state_at(at)` differs from the stored state.
+        let indexed = Backend::of(conn).indexed_by("lots_member");
+        let mut query = Builder::new("WITH k(t, v) AS (");
+        query.push_values(chunk, |mut b, (tenant, id)| {
+            b.push_bind(tenant.0).push_bind(id.0);
+        });
+        query.push(format!(") SELECT tenant_id, {LOT_COLUMNS} FROM k JOIN lots{indexed} ON lots.tenant_id = k.t AND lots.member_id = k.v WHERE state IN ('pending', 'available') AND (expires_at <= "));
+        query
+            .push_bind(at_micros)
+            .push(" OR (state = 'pending' AND available_from <= ")
+            .push_bind(at_micros)
+            .push("))");
+        for row in query.fetch_all(&mut *conn).await? {
+            let lot = lot_of_row(&row)?;
+            loaded.lots.entry((TenantId(row.get("tenant_id")), lot.member_id)).or_default().push(lot);
+        }
+        let mut query = Builder::new("WITH k(t, v) AS (");
+        query.push_values(chunk, |mut b, (tenant, id)| {
+            b.push_bind(tenant.0).push_bind(id.0);
+        });
+        query.push(format!(") SELECT tenant_id, member_id, currency, state, CAST(SUM(remaining) AS BIGINT) FROM k JOIN lots{indexed} ON lots.tenant_id = k.t AND lots.member_id = k.v WHERE state IN ('pending', 'available') AND expires_at > "));
+        query.push_bind(at_micros).push(" AND (state = 'available' OR available_from > ").push_bind(at_micros);
+        query.push(") GROUP BY tenant_id, member_id, currency, state");
+        for row in query.fetch_all(&mut *conn).await? {
+            let key = (TenantId(row.get(0)), MemberId(row.get(1)));
+            let currency: String = row.get(2);
+            let currency = PointCurrency::parse(&currency)
+                .map_err(|e| StoreError::Corrupt { table: "lots", detail: format!("currency {currency:?}: {e}") })?;
+            let state: String = row.get(3);
+            let sum: i64 = row.get(4);
+            let Some((totals, _)) = loaded.unloaded.get_mut(&key) else { continue };
+            let index = match totals.iter().position(|(c, _)| *c == currency) {
+                Some(index) => index,
+                None => {
+                    totals.push((currency, Balance::default()));
+                    totals.len() - 1
+                }
+            };
+            match state.as_str() {
+                "pending" => totals[index].1.pending += sum,
+                _ => totals[index].1.available += sum,
+            }
         }
     }
     Ok(())

@@ -8,6 +8,7 @@
 pub mod batch;
 pub mod bonuses;
 pub mod checkout;
+pub mod checkpoint;
 pub mod outbox;
 pub mod partners;
 pub mod reads;
