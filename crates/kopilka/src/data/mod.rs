@@ -127,23 +127,29 @@ where
 }
 
 /// Sends requests to the writer in the order given, at most [`IN_FLIGHT_MAX`] waiting at once, and
-/// returns the answers in the same order. The writer decides requests in arrival order, so ids
-/// (members, purchases) follow the input: an import is deterministic, and its export comes back in
-/// the same order. Each request is on the writer's queue before the next is sent (an `enqueue`
-/// awaited to the end, not polled once: a poll can be refused by tokio's cooperative budget, and
-/// the request would then reach the queue only when its answer is awaited, serializing the
-/// import into batches of a few requests and letting later requests overtake it).
-async fn submit_in_order(writer: &Writer, requests: Vec<Request>) -> Vec<Result<Reply, ApiError>> {
-    let mut results = Vec::with_capacity(requests.len());
+/// returns what `keep` makes of each answer, in the same order. The writer decides requests in
+/// arrival order, so ids (members, purchases) follow the input: an import is deterministic, and
+/// its export comes back in the same order. Each request is on the writer's queue before the next
+/// is sent (an `enqueue` awaited to the end, not polled once: a poll can be refused by tokio's
+/// cooperative budget, and the request would then reach the queue only when its answer is
+/// awaited, serializing the import into batches of a few requests and letting later requests
+/// overtake it). Requests are built from `requests` as they are sent and answers reduced by
+/// `keep` as they arrive, so a million-row import holds only those in flight.
+async fn submit_in_order<T>(
+    writer: &Writer,
+    requests: impl IntoIterator<Item = Request>,
+    mut keep: impl FnMut(Result<Reply, ApiError>) -> T,
+) -> Vec<T> {
+    let mut results = Vec::new();
     let mut waiting = VecDeque::new();
     for request in requests {
         if waiting.len() >= IN_FLIGHT_MAX {
-            results.push(wait(waiting.pop_front().expect("not empty")).await);
+            results.push(keep(wait(waiting.pop_front().expect("not empty")).await));
         }
         waiting.push_back(writer.enqueue(request).await);
     }
     for answer in waiting {
-        results.push(wait(answer).await);
+        results.push(keep(wait(answer).await));
     }
     results
 }
