@@ -334,6 +334,14 @@ pub struct MemberLedger {
     unloaded: Option<Unloaded>,
 }
 
+/// The panic payload of a partial ledger asked for what needs every lot (see
+/// [`MemberLedger::assert_complete`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartialLedger {
+    pub member_id: MemberId,
+    pub what: &'static str,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Unloaded {
     totals: Vec<(PointCurrency, Balance)>,
@@ -381,13 +389,13 @@ impl MemberLedger {
         self.unloaded.is_none()
     }
 
-    /// Panics unless every open lot is loaded: `what` would take points from lots it cannot see.
-    pub fn assert_complete(&self, what: &str) {
-        assert!(
-            self.is_complete(),
-            "{what} needs every open lot of member {}, but the ledger is partial",
-            self.member_id
-        );
+    /// Unwinds with a [`PartialLedger`] unless every open lot is loaded: `what` would take points
+    /// from lots it cannot see. The writer catches it and decides the batch again with every
+    /// ledger whole, so a command its keys misjudged costs a second load, never a wrong answer.
+    pub fn assert_complete(&self, what: &'static str) {
+        if !self.is_complete() {
+            std::panic::panic_any(PartialLedger { member_id: self.member_id, what });
+        }
     }
 
     /// The member's balance at `now`, counting lots by the state they are in at `now`.

@@ -4,7 +4,7 @@
 //! (`batch::load_light_members`), and the writer simulation checks that split against the model.
 
 use jiff::SignedDuration;
-use kopilka_core::ledger::Credit;
+use kopilka_core::ledger::{Credit, PartialLedger};
 use kopilka_core::{
     Account, Balance, IdAllocator, Lot, LotId, LotState, MemberId, MemberLedger, MovementId, MovementKind,
     PointCurrency, Timestamp,
@@ -110,21 +110,25 @@ proptest! {
 }
 
 #[test]
-#[should_panic(expected = "needs every open lot")]
-fn a_partial_ledger_refuses_to_debit() {
+fn a_partial_ledger_refuses_to_debit_with_a_payload_the_writer_recognizes() {
     let now = at(0);
     let lots = vec![lot(0, (false, -10, 1_000, 500, 0, false))];
     let (due, totals) = split(&lots, now);
     let mut partial = MemberLedger::partial(MEMBER, due, totals, now);
     let mut ids = IdAllocator::default();
-    let _ = partial.debit_available(
-        &mut ids,
-        MovementKind::Redeem,
-        Account::Redeemed,
-        &points("PTS"),
-        100,
-        now,
-        None,
-        None,
-    );
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = partial.debit_available(
+            &mut ids,
+            MovementKind::Redeem,
+            Account::Redeemed,
+            &points("PTS"),
+            100,
+            now,
+            None,
+            None,
+        );
+    }))
+    .expect_err("a debit on a partial ledger unwinds");
+    let payload = unwound.downcast_ref::<PartialLedger>().expect("the payload is a PartialLedger");
+    assert_eq!(*payload, PartialLedger { member_id: MEMBER, what: "a debit" });
 }

@@ -14,10 +14,10 @@ use kopilka_core::member_state::{MemberState, StateChange, TierChange};
 use kopilka_core::purchase::{self, PurchaseCommand, PurchaseRecord};
 use kopilka_core::rules::LineExplanation;
 use kopilka_core::{
-    Balance, Currency, DomainError, DomainEvent, IdAllocator, Lot, MemberId, MemberLedger, PointCurrency, Program,
-    ProgramId, PurchaseId, TenantId,
+    Currency, DomainError, DomainEvent, IdAllocator, Lot, MemberId, MemberLedger, Program, ProgramId, PurchaseId,
+    TenantId,
 };
-use kopilka_store::batch::{BatchKeys, Loaded, Writes};
+use kopilka_store::batch::{BatchKeys, Loaded, Unloaded, Writes};
 use kopilka_store::{MemberRow, Role, StoredResponse};
 use serde::Serialize;
 
@@ -281,6 +281,24 @@ pub fn keys(requests: &[&Request], now: Timestamp) -> BatchKeys {
             | Command::Campaign(_) => {}
         }
     }
+    // A return of a purchase made in this same batch debits a member the store cannot name yet
+    // (the purchase is not stored): that member is loaded whole.
+    let returned: HashSet<(TenantId, &str)> = requests
+        .iter()
+        .filter_map(|request| match &request.command {
+            Command::Return(ret) => ret.purchase_external_id.as_deref().map(|id| (request.tenant, id)),
+            _ => None,
+        })
+        .collect();
+    if !returned.is_empty() {
+        for request in requests {
+            if let Command::Purchase(purchase) = &request.command {
+                if returned.contains(&(request.tenant, purchase.external_id.as_str())) {
+                    keys.members.push((request.tenant, MemberId(purchase.member_id)));
+                }
+            }
+        }
+    }
     keys
 }
 
@@ -307,7 +325,7 @@ pub struct BatchState<'a> {
     dirty_states: HashSet<MemberKey>,
     loaded_lots: HashMap<MemberKey, Vec<Lot>>,
     /// Members loaded light: the totals of their lots left in the store (see `BatchKeys`).
-    unloaded: HashMap<MemberKey, (Vec<(PointCurrency, Balance)>, Timestamp)>,
+    unloaded: HashMap<MemberKey, Unloaded>,
     ledgers: HashMap<MemberKey, MemberLedger>,
     pub(crate) purchases: HashMap<(TenantId, PurchaseId), (ProgramId, PurchaseRecord)>,
     purchase_by_external_id: HashMap<(TenantId, String), PurchaseId>,

@@ -16,6 +16,8 @@ pub struct Metrics {
     pub writer_batches: AtomicU64,
     pub writer_commands: AtomicU64,
     pub writer_commit_failures: AtomicU64,
+    /// Batches decided a second time because a command met a ledger loaded light.
+    pub writer_whole_reloads: AtomicU64,
     pub writer_commit_micros: AtomicU64,
     pub job_movements: AtomicU64,
 }
@@ -58,6 +60,11 @@ impl Metrics {
             ("kopilka_writer_batches_total", "Transactions committed by the writer", &self.writer_batches),
             ("kopilka_writer_commands_total", "Commands applied by the writer", &self.writer_commands),
             ("kopilka_writer_commit_failures_total", "Batches whose commit failed", &self.writer_commit_failures),
+            (
+                "kopilka_writer_whole_reloads_total",
+                "Batches decided again with every ledger whole (a command met a ledger loaded light)",
+                &self.writer_whole_reloads,
+            ),
             (
                 "kopilka_writer_commit_microseconds_total",
                 "Time spent writing and committing batches",

@@ -8,6 +8,7 @@
 //! neighbours down with it.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,8 +16,9 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use jiff::Timestamp;
-use kopilka_core::{Program, ProgramId, TenantId};
-use kopilka_store::batch::{self, BatchKeys};
+use kopilka_core::ledger::PartialLedger;
+use kopilka_core::{IdAllocator, Program, ProgramId, TenantId};
+use kopilka_store::batch::{self, BatchKeys, Loaded, Writes};
 use kopilka_store::checkpoint::Checkpointer;
 use kopilka_store::store::{admin, hash_api_key};
 use kopilka_store::{Backend, Role, Store, StoreError};
@@ -87,6 +89,33 @@ impl Writer {
             .await
             .map_err(|_| ApiError::Unavailable("the writer has stopped".into()))?;
         Ok(Answer(answer))
+    }
+}
+
+/// A batch decided: each request's reply, the rows to write and the advanced id seeds.
+type Decided = (Vec<Result<Reply, ApiError>>, Writes, (IdAllocator, i64));
+
+/// Decides a batch in memory. A command that needed a whole ledger where the batch loaded a
+/// partial one unwinds with [`PartialLedger`] (see `MemberLedger::assert_complete`); that comes
+/// back as `Err`, any other panic goes on unwinding (a broken invariant stops the writer).
+fn decide(
+    programs: &Programs,
+    loaded: Loaded,
+    (mut ids, mut last_event_id): (IdAllocator, i64),
+    requests: &[&Request],
+    now: Timestamp,
+) -> Result<Decided, PartialLedger> {
+    let decided = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let mut state = BatchState::new(loaded, programs, &mut ids, &mut last_event_id, now);
+        let replies: Vec<_> = requests.iter().map(|request| state.apply(request)).collect();
+        (replies, state.into_writes())
+    }));
+    match decided {
+        Ok((replies, writes)) => Ok((replies, writes, (ids, last_event_id))),
+        Err(payload) => match payload.downcast_ref::<PartialLedger>() {
+            Some(partial) => Err(*partial),
+            None => std::panic::resume_unwind(payload),
+        },
     }
 }
 
@@ -181,11 +210,23 @@ impl WriterTask {
     ) -> Result<Vec<Result<Reply, ApiError>>, StoreError> {
         batch::begin(&mut self.connection).await?;
         self.refresh_programs().await?;
-        let (mut ids, mut last_event_id) = batch::id_seeds(&mut self.connection).await?;
-        let loaded = batch::load(&mut self.connection, &engine::keys(requests, now)).await?;
-        let mut state = BatchState::new(loaded, &self.programs, &mut ids, &mut last_event_id, now);
-        let replies: Vec<_> = requests.iter().map(|request| state.apply(request)).collect();
-        let writes = state.into_writes();
+        let seeds = batch::id_seeds(&mut self.connection).await?;
+        let mut keys = engine::keys(requests, now);
+        let loaded = batch::load(&mut self.connection, &keys).await?;
+        let decided = match decide(&self.programs, loaded, seeds.clone(), requests, now) {
+            Ok(decided) => decided,
+            Err(partial) => {
+                // Nothing was written: the decisions live in memory until the flush below.
+                tracing::warn!(member = %partial.member_id, what = partial.what,
+                    "a command needed a ledger its batch loaded light; deciding the batch again with every ledger whole");
+                self.metrics.writer_whole_reloads.fetch_add(1, Ordering::Relaxed);
+                keys.members.append(&mut keys.light_members);
+                let loaded = batch::load(&mut self.connection, &keys).await?;
+                decide(&self.programs, loaded, seeds, requests, now)
+                    .unwrap_or_else(|partial| panic!("member {} is partial with every ledger whole", partial.member_id))
+            }
+        };
+        let (replies, writes, (ids, last_event_id)) = decided;
         if !writes.is_empty() {
             batch::flush(&mut self.connection, &writes).await?;
             batch::save_id_seeds(&mut self.connection, &ids, last_event_id).await?;

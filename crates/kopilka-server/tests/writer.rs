@@ -953,6 +953,54 @@ async fn create_member(harness: &Harness, card: &str) -> i64 {
     json(&reply)["id"].as_i64().unwrap()
 }
 
+// A purchase that redeems nothing loads its member light (a partial ledger). Two returns in the
+// purchase's own batch debit that member: by receipt number the keys see it coming and load the
+// member whole; by purchase id (guessed here: ids are sequential) they cannot, and the writer
+// decides the batch again with every ledger whole. Either way the answers and the books are those
+// of batches that loaded everything.
+both_stores! {
+    async fn returns_in_the_batch_of_their_purchase_debit_the_member_whole() {
+        let dir = test_store().await;
+        let harness = Harness::fresh(&dir.database).await;
+        let (anna, boris) = (create_member(&harness, "C-anna").await, create_member(&harness, "C-boris").await);
+        let before = harness
+            .submit(request("before".into(), purchase_command(anna, "R-before", vec![line("A", 1, 300_00)], 0)))
+            .await
+            .unwrap();
+        let earned_before = json(&before)["purchase"]["points_earned"].as_i64().expect("points earned");
+        let return_of = |by_id: Option<i64>, by_receipt: Option<&str>| {
+            Command::Return(ReturnRequest {
+                purchase_id: by_id,
+                purchase_external_id: by_receipt.map(String::from),
+                lines: None,
+            })
+        };
+        let answers = harness
+            .burst(vec![
+                request("p-anna".into(), purchase_command(anna, "R-anna", vec![line("A", 2, 500_00)], 0)),
+                request("p-boris".into(), purchase_command(boris, "R-boris", vec![line("A", 1, 700_00)], 0)),
+                request("r-anna".into(), return_of(Some(2), None)),
+                request("r-boris".into(), return_of(None, Some("R-boris"))),
+            ])
+            .await;
+        let answers: Vec<Value> = answers.into_iter().map(|answer| json(&answer.expect("accepted"))).collect();
+        assert_eq!(answers[0]["purchase"]["id"], 2, "the guessed id is the purchase's");
+        let reloads = harness.state.metrics.writer_whole_reloads.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(reloads, 1, "the return by id was decided again with Anna's ledger whole");
+        for (purchase, ret) in [(&answers[0], &answers[2]), (&answers[1], &answers[3])] {
+            let earned = purchase["purchase"]["points_earned"].as_i64().expect("points earned");
+            assert!(earned > 0);
+            assert_eq!(ret["points_reversed"].as_i64(), Some(earned), "{ret}");
+        }
+        // Anna keeps the pending points of the purchase before the burst; Boris has nothing.
+        assert!(earned_before > 0);
+        assert_eq!(harness.balance(anna).await, Balance { available: 0, pending: earned_before });
+        assert_eq!(harness.balance(boris).await, Balance::default());
+        harness.assert_ledger_sound("after the burst").await;
+        harness.stop().await;
+    }
+}
+
 both_stores! {
     async fn refused_requests_fail_alone_and_the_rest_of_their_batch_commits() {
         let dir = test_store().await;

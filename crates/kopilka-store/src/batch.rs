@@ -49,6 +49,10 @@ pub struct BatchKeys {
     pub partners: crate::partners::PartnerKeys,
 }
 
+/// The open lots of a member loaded light that were left in the store: their remaining points by
+/// currency and state, and the moment up to which none of them changes state.
+pub type Unloaded = (Vec<(PointCurrency, Balance)>, Timestamp);
+
 /// What `load` found.
 #[derive(Debug, Default)]
 pub struct Loaded {
@@ -56,9 +60,8 @@ pub struct Loaded {
     pub members: HashMap<(TenantId, MemberId), MemberRow>,
     /// Open lots of every loaded member; for members loaded light, only those due at `light_at`.
     pub lots: HashMap<(TenantId, MemberId), Vec<Lot>>,
-    /// Members loaded light: the totals of the open lots not loaded, and the moment up to which
-    /// none of those changes state.
-    pub unloaded: HashMap<(TenantId, MemberId), (Vec<(PointCurrency, Balance)>, Timestamp)>,
+    /// Members loaded light: the totals of the open lots not loaded.
+    pub unloaded: HashMap<(TenantId, MemberId), Unloaded>,
     pub purchases: Vec<(TenantId, ProgramId, PurchaseRecord)>,
     pub identifiers: HashMap<(TenantId, IdentifierKind, String), MemberId>,
     pub checkout: LoadedCheckout,

@@ -10,7 +10,7 @@ use kopilka_core::{Account, MemberId, PartnerId, Posting, TenantId};
 use sqlx::AnyConnection;
 use sqlx::Row;
 
-use crate::sql::Builder;
+use crate::sql::{Backend, Builder};
 use crate::{micros, Result, Role, Store, StoreError};
 
 /// What a batch's partner commands need.
@@ -97,19 +97,23 @@ pub async fn load(
         loaded.last_ids.insert(*tenant, last.unwrap_or(0));
     }
     for (tenant, member, currency, reason, since) in &keys.exchange_usage {
-        let used: i64 = sqlx::query_scalar(
-            "SELECT CAST(COALESCE(SUM(p.amount), 0) AS BIGINT) FROM postings p
-             JOIN movements m ON m.tenant_id = p.tenant_id AND m.id = p.movement_id
+        // From the member's movements: without statistics SQLite began with every posting of the
+        // tenant.
+        let sql = format!(
+            "SELECT CAST(COALESCE(SUM(p.amount), 0) AS BIGINT) FROM movements m{}
+             JOIN postings p ON m.tenant_id = p.tenant_id AND m.id = p.movement_id
              WHERE p.tenant_id = $1 AND p.account = 'exchange' AND p.amount > 0 AND p.currency = $2
                AND m.member_id = $3 AND m.occurred_at >= $4 AND m.reason = $5",
-        )
-        .bind(tenant.0)
-        .bind(currency)
-        .bind(member.0)
-        .bind(micros::of(*since))
-        .bind(reason)
-        .fetch_one(&mut *conn)
-        .await?;
+            Backend::of(conn).indexed_by("movements_member")
+        );
+        let used: i64 = sqlx::query_scalar(&sql)
+            .bind(tenant.0)
+            .bind(currency)
+            .bind(member.0)
+            .bind(micros::of(*since))
+            .bind(reason)
+            .fetch_one(&mut *conn)
+            .await?;
         loaded.exchange_used.insert((*tenant, *member, currency.clone(), reason.clone()), used);
     }
     for chunk in keys.receipts.chunks(RECEIPT_CHUNK / 3) {

@@ -61,8 +61,11 @@ impl Store {
     /// A member's lots; closed and expired ones too when `all`.
     pub async fn lots(&self, tenant: TenantId, member: MemberId, all: bool) -> Result<Vec<Lot>> {
         let filter = if all { "" } else { "AND state IN ('pending', 'available')" };
+        // Named: without statistics SQLite searched the primary key by tenant alone, reading every
+        // lot of the tenant for one member's balance (18 ms at 80,000 lots, seconds at millions).
         let rows = sqlx::query(&format!(
-            "SELECT {LOT_COLUMNS} FROM lots WHERE tenant_id = $1 AND member_id = $2 {filter} ORDER BY expires_at, id"
+            "SELECT {LOT_COLUMNS} FROM lots{} WHERE tenant_id = $1 AND member_id = $2 {filter} ORDER BY expires_at, id",
+            self.backend.indexed_by("lots_member")
         ))
         .bind(tenant.0)
         .bind(member.0)
