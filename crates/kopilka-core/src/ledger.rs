@@ -402,7 +402,10 @@ impl MemberLedger {
     pub fn balance(&self, currency: &PointCurrency, now: Timestamp) -> Balance {
         let mut balance = Balance::default();
         if let Some(unloaded) = &self.unloaded {
-            assert!(now <= unloaded.until, "a partial ledger's balance is known up to {} only", unloaded.until);
+            if now > unloaded.until {
+                // The unloaded lots may have changed state by then.
+                std::panic::panic_any(PartialLedger { member_id: self.member_id, what: "a later balance" });
+            }
             for (_, totals) in unloaded.totals.iter().filter(|(c, _)| c == currency) {
                 balance.available += totals.available;
                 balance.pending += totals.pending;
@@ -427,8 +430,8 @@ impl MemberLedger {
     /// Brings the lots up to `now`: activates those whose return window closed and expires those
     /// whose time ran out. Returns at most one activation and one expiry movement per currency.
     pub fn catch_up(&mut self, now: Timestamp, ids: &mut IdAllocator) -> Vec<Movement> {
-        if let Some(unloaded) = &self.unloaded {
-            assert!(now <= unloaded.until, "a partial ledger can catch up to {} only", unloaded.until);
+        if self.unloaded.as_ref().is_some_and(|unloaded| now > unloaded.until) {
+            std::panic::panic_any(PartialLedger { member_id: self.member_id, what: "a later catch-up" });
         }
         let mut activations: Vec<(PointCurrency, Vec<Posting>)> = Vec::new();
         let mut expiries: Vec<(PointCurrency, Vec<Posting>)> = Vec::new();
