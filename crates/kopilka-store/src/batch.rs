@@ -285,26 +285,8 @@ async fn load_members(
     survivors: &mut Vec<(TenantId, MemberId)>,
 ) -> Result<()> {
     for chunk in keys.chunks(chunk_rows(2)) {
-        let mut query = Builder::new("WITH k(t, v) AS (");
-        query.push_values(chunk, |mut b, (tenant, id)| {
-            b.push_bind(tenant.0).push_bind(id.0);
-        });
-        query.push(format!(
-            ") SELECT tenant_id, {MEMBER_COLUMNS} FROM k JOIN members ON members.tenant_id = k.t AND members.id = k.v"
-        ));
-        for row in query.fetch_all(&mut *conn).await? {
-            let tenant = TenantId(row.get("tenant_id"));
-            let member = member_of_row(&row)?;
-            if let Some(survivor) = member.merged_into {
-                survivors.push((tenant, survivor));
-            }
-            loaded.lots.insert((tenant, member.id), Vec::new());
-            loaded.members.insert((tenant, member.id), member);
-        }
-        let mut query = Builder::new("WITH k(t, v) AS (");
-        query.push_values(chunk, |mut b, (tenant, id)| {
-            b.push_bind(tenant.0).push_bind(id.0);
-        });
+        load_member_rows(conn, chunk, loaded, survivors).await?;
+        let mut query = members_table(chunk);
         query.push(format!(") SELECT tenant_id, {LOT_COLUMNS} FROM k JOIN lots{} ON lots.tenant_id = k.t AND lots.member_id = k.v WHERE state IN ('pending', 'available')", Backend::of(conn).indexed_by("lots_member")));
         for row in query.fetch_all(&mut *conn).await? {
             let lot = lot_of_row(&row)?;
@@ -312,6 +294,41 @@ async fn load_members(
         }
     }
     Ok(())
+}
+
+/// `WITH k(t, v) AS (VALUES …`: the members of `chunk` as a constant table to join, left open.
+fn members_table<'a>(chunk: &[(TenantId, MemberId)]) -> Builder<'a> {
+    let mut query = Builder::new("WITH k(t, v) AS (");
+    query.push_values(chunk, |mut b, (tenant, id)| {
+        b.push_bind(tenant.0).push_bind(id.0);
+    });
+    query
+}
+
+/// The member rows of `chunk`, each with no lots yet; the survivors of merged ones are noted.
+/// Returns the members found.
+async fn load_member_rows(
+    conn: &mut AnyConnection,
+    chunk: &[(TenantId, MemberId)],
+    loaded: &mut Loaded,
+    survivors: &mut Vec<(TenantId, MemberId)>,
+) -> Result<Vec<(TenantId, MemberId)>> {
+    let mut query = members_table(chunk);
+    query.push(format!(
+        ") SELECT tenant_id, {MEMBER_COLUMNS} FROM k JOIN members ON members.tenant_id = k.t AND members.id = k.v"
+    ));
+    let mut found = Vec::new();
+    for row in query.fetch_all(&mut *conn).await? {
+        let tenant = TenantId(row.get("tenant_id"));
+        let member = member_of_row(&row)?;
+        if let Some(survivor) = member.merged_into {
+            survivors.push((tenant, survivor));
+        }
+        found.push((tenant, member.id));
+        loaded.lots.insert((tenant, member.id), Vec::new());
+        loaded.members.insert((tenant, member.id), member);
+    }
+    Ok(found)
 }
 
 /// Members with only the lots that catching up to `at` changes, and the totals of the others.
@@ -324,29 +341,12 @@ async fn load_light_members(
 ) -> Result<()> {
     let at_micros = micros::of(at);
     for chunk in keys.chunks(chunk_rows(2)) {
-        let mut query = Builder::new("WITH k(t, v) AS (");
-        query.push_values(chunk, |mut b, (tenant, id)| {
-            b.push_bind(tenant.0).push_bind(id.0);
-        });
-        query.push(format!(
-            ") SELECT tenant_id, {MEMBER_COLUMNS} FROM k JOIN members ON members.tenant_id = k.t AND members.id = k.v"
-        ));
-        for row in query.fetch_all(&mut *conn).await? {
-            let tenant = TenantId(row.get("tenant_id"));
-            let member = member_of_row(&row)?;
-            if let Some(survivor) = member.merged_into {
-                survivors.push((tenant, survivor));
-            }
-            loaded.lots.insert((tenant, member.id), Vec::new());
-            loaded.unloaded.insert((tenant, member.id), (Vec::new(), at));
-            loaded.members.insert((tenant, member.id), member);
+        for key in load_member_rows(conn, chunk, loaded, survivors).await? {
+            loaded.unloaded.insert(key, (Vec::new(), at));
         }
         // Due by `at` exactly when `Lot::state_at(at)` differs from the stored state.
         let indexed = Backend::of(conn).indexed_by("lots_member");
-        let mut query = Builder::new("WITH k(t, v) AS (");
-        query.push_values(chunk, |mut b, (tenant, id)| {
-            b.push_bind(tenant.0).push_bind(id.0);
-        });
+        let mut query = members_table(chunk);
         query.push(format!(") SELECT tenant_id, {LOT_COLUMNS} FROM k JOIN lots{indexed} ON lots.tenant_id = k.t AND lots.member_id = k.v WHERE state IN ('pending', 'available') AND (expires_at <= "));
         query
             .push_bind(at_micros)
@@ -357,10 +357,7 @@ async fn load_light_members(
             let lot = lot_of_row(&row)?;
             loaded.lots.entry((TenantId(row.get("tenant_id")), lot.member_id)).or_default().push(lot);
         }
-        let mut query = Builder::new("WITH k(t, v) AS (");
-        query.push_values(chunk, |mut b, (tenant, id)| {
-            b.push_bind(tenant.0).push_bind(id.0);
-        });
+        let mut query = members_table(chunk);
         query.push(format!(") SELECT tenant_id, member_id, currency, state, CAST(SUM(remaining) AS BIGINT) FROM k JOIN lots{indexed} ON lots.tenant_id = k.t AND lots.member_id = k.v WHERE state IN ('pending', 'available') AND expires_at > "));
         query.push_bind(at_micros).push(" AND (state = 'available' OR available_from > ").push_bind(at_micros);
         query.push(") GROUP BY tenant_id, member_id, currency, state");
