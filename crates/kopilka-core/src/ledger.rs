@@ -329,8 +329,8 @@ pub struct MemberLedger {
     pub lots: Vec<Lot>,
     /// Lots created or changed since the store last saved this ledger.
     pub dirty: Vec<LotId>,
-    /// For a partial ledger, the totals of the open lots left unloaded, by currency: none of them
-    /// changes state before `unloaded_until`.
+    /// For a partial ledger, the totals of the open lots left unloaded, by currency, and the
+    /// moment (`until`) up to which none of them changes state.
     unloaded: Option<Unloaded>,
 }
 
