@@ -28,6 +28,13 @@ async fn configure(h: &Harness, channel: Channel, config: serde_json::Value) {
     db::put_channel(h.pool(), h.tenant, channel, &config, h.now()).await.unwrap();
 }
 
+/// An SMS channel through Twilio's API at `base_url`, with placeholder credentials.
+async fn configure_twilio(h: &Harness, base_url: &str) {
+    let config =
+        json!({"provider": "twilio", "account_sid": "AC1", "auth_token": "t", "from": "+1", "base_url": base_url});
+    configure(h, Channel::Sms, config).await;
+}
+
 async fn template(h: &Harness, kind: &str, channel: Channel, subject: Option<&str>, text: &str, html: Option<&str>) {
     let template = Template { subject: subject.map(Into::into), text: text.into(), html: html.map(Into::into) };
     kopilka_notify::templates::validate(kind, channel, "ru", &template).unwrap();
@@ -236,12 +243,7 @@ both_stores! {
     async fn consent_opt_outs_the_daily_cap_and_quiet_hours_are_respected_and_suppressions_logged() {
         let h = Harness::new().await;
         let provider = Receiver::start(0).await;
-        configure(
-            &h,
-            Channel::Sms,
-            json!({"provider": "twilio", "account_sid": "AC1", "auth_token": "t", "from": "+1", "base_url": provider.url}),
-        )
-        .await;
+        configure_twilio(&h, &provider.url).await;
         template(&h, "points_earn", Channel::Sms, None, "+{{ event.points }}", None).await;
         let settings = Settings { daily_cap_per_member: 2, ..Settings::default() };
         db::put_settings(h.pool(), h.tenant, &settings, h.now()).await.unwrap();
@@ -313,7 +315,7 @@ both_stores! {
 both_stores! {
     async fn erasing_a_member_clears_their_addresses_and_messages_from_the_delivery_log() {
         let h = Harness::new().await;
-        configure(&h, Channel::Sms, json!({"provider": "twilio", "account_sid": "AC1", "auth_token": "t", "from": "+1", "base_url": closed_url().await})).await;
+        configure_twilio(&h, &closed_url().await).await;
         template(&h, "points_earn", Channel::Sms, None, "+{{ event.points }} для {{ member.name }}", None).await;
         h.member(1, json!({"sms": true})).await;
         h.event(&points_earned(1, 5)).await;
@@ -334,7 +336,7 @@ both_stores! {
 both_stores! {
     async fn a_retry_of_a_message_that_would_fall_in_quiet_hours_waits_until_they_end() {
         let h = Harness::new().await;
-        configure(&h, Channel::Sms, json!({"provider": "twilio", "account_sid": "AC1", "auth_token": "t", "from": "+1", "base_url": closed_url().await})).await;
+        configure_twilio(&h, &closed_url().await).await;
         template(&h, "points_earn", Channel::Sms, None, "+{{ event.points }}", None).await;
         let quiet = Settings {
             quiet_hours: Some(QuietHours { start: "22:00".into(), end: "09:00".into() }),
@@ -356,12 +358,7 @@ both_stores! {
     async fn quiet_hours_follow_each_member_time_zone_and_templates_each_member_language() {
         let h = Harness::new().await;
         let provider = Receiver::start(0).await;
-        configure(
-            &h,
-            Channel::Sms,
-            json!({"provider": "twilio", "account_sid": "AC1", "auth_token": "t", "from": "+1", "base_url": provider.url}),
-        )
-        .await;
+        configure_twilio(&h, &provider.url).await;
         template(&h, "points_earn", Channel::Sms, None, "Начислено {{ event.points }} баллов", None).await;
         let english = Template { subject: None, text: "{{ event.points }} points earned".into(), html: None };
         let row = TemplateRow {
