@@ -16,7 +16,7 @@ use crate::dto::TenantCreated;
 use crate::engine::{Command, Idempotency, Reply, Request};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::writer::Writer;
+use crate::writer::{Writer, BATCH_SIZE_MAX, BULK_BATCH_SIZE_MAX};
 
 /// What handlers share.
 #[derive(Clone)]
@@ -77,9 +77,26 @@ pub async fn open(
     database: impl Into<Database>,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<(AppState, tokio::task::JoinHandle<()>)> {
+    open_with(database, clock, BATCH_SIZE_MAX).await
+}
+
+/// [`open`] for work no client waits on (imports, jobs run from the CLI): the writer's
+/// transactions are larger, so each request writes fewer bytes.
+pub async fn open_bulk(
+    database: impl Into<Database>,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<(AppState, tokio::task::JoinHandle<()>)> {
+    open_with(database, clock, BULK_BATCH_SIZE_MAX).await
+}
+
+async fn open_with(
+    database: impl Into<Database>,
+    clock: Arc<dyn Clock>,
+    batch_max: usize,
+) -> anyhow::Result<(AppState, tokio::task::JoinHandle<()>)> {
     let store = Store::connect(&database.into()).await?;
     let metrics = Arc::new(Metrics::default());
-    let (writer, writer_task) = Writer::start(&store, clock.clone(), metrics.clone()).await?;
+    let (writer, writer_task) = Writer::start_with(&store, clock.clone(), metrics.clone(), batch_max).await?;
     let state = AppState { store, writer, clock, metrics, keys: Arc::new(KeyCache::default()) };
     Ok((state, writer_task))
 }

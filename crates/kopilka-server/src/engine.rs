@@ -127,6 +127,25 @@ impl Command {
 pub struct Idempotency {
     pub key: String,
     pub request_hash: Vec<u8>,
+    pub kept: Kept,
+}
+
+impl Idempotency {
+    /// A key whose first answer is kept whole and returned byte for byte on a retry (the API's).
+    pub fn new(key: String, request_hash: Vec<u8>) -> Idempotency {
+        Idempotency { key, request_hash, kept: Kept::Answer }
+    }
+}
+
+/// What is kept of the first answer under a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    /// The status and body: a retry gets the same bytes.
+    Answer,
+    /// The status alone, with an empty body: for a caller that learns from a retry only that the
+    /// request was applied before (an import, whose keys and hashes no API request shares). A
+    /// purchase's answer is a kilobyte, a third of what the purchase writes.
+    Status,
 }
 
 /// A command for one tenant, as the writer receives it.
@@ -390,10 +409,14 @@ impl<'a> BatchState<'a> {
         }
         let reply = self.decide(request.tenant, &request.command)?;
         if let Some(idempotency) = &request.idempotency {
+            let body = match idempotency.kept {
+                Kept::Answer => reply.stored_body.clone().unwrap_or_else(|| reply.body.clone()),
+                Kept::Status => Vec::new(),
+            };
             let stored = StoredResponse {
                 request_hash: idempotency.request_hash.clone(),
                 status: reply.status,
-                body: reply.stored_body.clone().unwrap_or_else(|| reply.body.clone()),
+                body,
                 member_id: reply.member_id,
             };
             self.idempotency.insert((request.tenant, idempotency.key.clone()), stored.clone());

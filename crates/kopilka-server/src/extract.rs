@@ -64,7 +64,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Mutation<T> {
         hasher.update(&bytes);
         // A command with nothing to say (an erasure) may send no body at all.
         let body = if bytes.is_empty() { parse_json(b"{}")? } else { parse_json(&bytes)? };
-        Ok(Mutation { idempotency: Idempotency { key, request_hash: hasher.finalize().to_vec() }, body })
+        Ok(Mutation { idempotency: Idempotency::new(key, hasher.finalize().to_vec()), body })
     }
 }
 

@@ -19,7 +19,39 @@ pub struct Metrics {
     /// Batches decided a second time because a command met a ledger loaded light.
     pub writer_whole_reloads: AtomicU64,
     pub writer_commit_micros: AtomicU64,
+    /// Where the writer's time goes, per [`WriterStage`]: what bounds its batches.
+    pub writer_stage_micros: [AtomicU64; WriterStage::ALL.len()],
     pub job_movements: AtomicU64,
+}
+
+/// The steps of a writer batch, one after another on its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriterStage {
+    /// BEGIN (the write lock), programs saved by other nodes, the id seeds.
+    Begin,
+    /// Reading what the batch's commands name: members' ledgers, idempotency keys, purchases.
+    Load,
+    /// Deciding every command in memory.
+    Decide,
+    /// The multi-row INSERTs and UPDATEs, and the id seeds saved.
+    Flush,
+    /// COMMIT: the WAL's (or PostgreSQL's) fsync.
+    Commit,
+}
+
+impl WriterStage {
+    pub const ALL: [WriterStage; 5] =
+        [WriterStage::Begin, WriterStage::Load, WriterStage::Decide, WriterStage::Flush, WriterStage::Commit];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WriterStage::Begin => "begin",
+            WriterStage::Load => "load",
+            WriterStage::Decide => "decide",
+            WriterStage::Flush => "flush",
+            WriterStage::Commit => "commit",
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -30,6 +62,18 @@ struct Histogram {
 }
 
 impl Metrics {
+    pub fn add_stage(&self, stage: WriterStage, elapsed: Duration) {
+        self.writer_stage_micros[stage as usize].fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Seconds the writer has spent in each stage, in [`WriterStage::ALL`]'s order.
+    pub fn stage_seconds(&self) -> Vec<(&'static str, f64)> {
+        WriterStage::ALL
+            .iter()
+            .map(|stage| (stage.name(), self.writer_stage_micros[*stage as usize].load(Ordering::Relaxed) as f64 / 1e6))
+            .collect()
+    }
+
     pub fn observe_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
         let seconds = elapsed.as_secs_f64();
         let mut requests = self.requests.lock().expect("metrics lock");
@@ -74,6 +118,12 @@ impl Metrics {
         ] {
             let _ =
                 writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
+        }
+        let name = "kopilka_writer_stage_microseconds_total";
+        let _ = writeln!(out, "# HELP {name} Time the writer spent in each step of its batches\n# TYPE {name} counter");
+        for stage in WriterStage::ALL {
+            let micros = self.writer_stage_micros[stage as usize].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}{{stage=\"{}\"}} {micros}", stage.name());
         }
         out
     }

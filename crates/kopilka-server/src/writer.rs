@@ -28,11 +28,16 @@ use crate::clock::Clock;
 use crate::dto::{ApiKeyCreated, ProgramView, TenantCreated};
 use crate::engine::{self, BatchState, Command, Programs, Reply, Request};
 use crate::error::ApiError;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, WriterStage};
 
 /// Requests per transaction. Large enough to amortize the fsync, small enough that the first
 /// request of a batch does not wait long for the last.
 pub const BATCH_SIZE_MAX: usize = 1_024;
+/// Requests per transaction for a writer no client waits on (an import): every index page a
+/// transaction touches is written whole to the WAL once per transaction, so the larger the batch,
+/// the fewer bytes per request. A server writing to the same SQLite file waits for the lock while
+/// such a batch commits (about a second), within its busy timeout.
+pub const BULK_BATCH_SIZE_MAX: usize = 8_192;
 /// Requests waiting for the writer; senders wait when it is full (backpressure, not loss).
 pub const QUEUE_LEN_MAX: usize = 16_384;
 
@@ -56,13 +61,23 @@ impl Writer {
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> Result<(Writer, tokio::task::JoinHandle<()>), StoreError> {
+        Writer::start_with(store, clock, metrics, BATCH_SIZE_MAX).await
+    }
+
+    /// Starts a writer whose transactions hold up to `batch_max` requests.
+    pub async fn start_with(
+        store: &Store,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        batch_max: usize,
+    ) -> Result<(Writer, tokio::task::JoinHandle<()>), StoreError> {
         let mut connection = store.writer_connection().await?;
         let checkpointer = Checkpointer::start(store, &mut connection).await?;
         let mut programs = Programs::default();
         for (tenant, id, version, program) in store.programs().await? {
             programs.put(tenant, id, version, program);
         }
-        let task = WriterTask { connection, clock, metrics, programs, checkpointer };
+        let task = WriterTask { connection, clock, metrics, programs, checkpointer, batch_max: batch_max.max(1) };
         let (sender, receiver) = mpsc::channel(QUEUE_LEN_MAX);
         let handle = tokio::spawn(task.run(receiver));
         Ok((Writer { sender }, handle))
@@ -119,6 +134,24 @@ fn decide(
     }
 }
 
+/// Times the stages of one batch into the writer's metrics; a stage a batch fails in is not counted.
+struct Stopwatch {
+    metrics: Arc<Metrics>,
+    since: Instant,
+}
+
+impl Stopwatch {
+    fn new(metrics: &Arc<Metrics>) -> Self {
+        Stopwatch { metrics: metrics.clone(), since: Instant::now() }
+    }
+
+    fn lap(&mut self, stage: WriterStage) {
+        let now = Instant::now();
+        self.metrics.add_stage(stage, now - self.since);
+        self.since = now;
+    }
+}
+
 /// The answer to an enqueued request; it comes after the request's batch is committed.
 pub struct Answer(oneshot::Receiver<Result<Reply, ApiError>>);
 
@@ -139,12 +172,13 @@ struct WriterTask {
     programs: Programs,
     /// SQLite's WAL checkpoints, run beside the writer instead of inside its commits.
     checkpointer: Option<Checkpointer>,
+    batch_max: usize,
 }
 
 impl WriterTask {
     async fn run(mut self, mut receiver: mpsc::Receiver<Envelope>) {
-        let mut batch: Vec<Envelope> = Vec::with_capacity(BATCH_SIZE_MAX);
-        while receiver.recv_many(&mut batch, BATCH_SIZE_MAX).await > 0 {
+        let mut batch: Vec<Envelope> = Vec::with_capacity(self.batch_max);
+        while receiver.recv_many(&mut batch, self.batch_max).await > 0 {
             let mut group = Vec::new();
             for envelope in batch.drain(..) {
                 if envelope.request.command.runs_alone() {
@@ -208,11 +242,14 @@ impl WriterTask {
         requests: &[&Request],
         now: Timestamp,
     ) -> Result<Vec<Result<Reply, ApiError>>, StoreError> {
+        let mut stages = Stopwatch::new(&self.metrics);
         batch::begin(&mut self.connection).await?;
         self.refresh_programs().await?;
         let seeds = batch::id_seeds(&mut self.connection).await?;
+        stages.lap(WriterStage::Begin);
         let mut keys = engine::keys(requests, now);
         let loaded = batch::load(&mut self.connection, &keys).await?;
+        stages.lap(WriterStage::Load);
         let decided = match decide(&self.programs, loaded, seeds.clone(), requests, now) {
             Ok(decided) => decided,
             Err(partial) => {
@@ -227,11 +264,14 @@ impl WriterTask {
             }
         };
         let (replies, writes, (ids, last_event_id)) = decided;
+        stages.lap(WriterStage::Decide);
         if !writes.is_empty() {
             batch::flush(&mut self.connection, &writes).await?;
             batch::save_id_seeds(&mut self.connection, &ids, last_event_id).await?;
         }
+        stages.lap(WriterStage::Flush);
         batch::commit(&mut self.connection).await?;
+        stages.lap(WriterStage::Commit);
         Ok(replies)
     }
 

@@ -422,6 +422,7 @@ both_stores! {
         app.create_member("C-1").await;
         let metrics = app.client.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
         assert!(metrics.contains("kopilka_writer_commands_total"), "{metrics}");
+        assert!(metrics.contains("kopilka_writer_stage_microseconds_total{stage=\"commit\"}"), "{metrics}");
         assert!(metrics.contains("route=\"/v1/members\""), "{metrics}");
         let unknown = app.get("/v1/nope").await;
         assert_eq!(unknown.code(), "route_not_found");

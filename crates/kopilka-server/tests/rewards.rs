@@ -558,7 +558,7 @@ both_stores! {
         }
         let redeem = |key: String, reward: i64, member: i64| Request {
             tenant: TenantId(1),
-            idempotency: Some(Idempotency { key: key.clone(), request_hash: key.into_bytes() }),
+            idempotency: Some(Idempotency::new(key.clone(), key.into_bytes())),
             command: Command::Reward(RewardCommand::Redeem {
                 reward_id: RewardId(reward),
                 member_id: MemberId(member),

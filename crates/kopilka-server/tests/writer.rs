@@ -21,7 +21,7 @@ use kopilka_core::{Balance, MemberId, MemberLedger, PointCurrency, Program, Purc
 use kopilka_server::app::{self, AppState};
 use kopilka_server::clock::{Clock, ManualClock};
 use kopilka_server::dto::{AdjustmentRequest, PurchaseRequest, RedemptionRequest, ReturnRequest};
-use kopilka_server::engine::{Command, Idempotency, Reply, Request};
+use kopilka_server::engine::{Command, Idempotency, Kept, Reply, Request};
 use kopilka_server::error::ApiError;
 use kopilka_server::jobs::{self, Job};
 use kopilka_store::testing::test_store;
@@ -147,7 +147,7 @@ fn points_currency() -> PointCurrency {
 /// body: the same command gives the same hash.
 fn request(key: String, command: Command) -> Request {
     let request_hash = format!("{command:?}").into_bytes();
-    Request { tenant: TENANT, idempotency: Some(Idempotency { key, request_hash }), command }
+    Request { tenant: TENANT, idempotency: Some(Idempotency::new(key, request_hash)), command }
 }
 
 fn purchase_command(member: i64, receipt: &str, lines: Vec<LineInput>, redeem_points: i64) -> Command {
@@ -997,6 +997,70 @@ both_stores! {
         assert_eq!(harness.balance(anna).await, Balance { available: 0, pending: earned_before });
         assert_eq!(harness.balance(boris).await, Balance::default());
         harness.assert_ledger_sound("after the burst").await;
+        harness.stop().await;
+    }
+}
+
+both_stores! {
+    async fn the_kept_lot_totals_follow_every_change_and_a_drift_is_reported() {
+        let dir = test_store().await;
+        let harness = Harness::fresh(&dir.database).await;
+        let (a, b) = (create_member(&harness, "C-a").await, create_member(&harness, "C-b").await);
+        harness.submit(request("adjust".into(), adjust_command(a, 300))).await.unwrap();
+        for i in 0..3 {
+            let purchase = purchase_command(a, &format!("R-{i}"), vec![line("A", 1, 2_000_00)], 0);
+            harness.submit(request(format!("p-{i}"), purchase)).await.unwrap();
+        }
+        harness.submit(request("redeem".into(), redeem_command(a, 120))).await.unwrap();
+        let merge = Command::MergeMembers { survivor_id: MemberId(b), absorbed_id: MemberId(a) };
+        harness.submit(request("merge".into(), merge)).await.unwrap();
+        // Pending lots become available, then everything expires: the totals move between states.
+        harness.clock.advance(SignedDuration::from_hours(24 * 30));
+        jobs::run_once(&harness.state.store, &harness.state.writer, &*harness.clock, Job::Activate, None).await.unwrap();
+        let purchase = purchase_command(b, "R-late", vec![line("A", 1, 1_000_00)], 0);
+        let reply = harness.submit(request("late".into(), purchase)).await.unwrap();
+        let (_, replied) = balance_of(&json(&reply));
+        assert_eq!(replied, harness.balance(b).await, "a light load counts the kept totals as the lots do");
+        harness.assert_ledger_sound("after purchases, a redemption, a merge and activation").await;
+        harness.clock.advance(SignedDuration::from_hours(24 * 800));
+        jobs::run_once(&harness.state.store, &harness.state.writer, &*harness.clock, Job::Expiry, None).await.unwrap();
+        harness.assert_ledger_sound("after expiry").await;
+
+        sqlx::query("UPDATE member_lot_totals SET remaining = remaining + 7 WHERE member_id = $1")
+            .bind(b)
+            .execute(&harness.state.store.pool)
+            .await
+            .unwrap();
+        let report = harness.state.store.verify().await.unwrap();
+        assert!(
+            report.problems.iter().any(|p| p.contains(&format!("member {b} ")) && p.contains("member_lot_totals says 7")),
+            "{:?}",
+            report.problems
+        );
+        harness.stop().await;
+    }
+}
+
+both_stores! {
+    async fn a_key_that_keeps_only_the_status_replays_an_empty_body() {
+        let dir = test_store().await;
+        let harness = Harness::fresh(&dir.database).await;
+        let member = create_member(&harness, "C-1").await;
+        let status_only = |command: Command| {
+            let mut request = request("import:purchase:R-1".into(), command);
+            request.idempotency.as_mut().unwrap().kept = Kept::Status;
+            request
+        };
+        let first = harness.submit(status_only(purchase_command(member, "R-1", vec![line("A", 1, 500_00)], 0))).await;
+        let first = first.unwrap();
+        assert!(!first.replayed && first.status == 201 && !first.body.is_empty(), "the first answer is whole");
+        let again = harness.submit(status_only(purchase_command(member, "R-1", vec![line("A", 1, 500_00)], 0))).await;
+        let again = again.unwrap();
+        assert!(again.replayed && again.status == 201, "{again:?}");
+        assert!(again.body.is_empty(), "only the status was kept");
+        let changed = harness.submit(status_only(purchase_command(member, "R-1", vec![line("A", 2, 500_00)], 0))).await;
+        assert_eq!(code(&changed.unwrap_err()), "idempotency_key_reused", "the hash is still compared");
+        assert_eq!(harness.purchase_count().await, 1);
         harness.stop().await;
     }
 }

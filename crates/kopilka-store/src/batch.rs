@@ -345,29 +345,35 @@ async fn load_light_members(
             loaded.unloaded.insert(key, (Vec::new(), at));
         }
         // Due by `at` exactly when `Lot::state_at(at)` differs from the stored state.
-        let indexed = Backend::of(conn).indexed_by("lots_member");
+        let backend = Backend::of(conn);
+        let (indexed, due_at) = (backend.indexed_by("lots_member"), backend.lot_due_at());
         let mut query = members_table(chunk);
-        query.push(format!(") SELECT tenant_id, {LOT_COLUMNS} FROM k JOIN lots{indexed} ON lots.tenant_id = k.t AND lots.member_id = k.v WHERE state IN ('pending', 'available') AND (expires_at <= "));
-        query
-            .push_bind(at_micros)
-            .push(" OR (state = 'pending' AND available_from <= ")
-            .push_bind(at_micros)
-            .push("))");
+        query.push(format!(") SELECT tenant_id, {LOT_COLUMNS} FROM k JOIN lots{indexed} ON lots.tenant_id = k.t AND lots.member_id = k.v WHERE state IN ('pending', 'available') AND {due_at} <= "));
+        query.push_bind(at_micros);
+        let mut due = Vec::new();
         for row in query.fetch_all(&mut *conn).await? {
-            let lot = lot_of_row(&row)?;
-            loaded.lots.entry((TenantId(row.get("tenant_id")), lot.member_id)).or_default().push(lot);
+            due.push((TenantId(row.get("tenant_id")), lot_of_row(&row)?));
         }
+        // The totals of every open lot by stored state (kept by triggers), less the due lots'.
         let mut query = members_table(chunk);
-        query.push(format!(") SELECT tenant_id, member_id, currency, state, CAST(SUM(remaining) AS BIGINT) FROM k JOIN lots{indexed} ON lots.tenant_id = k.t AND lots.member_id = k.v WHERE state IN ('pending', 'available') AND expires_at > "));
-        query.push_bind(at_micros).push(" AND (state = 'available' OR available_from > ").push_bind(at_micros);
-        query.push(") GROUP BY tenant_id, member_id, currency, state");
+        query.push(") SELECT tenant_id, member_id, currency, state, remaining FROM k JOIN member_lot_totals AS totals ON totals.tenant_id = k.t AND totals.member_id = k.v");
         for row in query.fetch_all(&mut *conn).await? {
             let key = (TenantId(row.get(0)), MemberId(row.get(1)));
             let currency: String = row.get(2);
-            let currency = PointCurrency::parse(&currency)
-                .map_err(|e| StoreError::Corrupt { table: "lots", detail: format!("currency {currency:?}: {e}") })?;
+            let currency = PointCurrency::parse(&currency).map_err(|e| StoreError::Corrupt {
+                table: "member_lot_totals",
+                detail: format!("currency {currency:?}: {e}"),
+            })?;
             let state: String = row.get(3);
-            let sum: i64 = row.get(4);
+            let pending = state == "pending";
+            let mut sum: i64 = row.get(4);
+            for (_, lot) in due.iter().filter(|(tenant, lot)| {
+                (*tenant, lot.member_id) == key
+                    && lot.currency == currency
+                    && (lot.state == LotState::Pending) == pending
+            }) {
+                sum -= lot.remaining;
+            }
             let Some((totals, _)) = loaded.unloaded.get_mut(&key) else { continue };
             let index = match totals.iter().position(|(c, _)| *c == currency) {
                 Some(index) => index,
@@ -376,10 +382,13 @@ async fn load_light_members(
                     totals.len() - 1
                 }
             };
-            match state.as_str() {
-                "pending" => totals[index].1.pending += sum,
-                _ => totals[index].1.available += sum,
+            match pending {
+                true => totals[index].1.pending += sum,
+                false => totals[index].1.available += sum,
             }
+        }
+        for (tenant, lot) in due {
+            loaded.lots.entry((tenant, lot.member_id)).or_default().push(lot);
         }
     }
     Ok(())

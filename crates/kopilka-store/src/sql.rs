@@ -53,6 +53,18 @@ impl Backend {
         }
     }
 
+    /// When a lot's stored state next changes: at its expiry, or (pending) at its availability if
+    /// that is earlier. Written exactly as the `lots_member` index of migration 0012 holds it, so
+    /// the lots due by a moment are one index range per state.
+    pub fn lot_due_at(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "(CASE state WHEN 'pending' THEN min(available_from, expires_at) ELSE expires_at END)",
+            Backend::Postgres => {
+                "(CASE state WHEN 'pending' THEN LEAST(available_from, expires_at) ELSE expires_at END)"
+            }
+        }
+    }
+
     /// Lets concurrent claimers of rows (dispatchers on several nodes) pass over rows another has
     /// locked instead of waiting for them and claiming them twice. SQLite has one writer at a
     /// time, so nothing is needed there.

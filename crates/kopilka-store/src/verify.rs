@@ -17,7 +17,8 @@ pub struct LedgerReport {
 
 impl Store {
     /// Checks that every movement balances, that all accounts sum to zero per tenant and currency,
-    /// and that each member's pending and available accounts equal the remaining of their lots.
+    /// that each member's pending and available accounts equal the remaining of their lots, and
+    /// that the totals kept of those lots (`member_lot_totals`) are their sums.
     pub async fn verify(&self) -> Result<LedgerReport> {
         let mut report = LedgerReport {
             movements: sqlx::query_scalar("SELECT COUNT(*) FROM movements").fetch_one(&self.pool).await?,
@@ -67,9 +68,36 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?;
+        let mut lot_sums = BTreeMap::new();
         for row in lots {
-            let key = (row.get(0), row.get(1), row.get(2), row.get(3));
-            by_account.entry(key).or_default().1 = row.get(4);
+            let key: (i64, i64, String, String) = (row.get(0), row.get(1), row.get(2), row.get(3));
+            let sum: i64 = row.get(4);
+            by_account.entry(key.clone()).or_default().1 = sum;
+            lot_sums.insert(key, sum);
+        }
+        // The totals the triggers keep must be the lots' own sums (a member without open lots
+        // may keep a row of zero).
+        let kept =
+            sqlx::query("SELECT tenant_id, member_id, currency, 'member_' || state, remaining FROM member_lot_totals")
+                .fetch_all(&self.pool)
+                .await?;
+        for row in kept {
+            let key: (i64, i64, String, String) = (row.get(0), row.get(1), row.get(2), row.get(3));
+            let remaining: i64 = row.get(4);
+            let sum = lot_sums.remove(&key).unwrap_or(0);
+            if remaining != sum {
+                let (tenant, member, currency, account) = key;
+                report.problems.push(format!(
+                    "tenant {tenant} member {member} {currency} {account}: member_lot_totals says {remaining}, lots say {sum}"
+                ));
+            }
+        }
+        for ((tenant, member, currency, account), sum) in lot_sums {
+            if sum != 0 {
+                report.problems.push(format!(
+                    "tenant {tenant} member {member} {currency} {account}: member_lot_totals has no row, lots say {sum}"
+                ));
+            }
         }
         for ((tenant, member, currency, account), (postings, lots)) in by_account {
             if postings != lots {

@@ -225,7 +225,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.anchor_only {
         let anchor = with_run_dir(&args, |dir| async move {
             let workload = Workload::generate(sizes.members, sizes.purchases, args.seed);
-            let batch = args.anchor_batch.unwrap_or(BATCH_SIZE_MAX).clamp(1, BATCH_SIZE_MAX);
+            let batch = args.anchor_batch.unwrap_or(BATCH_SIZE_MAX).max(1);
             anchor_phase(Database::Sqlite(dir.join("anchor")), &workload, sizes, batch).await
         })
         .await?;
@@ -407,10 +407,10 @@ async fn engine_phase(database: Database, workload: &Workload, sizes: Sizes) -> 
         let request: PurchaseRequest = serde_json::from_slice(&body)?;
         lanes[i % lane_count].push(Request {
             tenant,
-            idempotency: Some(Idempotency {
-                key: workload.purchases[i].idempotency_key.clone(),
-                request_hash: request_hash("/v1/purchases", &body),
-            }),
+            idempotency: Some(Idempotency::new(
+                workload.purchases[i].idempotency_key.clone(),
+                request_hash("/v1/purchases", &body),
+            )),
             command: Command::Purchase(request),
         });
     }
@@ -502,10 +502,10 @@ async fn create_members_in_process(
                     let body = serde_json::to_vec(&profile)?;
                     let request = Request {
                         tenant,
-                        idempotency: Some(Idempotency {
-                            key: Workload::member_key(i),
-                            request_hash: request_hash("/v1/members", &body),
-                        }),
+                        idempotency: Some(Idempotency::new(
+                            Workload::member_key(i),
+                            request_hash("/v1/members", &body),
+                        )),
                         command: Command::CreateMember { profile, signup_at: None },
                     };
                     let reply = writer.submit(request).await.map_err(|e| anyhow::anyhow!("member {i}: {e}"))?;

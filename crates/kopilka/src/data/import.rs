@@ -18,6 +18,7 @@ use kopilka_store::Database;
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,8 +31,9 @@ use kopilka_server::app::{self, AppState};
 use kopilka_server::auth::generate_key;
 use kopilka_server::clock::SystemClock;
 use kopilka_server::dto::{PurchaseRequest, ReturnRequest, TenantCreated};
-use kopilka_server::engine::{Command, Reply, Request};
+use kopilka_server::engine::{Command, Kept, Reply, Request};
 use kopilka_server::error::ApiError;
+use kopilka_server::metrics::Metrics;
 use kopilka_store::Store;
 
 use super::csv_format::{reader, Header, Problem, Problems, Row, MEMBER_COLUMNS, TRANSACTION_COLUMNS};
@@ -108,7 +110,7 @@ pub async fn import(database: &Database, args: ImportArgs) -> anyhow::Result<()>
     let started = Instant::now();
     let file = display_name(&args.file);
     let records = read_records(&args.file)?;
-    let (state, writer_task) = app::open(database, Arc::new(SystemClock)).await?;
+    let (state, writer_task) = app::open_bulk(database, Arc::new(SystemClock)).await?;
     let result = async {
         let tenant = target_tenant(&state, &args).await?;
         match args.kind {
@@ -271,6 +273,19 @@ impl Report<'_> {
     }
 }
 
+/// Where the writer's time went: what bounds an import's speed.
+fn writer_summary(metrics: &Metrics) -> String {
+    let batches = metrics.writer_batches.load(Ordering::Relaxed);
+    let commands = metrics.writer_commands.load(Ordering::Relaxed);
+    let stages: Vec<String> =
+        metrics.stage_seconds().into_iter().map(|(stage, seconds)| format!("{stage} {seconds:.2} s")).collect();
+    format!(
+        "the writer committed {batches} transactions of {:.0} commands on average; {}",
+        commands as f64 / batches.max(1) as f64,
+        stages.join(", ")
+    )
+}
+
 fn lines_label(lines: &[u64]) -> String {
     match (lines.first(), lines.last()) {
         (Some(first), Some(last)) if first == last => format!("line {first}"),
@@ -380,7 +395,7 @@ async fn submit_members(
         .map(|member| {
             let command = Command::CreateMember { profile: member.profile.clone(), signup_at: member.signup_at };
             let hashed = (&member.profile, member.signup_at);
-            Request { tenant, idempotency: Some(idempotency(member.key.clone(), &hashed)), command }
+            Request { tenant, idempotency: Some(idempotency(member.key.clone(), &hashed, Kept::Status)), command }
         })
         .collect();
     let results = submit_in_order(&state.writer, requests, |result| Outcome::of(&result)).await;
@@ -934,8 +949,8 @@ impl ReceiptCommand {
 
     fn request(&self, tenant: TenantId) -> Request {
         let idempotency = match &self.command {
-            Command::Purchase(purchase) => idempotency(self.key.clone(), purchase),
-            Command::Return(ret) => idempotency(self.key.clone(), ret),
+            Command::Purchase(purchase) => idempotency(self.key.clone(), purchase, Kept::Status),
+            Command::Return(ret) => idempotency(self.key.clone(), ret, Kept::Status),
             _ => unreachable!("receipts are purchases and returns"),
         };
         Request { tenant, idempotency: Some(idempotency), command: self.command.clone() }
@@ -1055,5 +1070,6 @@ async fn import_transactions(
     for (receipt, outcome) in submit_receipts(state, tenant, receipts).await {
         report.add(&receipt.rows, outcome);
     }
+    eprintln!("{file}: {}", writer_summary(&state.metrics));
     report.finish(started)
 }

@@ -17,9 +17,9 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
-use kopilka_server::engine::{Idempotency, Reply, Request};
+use kopilka_server::engine::{Idempotency, Kept, Reply, Request};
 use kopilka_server::error::ApiError;
-use kopilka_server::writer::{Answer, Writer};
+use kopilka_server::writer::{Answer, Writer, BULK_BATCH_SIZE_MAX};
 use sha2::{Digest, Sha256};
 
 pub use demo::demo;
@@ -30,6 +30,9 @@ pub use migrate_store::migrate_store;
 /// Requests in flight at once: enough to fill the writer's batches (1,024), few enough that memory
 /// and the writer's queue (16,384) stay small.
 pub const IN_FLIGHT_MAX: usize = 1_000;
+/// Requests in flight at once to a bulk writer (`app::open_bulk`): two of its batches, so one
+/// fills while the other is written, and no more than the writer's queue holds; a few megabytes.
+pub const BULK_IN_FLIGHT_MAX: usize = 2 * BULK_BATCH_SIZE_MAX;
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -95,12 +98,15 @@ pub struct ExportArgs {
 
 /// The idempotency record of an imported row: a key derived from the file's own ids, and a hash of
 /// the command, so that a changed row under an old key is refused rather than silently ignored.
-fn idempotency(key: String, command: &impl serde::Serialize) -> Idempotency {
+/// `kept` says what a second run needs of the first answer: `kopilka import` only that the row was
+/// applied ([`Kept::Status`]), the Online Retail import the member each answer names. No API request
+/// can replay these keys: its hash is taken over other bytes.
+fn idempotency(key: String, command: &impl serde::Serialize, kept: Kept) -> Idempotency {
     let mut hasher = Sha256::new();
     hasher.update(key.as_bytes());
     hasher.update(b"\n");
     hasher.update(serde_json::to_vec(command).expect("commands serialize"));
-    Idempotency { key, request_hash: hasher.finalize().to_vec() }
+    Idempotency { key, request_hash: hasher.finalize().to_vec(), kept }
 }
 
 /// Runs `tasks` with at most [`IN_FLIGHT_MAX`] at once and returns their results in input order.
@@ -126,7 +132,7 @@ where
     Ok(results.into_iter().map(|r| r.expect("every task ran")).collect())
 }
 
-/// Sends requests to the writer in the order given, at most [`IN_FLIGHT_MAX`] waiting at once, and
+/// Sends requests to a bulk writer in the order given, at most [`BULK_IN_FLIGHT_MAX`] waiting at once, and
 /// returns what `keep` makes of each answer, in the same order. The writer decides requests in
 /// arrival order, so ids (members, purchases) follow the input: an import is deterministic, and
 /// its export comes back in the same order. Each request is on the writer's queue before the next
@@ -143,7 +149,7 @@ async fn submit_in_order<T>(
     let mut results = Vec::new();
     let mut waiting = VecDeque::new();
     for request in requests {
-        if waiting.len() >= IN_FLIGHT_MAX {
+        if waiting.len() >= BULK_IN_FLIGHT_MAX {
             results.push(keep(wait(waiting.pop_front().expect("not empty")).await));
         }
         waiting.push_back(writer.enqueue(request).await);

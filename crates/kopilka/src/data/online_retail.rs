@@ -45,7 +45,7 @@ use kopilka_core::{Currency, MemberId, Program, TenantId};
 use kopilka_server::app::{self, AppState};
 use kopilka_server::clock::{Clock, ManualClock};
 use kopilka_server::dto::{PurchaseRequest, ReturnRequest};
-use kopilka_server::engine::{Command, Reply, Request};
+use kopilka_server::engine::{Command, Kept, Reply, Request};
 use kopilka_server::error::ApiError;
 use kopilka_server::jobs::{self, Job};
 
@@ -428,7 +428,7 @@ impl Receipt {
                     program_id: None,
                     explain: false,
                 };
-                let idempotency = idempotency(key, &purchase);
+                let idempotency = idempotency(key, &purchase, Kept::Answer);
                 Request { tenant, idempotency: Some(idempotency), command: Command::Purchase(purchase) }
             }
             ReceiptKind::Return { purchase, lines, .. } => {
@@ -437,7 +437,7 @@ impl Receipt {
                     purchase_external_id: Some(purchase.clone()),
                     lines: Some(lines.clone()),
                 };
-                let idempotency = idempotency(key, &ret);
+                let idempotency = idempotency(key, &ret, Kept::Answer);
                 Request { tenant, idempotency: Some(idempotency), command: Command::Return(ret) }
             }
         }
@@ -670,7 +670,7 @@ async fn create_member(state: &AppState, tenant: TenantId, customer: &Customer) 
     let hashed = (&profile, signup_at);
     let request = Request {
         tenant,
-        idempotency: Some(idempotency(member_key(customer), &hashed)),
+        idempotency: Some(idempotency(member_key(customer), &hashed, Kept::Answer)),
         command: Command::CreateMember { profile, signup_at },
     };
     let refused = match Answer::of(state.writer.submit(request).await) {
