@@ -31,7 +31,7 @@ pub use migrate_store::migrate_store;
 /// and the writer's queue (16,384) stay small.
 pub const IN_FLIGHT_MAX: usize = 1_000;
 /// Requests in flight at once to a bulk writer (`app::open_bulk`): two of its batches, so one
-/// fills while the other is written, and no more than the writer's queue holds; a few megabytes.
+/// fills while the other is written, as many as its queue holds; tens of megabytes.
 pub const BULK_IN_FLIGHT_MAX: usize = 2 * BULK_BATCH_SIZE_MAX;
 
 #[derive(Args)]
