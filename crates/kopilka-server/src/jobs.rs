@@ -26,6 +26,9 @@ use crate::writer::Writer;
 /// Members caught up per writer command: large enough to amortize, small enough not to delay
 /// requests queued behind it.
 pub const CHUNK_MEMBERS_MAX: i64 = 500;
+/// Members caught up per command when no client waits on the writer (`kopilka jobs run`): fewer,
+/// larger transactions (expiry of 2 M lots: 55 s at 500, 46 s at 5,000).
+pub const BULK_CHUNK_MEMBERS_MAX: i64 = 5_000;
 /// A run stops after this many chunks; the next run goes on where it stopped.
 pub const CHUNKS_PER_RUN_MAX: usize = 100_000;
 
@@ -83,6 +86,18 @@ pub async fn run_once(
     job: Job,
     tenant: Option<TenantId>,
 ) -> Result<JobReport, ApiError> {
+    run_once_in_chunks(store, writer, clock, job, tenant, CHUNK_MEMBERS_MAX).await
+}
+
+/// [`run_once`] with activation and expiry catching up `chunk_members` members per command.
+pub async fn run_once_in_chunks(
+    store: &Store,
+    writer: &Writer,
+    clock: &dyn Clock,
+    job: Job,
+    tenant: Option<TenantId>,
+    chunk_members: i64,
+) -> Result<JobReport, ApiError> {
     if job == Job::Tiers {
         return review_tiers(store, writer, clock, tenant).await;
     }
@@ -94,7 +109,7 @@ pub async fn run_once(
     }
     let mut report = JobReport { job: job.name().to_string(), members: 0, movements: 0 };
     for _ in 0..CHUNKS_PER_RUN_MAX {
-        let due = store.members_with_due_lots(job.due(), tenant, clock.now(), CHUNK_MEMBERS_MAX).await?;
+        let due = store.members_with_due_lots(job.due(), tenant, clock.now(), chunk_members).await?;
         if due.is_empty() {
             break;
         }

@@ -355,6 +355,11 @@ async fn load_light_members(
             due.push((TenantId(row.get("tenant_id")), lot_of_row(&row)?));
         }
         // The totals of every open lot by stored state (kept by triggers), less the due lots'.
+        let mut due_sums: HashMap<(TenantId, MemberId, &PointCurrency, bool), i64> = HashMap::new();
+        for (tenant, lot) in &due {
+            let pending = lot.state == LotState::Pending;
+            *due_sums.entry((*tenant, lot.member_id, &lot.currency, pending)).or_default() += lot.remaining;
+        }
         let mut query = members_table(chunk);
         query.push(") SELECT tenant_id, member_id, currency, state, remaining FROM k JOIN member_lot_totals AS totals ON totals.tenant_id = k.t AND totals.member_id = k.v");
         for row in query.fetch_all(&mut *conn).await? {
@@ -366,14 +371,8 @@ async fn load_light_members(
             })?;
             let state: String = row.get(3);
             let pending = state == "pending";
-            let mut sum: i64 = row.get(4);
-            for (_, lot) in due.iter().filter(|(tenant, lot)| {
-                (*tenant, lot.member_id) == key
-                    && lot.currency == currency
-                    && (lot.state == LotState::Pending) == pending
-            }) {
-                sum -= lot.remaining;
-            }
+            let kept: i64 = row.get(4);
+            let sum = kept - due_sums.get(&(key.0, key.1, &currency, pending)).copied().unwrap_or(0);
             let Some((totals, _)) = loaded.unloaded.get_mut(&key) else { continue };
             let index = match totals.iter().position(|(c, _)| *c == currency) {
                 Some(index) => index,

@@ -202,7 +202,7 @@ async fn run_job(database: &Database, job: JobName, as_of: Option<jiff::Timestam
         Some(at) => Arc::new(kopilka_server::clock::ManualClock::new(at)),
         None => Arc::new(SystemClock),
     };
-    let (state, writer_task) = app::open(database, clock).await?;
+    let (state, writer_task) = app::open_bulk(database, clock).await?;
     let job = match job {
         JobName::Expiry => Job::Expiry,
         JobName::Activate => Job::Activate,
@@ -211,7 +211,8 @@ async fn run_job(database: &Database, job: JobName, as_of: Option<jiff::Timestam
         JobName::Reminders => Job::Reminders,
         JobName::Referrals => Job::Referrals,
     };
-    let report = jobs::run_once(&state.store, &state.writer, &*state.clock, job, None).await?;
+    let chunk = jobs::BULK_CHUNK_MEMBERS_MAX;
+    let report = jobs::run_once_in_chunks(&state.store, &state.writer, &*state.clock, job, None, chunk).await?;
     println!("{}: {} member(s), {} movement(s)", report.job, report.members, report.movements);
     drop(state);
     writer_task.await?;

@@ -157,8 +157,10 @@ async fn run_job(target: &Target, dir: &Path, job: Job, at: Timestamp) -> anyhow
     }
     memory::reset_own_peak();
     let started = Instant::now();
-    let (state, writer_task) = app::open(dir, Arc::new(ManualClock::new(at))).await?;
-    jobs::run_once(&state.store, &state.writer, &*state.clock, job, None).await?;
+    // As `kopilka jobs run` does it.
+    let (state, writer_task) = app::open_bulk(dir, Arc::new(ManualClock::new(at))).await?;
+    let chunk = jobs::BULK_CHUNK_MEMBERS_MAX;
+    jobs::run_once_in_chunks(&state.store, &state.writer, &*state.clock, job, None, chunk).await?;
     drop(state);
     writer_task.await?;
     Ok((started.elapsed(), memory::peak_kib(None).unwrap_or(0)))
