@@ -381,9 +381,10 @@ async fn load_light_members(
                     totals.len() - 1
                 }
             };
-            match pending {
-                true => totals[index].1.pending += sum,
-                false => totals[index].1.available += sum,
+            if pending {
+                totals[index].1.pending += sum;
+            } else {
+                totals[index].1.available += sum;
             }
         }
         for (tenant, lot) in due {
