@@ -561,6 +561,18 @@ pub async fn claim_due(
     lease_until: Timestamp,
     limit: i64,
 ) -> Result<Vec<DeliveryRow>> {
+    // A read first: the claim is a write, and on SQLite every write outside the writer contends
+    // with it for the database lock, the loser sleeping in SQLite's busy handler (steps of up to
+    // 100 ms). Nothing due, nothing written.
+    let due: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM deliveries WHERE status IN ('pending', 'failed') AND next_attempt_at <= $1 LIMIT 1",
+    )
+    .bind(micros::of(now))
+    .fetch_optional(&mut *conn)
+    .await?;
+    if due.is_none() {
+        return Ok(Vec::new());
+    }
     let sql = format!(
         // A join on the key, not `(tenant_id, id) IN (…)`: SQLite answers the IN by walking every
         // delivery of the tenant.
