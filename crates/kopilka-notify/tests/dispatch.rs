@@ -129,6 +129,58 @@ both_stores! {
 }
 
 both_stores! {
+    async fn two_passes_at_once_fan_each_event_out_once() {
+        // Passes plan outside the lock and write under it; the one that finds the cursor moved
+        // drops its plan. A delivery planned twice would fail on its primary key.
+        let h = Harness::new().await;
+        subscribe(&h, &closed_url().await, &[]).await;
+        for points in 1..=300 {
+            h.event(&points_earned(1, points)).await;
+        }
+        let mut a = h.dispatcher.pool().acquire().await.unwrap();
+        let mut b = h.dispatcher.pool().acquire().await.unwrap();
+        let mut consumed = 0;
+        for _ in 0..3 {
+            let (x, y) =
+                tokio::join!(kopilka_notify::fanout::pass(&mut a, h.now()), kopilka_notify::fanout::pass(&mut b, h.now()));
+            consumed += x.unwrap() + y.unwrap();
+        }
+        assert_eq!(consumed, 300);
+        assert_eq!(h.deliveries().await.len(), 300);
+        let cursor: i64 = sqlx::query_scalar("SELECT last_event_id FROM notify_cursor").fetch_one(h.pool()).await.unwrap();
+        assert_eq!(cursor, 300);
+    }
+}
+
+both_stores! {
+    async fn an_erasure_amid_events_is_applied_in_order_within_one_pass() {
+        let h = Harness::new().await;
+        configure_twilio(&h, &closed_url().await).await;
+        template(&h, "points_earn", Channel::Sms, None, "+{{ event.points }}", None).await;
+        h.member(1, json!({"sms": true})).await;
+        h.member(2, json!({"sms": true})).await;
+        h.event(&points_earned(1, 5)).await;
+        h.event(&points_earned(2, 6)).await;
+        h.event(&kopilka_core::DomainEvent::MemberErased { member_id: MemberId(1) }).await;
+        h.event(&points_earned(2, 7)).await;
+        let mut conn = h.dispatcher.pool().acquire().await.unwrap();
+        assert_eq!(kopilka_notify::fanout::pass(&mut conn, h.now()).await.unwrap(), 4, "one pass, three windows");
+        let rows = h.deliveries().await;
+        let of = |member: i64| rows.iter().filter(move |d| d.member_id == Some(member)).collect::<Vec<_>>();
+        let erased = of(1);
+        assert_eq!(erased.len(), 1);
+        assert_eq!(
+            (erased[0].status, erased[0].reason.as_deref(), erased[0].target.as_str()),
+            (DeliveryStatus::Suppressed, Some("member_erased"), ""),
+            "the message planned before the erasure is erased by it"
+        );
+        let kept = of(2);
+        assert_eq!(kept.len(), 2);
+        assert!(kept.iter().all(|d| d.status == DeliveryStatus::Pending && d.target == "+79120000002"), "{kept:?}");
+    }
+}
+
+both_stores! {
     async fn an_email_reaches_a_real_smtp_server_with_text_and_html_parts_and_an_unsubscribe_link() {
         let h = Harness::new().await;
         let smtp = SmtpSink::start().await;

@@ -75,6 +75,7 @@ impl Writer {
         batch_max: usize,
     ) -> Result<(Writer, tokio::task::JoinHandle<()>), StoreError> {
         let mut connection = store.writer_connection().await?;
+        kopilka_store::sql::waits_in_begin_write(&mut connection).await?;
         let checkpointer = Checkpointer::start(store, &mut connection).await?;
         let mut programs = Programs::default();
         for (tenant, id, version, program) in store.programs().await? {
@@ -192,6 +193,9 @@ impl WriterTask {
                 }
             }
             self.run_group(group).await;
+            if let Some(checkpointer) = &self.checkpointer {
+                checkpointer.between_transactions(&mut self.connection).await;
+            }
         }
         if let Some(checkpointer) = self.checkpointer.take() {
             checkpointer.stop().await;
