@@ -421,6 +421,30 @@ impl MemberLedger {
         balance
     }
 
+    /// The remaining points of the open lots by currency and *stored* state (not the state at a
+    /// moment): what the store keeps per member beside the lots, so that a light load reads one
+    /// row instead of every lot. Every currency the ledger holds a lot of (open, or closed in this
+    /// batch) or an unloaded total of is listed, at zero where nothing is left.
+    pub fn stored_totals(&self) -> Vec<(PointCurrency, Balance)> {
+        let mut totals: Vec<(PointCurrency, Balance)> =
+            self.unloaded.as_ref().map(|unloaded| unloaded.totals.clone()).unwrap_or_default();
+        for lot in &self.lots {
+            let index = match totals.iter().position(|(c, _)| *c == lot.currency) {
+                Some(index) => index,
+                None => {
+                    totals.push((lot.currency.clone(), Balance::default()));
+                    totals.len() - 1
+                }
+            };
+            match lot.state {
+                LotState::Available => totals[index].1.available += lot.remaining,
+                LotState::Pending => totals[index].1.pending += lot.remaining,
+                LotState::Expired | LotState::Closed => {}
+            }
+        }
+        totals
+    }
+
     fn touch(&mut self, lot_id: LotId) {
         if !self.dirty.contains(&lot_id) {
             self.dirty.push(lot_id);

@@ -460,7 +460,12 @@ impl<'a> BatchState<'a> {
         self.writes.rewards = self.rewards.into_writes();
         self.writes.referrals = std::mem::take(&mut self.referrals).into_writes();
         self.writes.partners = std::mem::take(&mut self.partners).into_writes();
-        for ((tenant, _), ledger) in self.ledgers.iter_mut() {
+        for ((tenant, member), ledger) in self.ledgers.iter_mut() {
+            if !ledger.dirty.is_empty() {
+                let totals =
+                    ledger.stored_totals().into_iter().map(|(currency, totals)| (*tenant, *member, currency, totals));
+                self.writes.lot_totals.extend(totals);
+            }
             self.writes.lots.extend(ledger.take_dirty().into_iter().map(|lot| (*tenant, lot)));
         }
         for key in &self.dirty_members {

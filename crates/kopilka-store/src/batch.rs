@@ -77,6 +77,10 @@ pub struct Writes {
     /// Members whose loyalty state alone changed (a purchase counted): a narrower write than `members`.
     pub member_states: Vec<(TenantId, MemberId, MemberState)>,
     pub lots: Vec<(TenantId, Lot)>,
+    /// The totals of the open lots of every member whose lots changed, by currency and stored
+    /// state, as they are after the batch (`MemberLedger::stored_totals`): kept in
+    /// `member_lot_totals` for light loads.
+    pub lot_totals: Vec<(TenantId, MemberId, PointCurrency, Balance)>,
     pub movements: Vec<(TenantId, Movement)>,
     pub purchases: Vec<(TenantId, ProgramId, PurchaseRecord)>,
     pub events: Vec<(TenantId, i64, DomainEvent, Timestamp)>,
@@ -96,6 +100,7 @@ impl Writes {
         self.members.is_empty()
             && self.member_states.is_empty()
             && self.lots.is_empty()
+            && self.lot_totals.is_empty()
             && self.movements.is_empty()
             && self.purchases.is_empty()
             && self.events.is_empty()
@@ -354,7 +359,7 @@ async fn load_light_members(
         for row in query.fetch_all(&mut *conn).await? {
             due.push((TenantId(row.get("tenant_id")), lot_of_row(&row)?));
         }
-        // The totals of every open lot by stored state (kept by triggers), less the due lots'.
+        // The totals of every open lot by stored state (kept by the writer), less the due lots'.
         let mut due_sums: HashMap<(TenantId, MemberId, &PointCurrency, bool), i64> = HashMap::new();
         for (tenant, lot) in &due {
             let pending = lot.state == LotState::Pending;
@@ -490,6 +495,36 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
             " ON CONFLICT (tenant_id, id) DO UPDATE SET member_id = excluded.member_id, remaining = excluded.remaining,
               state = excluded.state",
         );
+        query.execute(&mut *conn).await?;
+    }
+
+    // Absolute values, one row per member, currency and state: the writer decided from the whole
+    // of each changed ledger (or its loaded lots plus the unloaded totals), so one upsert per member
+    // replaces a trigger per lot row. A member absorbed by a merge has no open lots left.
+    for (tenant, absorbed, _) in &writes.merges {
+        sqlx::query("DELETE FROM member_lot_totals WHERE tenant_id = $1 AND member_id = $2")
+            .bind(tenant.0)
+            .bind(absorbed.0)
+            .execute(&mut *conn)
+            .await?;
+    }
+    let totals: Vec<(i64, i64, &str, &str, i64)> = writes
+        .lot_totals
+        .iter()
+        .flat_map(|(tenant, member, currency, totals)| {
+            [
+                (tenant.0, member.0, currency.as_str(), "pending", totals.pending),
+                (tenant.0, member.0, currency.as_str(), "available", totals.available),
+            ]
+        })
+        .collect();
+    for chunk in totals.chunks(chunk_rows(5)) {
+        let mut query =
+            Builder::new("INSERT INTO member_lot_totals (tenant_id, member_id, currency, state, remaining) ");
+        query.push_values(chunk, |mut b, (tenant, member, currency, state, remaining)| {
+            b.push_bind(*tenant).push_bind(*member).push_bind(*currency).push_bind(*state).push_bind(*remaining);
+        });
+        query.push(" ON CONFLICT (tenant_id, member_id, currency, state) DO UPDATE SET remaining = excluded.remaining");
         query.execute(&mut *conn).await?;
     }
 

@@ -75,7 +75,7 @@ impl Store {
             by_account.entry(key.clone()).or_default().1 = sum;
             lot_sums.insert(key, sum);
         }
-        // The totals the triggers keep must be the lots' own sums (a member without open lots
+        // The totals the writer keeps must be the lots' own sums (a member without open lots
         // may keep a row of zero).
         let kept =
             sqlx::query("SELECT tenant_id, member_id, currency, 'member_' || state, remaining FROM member_lot_totals")

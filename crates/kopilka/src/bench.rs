@@ -21,6 +21,7 @@
 //! hot members, the activation and expiry jobs over millions of lots, a CSV import, and the peak
 //! memory of every process that served.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,8 +35,8 @@ use kopilka_core::member_state::MemberState;
 use kopilka_core::purchase::{self, Channel, LineInput, PurchaseCommand, PurchaseRecord};
 use kopilka_core::rules::MemberContext;
 use kopilka_core::{
-    Account, Currency, DomainEvent, IdAllocator, Lot, LotId, MemberId, MemberLedger, Movement, Posting, Program,
-    ProgramId, TenantId,
+    Account, Balance, Currency, DomainEvent, IdAllocator, Lot, LotId, LotState, MemberId, MemberLedger, Movement,
+    PointCurrency, Posting, Program, ProgramId, TenantId,
 };
 use kopilka_server::app::{self, Config};
 use kopilka_server::clock::SystemClock;
@@ -674,6 +675,7 @@ async fn anchor_phase(database: Database, workload: &Workload, sizes: Sizes, bat
 
     // The rows are built before the clock starts: the anchor times only the store's writes.
     let mut ids = (IdAllocator::default(), 0);
+    let mut kept_totals: BTreeMap<(MemberId, PointCurrency), Balance> = BTreeMap::new();
     let indices: Vec<usize> = (0..sizes.purchases).collect();
     let batches: Vec<Writes> = indices
         .chunks(batch)
@@ -682,6 +684,25 @@ async fn anchor_phase(database: Database, workload: &Workload, sizes: Sizes, bat
             for &index in chunk {
                 template.rows_for(workload, index, &hashes[index], &mut ids, &mut writes);
             }
+            // The engine keeps each changed member's lot totals, one row per currency and state.
+            let mut changed = BTreeSet::new();
+            for (_, lot) in &writes.lots {
+                let key = (lot.member_id, lot.currency.clone());
+                let totals = kept_totals.entry(key.clone()).or_default();
+                match lot.state {
+                    LotState::Available => totals.available += lot.remaining,
+                    LotState::Pending => totals.pending += lot.remaining,
+                    LotState::Expired | LotState::Closed => {}
+                }
+                changed.insert(key);
+            }
+            writes.lot_totals = changed
+                .into_iter()
+                .map(|(member, currency)| {
+                    let totals = kept_totals[&(member, currency.clone())];
+                    (TenantId(tenant), member, currency, totals)
+                })
+                .collect();
             // The engine writes a member's state once per batch, however many of its purchases.
             writes.member_states.sort_by_key(|(_, member, _)| *member);
             writes.member_states.dedup_by_key(|(_, member, _)| *member);

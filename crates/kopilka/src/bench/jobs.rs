@@ -138,6 +138,14 @@ async fn seed(dir: &Path, at: Timestamp, members: usize, lots: usize, pending: u
     .bind(lots as i64)
     .execute(&mut conn)
     .await?;
+    // What the writer keeps beside the lots it writes (`member_lot_totals`), for the seeded ones.
+    sqlx::query(
+        "INSERT INTO member_lot_totals (tenant_id, member_id, currency, state, remaining)
+         SELECT tenant_id, member_id, currency, state, SUM(remaining) FROM lots
+         WHERE state IN ('pending', 'available') GROUP BY tenant_id, member_id, currency, state",
+    )
+    .execute(&mut conn)
+    .await?;
     sqlx::query("COMMIT").execute(&mut conn).await?;
     sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut conn).await?;
     drop(conn);

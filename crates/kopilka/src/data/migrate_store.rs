@@ -79,13 +79,9 @@ pub async fn migrate_store(from: &Database, to: &Database) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Tables kept by the target's own triggers from the rows copied into it, so not copied.
-const DERIVED_TABLES: [&str; 1] = ["member_lot_totals"];
-
 /// The source's tables to copy, tenants first (other tables refer to them).
 async fn tables(store: &Store) -> anyhow::Result<Vec<String>> {
     let mut tables = tables_of(store).await?;
-    tables.retain(|t| !DERIVED_TABLES.contains(&t.as_str()));
     tables.sort_by_key(|t| (t != "tenants", t.clone()));
     Ok(tables)
 }
