@@ -45,24 +45,19 @@ fn lot(
     }
 }
 
-/// What the store loads for a light member: the lots due by `until`, and the totals of the rest.
+/// What the store loads for a light member: the lots due by `until`, and the totals of the rest
+/// (as the writer keeps them: `stored_totals` of a ledger holding the rest).
 fn split(lots: &[Lot], until: Timestamp) -> (Vec<Lot>, Vec<(PointCurrency, Balance)>) {
     let (due, rest): (Vec<Lot>, Vec<Lot>) = lots.iter().cloned().partition(|lot| lot.state_at(until) != lot.state);
-    let mut totals: Vec<(PointCurrency, Balance)> = Vec::new();
-    for lot in rest {
-        let index = match totals.iter().position(|(c, _)| *c == lot.currency) {
-            Some(index) => index,
-            None => {
-                totals.push((lot.currency.clone(), Balance::default()));
-                totals.len() - 1
-            }
-        };
-        match lot.state {
-            LotState::Pending => totals[index].1.pending += lot.remaining,
-            _ => totals[index].1.available += lot.remaining,
-        }
-    }
-    (due, totals)
+    (due, MemberLedger::new(MEMBER, rest).stored_totals())
+}
+
+/// A ledger's stored totals by currency, in order.
+fn kept(ledger: &MemberLedger) -> Vec<(String, Balance)> {
+    let mut totals: Vec<(String, Balance)> =
+        ledger.stored_totals().into_iter().map(|(currency, totals)| (currency.as_str().to_string(), totals)).collect();
+    totals.sort_by(|a, b| a.0.cmp(&b.0));
+    totals
 }
 
 fn lot_strategy() -> impl Strategy<Value = (bool, i64, i64, i64, i64, bool)> {
@@ -100,6 +95,8 @@ proptest! {
         for currency in [points("PTS"), points("MILES")] {
             prop_assert_eq!(complete.balance(&currency, now), partial.balance(&currency, now));
         }
+        // What the writer keeps beside the lots (`member_lot_totals`): the same on both.
+        prop_assert_eq!(kept(&complete), kept(&partial));
         // What the store writes back: the lots the batch changed, the same on both.
         let mut changed_complete = complete.take_dirty();
         let mut changed_partial = partial.take_dirty();
