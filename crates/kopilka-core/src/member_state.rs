@@ -197,6 +197,19 @@ impl MemberState {
         self.tier.as_ref().filter(|t| t.manual).and_then(|t| t.until)
     }
 
+    /// The tier review job's key, stored beside the state: none for a member holding no tier, an
+    /// empty text for one never reviewed, else the start of the window last reviewed for
+    /// (ISO 8601, so keys compare as the dates do and the empty one first).
+    pub fn tier_review_key(&self) -> Option<String> {
+        self.tier.as_ref().map(|_| self.tier_reviewed.map(|date| date.to_string()).unwrap_or_default())
+    }
+
+    /// The month and day (`MM-DD`, of the UTC date) of the first purchase: the anniversary job's
+    /// key, stored beside the state.
+    pub fn first_purchase_day(&self) -> Option<String> {
+        self.stats.first_purchase_at.map(|at| at.strftime("%m-%d").to_string())
+    }
+
     /// The tier in force at `at`.
     pub fn tier_at(&self, at: Timestamp) -> Option<&str> {
         self.tier.as_ref().filter(|t| t.until.is_none_or(|until| at < until)).map(|t| t.tier.as_str())

@@ -417,7 +417,9 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
         query.execute(&mut *conn).await?;
     }
     for chunk in writes.members.chunks(chunk_rows(19)) {
-        let mut query = Builder::new(format!("INSERT INTO members (tenant_id, {MEMBER_COLUMNS}, manual_tier_until) "));
+        let mut query = Builder::new(format!(
+            "INSERT INTO members (tenant_id, {MEMBER_COLUMNS}, manual_tier_until, tier_review_key, first_purchase_day) "
+        ));
         query.push_values(chunk, |mut b, (tenant, m)| {
             b.push_bind(tenant.0)
                 .push_bind(m.id.0)
@@ -437,7 +439,9 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
                 .push_bind(m.merged_into.map(|s| s.0))
                 .push_bind(micros::of(m.created_at))
                 .push_bind(micros::of(m.updated_at))
-                .push_bind(m.state.manual_tier_until().map(micros::of));
+                .push_bind(m.state.manual_tier_until().map(micros::of))
+                .push_bind(m.state.tier_review_key())
+                .push_bind(m.state.first_purchase_day());
         });
         query.push(
             " ON CONFLICT (tenant_id, id) DO UPDATE SET card = excluded.card, phone = excluded.phone,
@@ -445,22 +449,39 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
               birth_date = excluded.birth_date, gender = excluded.gender, city = excluded.city,
               consents = excluded.consents, time_zone = excluded.time_zone, language = excluded.language,
               state = excluded.state, merged_into = excluded.merged_into, updated_at = excluded.updated_at,
-              manual_tier_until = excluded.manual_tier_until",
+              manual_tier_until = excluded.manual_tier_until, tier_review_key = excluded.tier_review_key,
+              first_purchase_day = excluded.first_purchase_day",
         );
         query.execute(&mut *conn).await?;
     }
 
-    for chunk in writes.member_states.chunks(chunk_rows(4)) {
-        let mut query = Builder::new("WITH k(t, v, s, u) AS (");
+    // The jobs' keys beside the state are indexed, and an UPDATE that sets a column rewrites its
+    // indexes even to the same value: so the state alone first (a page per member), then the keys
+    // of only the members whose keys changed (a tier reviewed, a first purchase, a manual tier).
+    for chunk in writes.member_states.chunks(chunk_rows(3)) {
+        let mut query = Builder::new("WITH k(t, v, s) AS (");
         query.push_values(chunk, |mut b, (tenant, member, state)| {
             b.push_bind(tenant.0)
                 .push_bind(member.0)
-                .push_bind(serde_json::to_string(state).expect("member states serialize"))
-                .push_bind(state.manual_tier_until().map(micros::of));
+                .push_bind(serde_json::to_string(state).expect("member states serialize"));
+        });
+        query.push(") UPDATE members SET state = k.s FROM k WHERE members.tenant_id = k.t AND members.id = k.v");
+        query.execute(&mut *conn).await?;
+    }
+    for chunk in writes.member_states.chunks(chunk_rows(5)) {
+        let mut query = Builder::new("WITH k(t, v, u, r, f) AS (");
+        query.push_values(chunk, |mut b, (tenant, member, state)| {
+            b.push_bind(tenant.0)
+                .push_bind(member.0)
+                .push_bind(state.manual_tier_until().map(micros::of))
+                .push_bind(state.tier_review_key())
+                .push_bind(state.first_purchase_day());
         });
         query.push(
-            ") UPDATE members SET state = k.s, manual_tier_until = k.u FROM k
-             WHERE members.tenant_id = k.t AND members.id = k.v",
+            ") UPDATE members SET manual_tier_until = k.u, tier_review_key = k.r, first_purchase_day = k.f FROM k
+             WHERE members.tenant_id = k.t AND members.id = k.v
+               AND (members.manual_tier_until IS DISTINCT FROM k.u OR members.tier_review_key IS DISTINCT FROM k.r
+                    OR members.first_purchase_day IS DISTINCT FROM k.f)",
         );
         query.execute(&mut *conn).await?;
     }

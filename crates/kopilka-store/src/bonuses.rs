@@ -26,17 +26,16 @@ impl Store {
         // One indexed lookup per kind of date, joined: an OR of the two would read every member.
         // The empty first select lets each lookup start with UNION.
         let mut query = Builder::new("SELECT id FROM (SELECT 0 AS id WHERE 1 = 0");
-        let first_purchase_at = self.backend.json_text("state", "stats.first_purchase_at");
-        for (index, column, days) in [
-            ("members_birthday", "birth_date", birthdays),
-            ("members_first_purchase_day", first_purchase_at.as_str(), anniversaries),
+        for (index, column, key, days) in [
+            ("members_birthday", "birth_date", "substr(birth_date, 6, 5)", birthdays),
+            ("members_first_purchase_day", "first_purchase_day", "first_purchase_day", anniversaries),
         ] {
             if days.is_empty() {
                 continue;
             }
             query.push(format!(" UNION SELECT id FROM members{} WHERE tenant_id = ", self.backend.indexed_by(index)));
             query.push_bind(tenant.0);
-            query.push(format!(" AND {column} IS NOT NULL AND substr({column}, 6, 5) IN ("));
+            query.push(format!(" AND {column} IS NOT NULL AND {key} IN ("));
             let mut separated = query.separated(", ");
             for day in days {
                 separated.push_bind(day.clone());

@@ -274,11 +274,10 @@ impl Store {
         after: MemberId,
         limit: i64,
     ) -> Result<Vec<MemberId>> {
-        let (tier, reviewed) =
-            (self.backend.json_text("state", "tier"), self.backend.json_text("state", "tier_reviewed"));
+        // The key is empty for a member never reviewed, so it sorts before every date.
         let sql = format!(
             "SELECT id FROM members{}
-             WHERE tenant_id = $1 AND {tier} IS NOT NULL AND ({reviewed} IS NULL OR {reviewed} < $2)
+             WHERE tenant_id = $1 AND tier_review_key IS NOT NULL AND tier_review_key < $2
                AND id > $3 AND merged_into IS NULL
              ORDER BY id LIMIT $4",
             self.backend.indexed_by("members_tier_review")

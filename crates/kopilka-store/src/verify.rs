@@ -3,9 +3,13 @@
 
 use std::collections::BTreeMap;
 
+use kopilka_core::member_state::MemberState;
 use sqlx::Row;
 
-use crate::{Result, Store};
+use crate::{micros, Result, Store};
+
+/// Members read per query by the check of their job keys.
+const MEMBERS_PER_PAGE: i64 = 10_000;
 
 /// What `verify` found wrong; empty when the ledger is sound.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -18,7 +22,8 @@ pub struct LedgerReport {
 impl Store {
     /// Checks that every movement balances, that all accounts sum to zero per tenant and currency,
     /// that each member's pending and available accounts equal the remaining of their lots, and
-    /// that the totals kept of those lots (`member_lot_totals`) are their sums.
+    /// that the totals kept of those lots (`member_lot_totals`) are their sums, and that the jobs'
+    /// keys kept beside each member's state are the state's.
     pub async fn verify(&self) -> Result<LedgerReport> {
         let mut report = LedgerReport {
             movements: sqlx::query_scalar("SELECT COUNT(*) FROM movements").fetch_one(&self.pool).await?,
@@ -111,6 +116,45 @@ impl Store {
                     .push(format!("tenant {tenant} member {member} {currency} {account} is negative: {postings}"));
             }
         }
+        self.verify_member_job_keys(&mut report).await?;
         Ok(report)
+    }
+
+    /// The writer sets a member's job keys only when they change (migration 0014): each must be
+    /// what the member's state says, or the tier review and anniversary jobs would miss members.
+    async fn verify_member_job_keys(&self, report: &mut LedgerReport) -> Result<()> {
+        let mut after = (i64::MIN, i64::MIN);
+        loop {
+            let rows = sqlx::query(
+                "SELECT tenant_id, id, state, tier_review_key, first_purchase_day, manual_tier_until FROM members
+                 WHERE tenant_id > $1 OR (tenant_id = $1 AND id > $2) ORDER BY tenant_id, id LIMIT $3",
+            )
+            .bind(after.0)
+            .bind(after.1)
+            .bind(MEMBERS_PER_PAGE)
+            .fetch_all(&self.pool)
+            .await?;
+            let Some(last) = rows.last() else { return Ok(()) };
+            after = (last.get(0), last.get(1));
+            for row in rows {
+                let (tenant, member): (i64, i64) = (row.get(0), row.get(1));
+                let state = match serde_json::from_str::<MemberState>(&row.get::<String, _>(2)) {
+                    Ok(state) => state,
+                    Err(error) => {
+                        report.problems.push(format!("tenant {tenant} member {member}: state unreadable: {error}"));
+                        continue;
+                    }
+                };
+                let kept: (Option<String>, Option<String>, Option<i64>) = (row.get(3), row.get(4), row.get(5));
+                let derived =
+                    (state.tier_review_key(), state.first_purchase_day(), state.manual_tier_until().map(micros::of));
+                if kept != derived {
+                    report.problems.push(format!(
+                        "tenant {tenant} member {member}: job keys (tier review, first purchase day, manual tier end) \
+                         are {kept:?}, its state says {derived:?}"
+                    ));
+                }
+            }
+        }
     }
 }
