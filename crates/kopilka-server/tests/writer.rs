@@ -953,6 +953,38 @@ async fn create_member(harness: &Harness, card: &str) -> i64 {
     json(&reply)["id"].as_i64().unwrap()
 }
 
+// A bulk writer (an import) decides batches of thousands of requests, so every multi-row statement
+// of its flush must keep within the store's limit of bound values (SQLite's is 32,766): a batch
+// that passed it would fail and be retried one request at a time.
+both_stores! {
+    async fn a_bulk_batch_of_new_members_commits_whole() {
+        let dir = test_store().await;
+        let clock = Arc::new(ManualClock::new(START.parse().unwrap()));
+        let (state, writer_task) = app::open_bulk(&dir.database, clock.clone()).await.expect("app opens");
+        let harness = Harness { state, writer_task, clock };
+        app::bootstrap(&harness.state).await.expect("bootstrap").expect("a fresh store gets a tenant");
+        // Enqueued without yielding (no cooperative budget), so the writer takes them as one batch.
+        let answers = tokio::task::unconstrained(async {
+            let mut answers = Vec::new();
+            for i in 0..3_000 {
+                let request = request(format!("bulk-{i}"), create_member_command(&format!("C-bulk-{i}")));
+                answers.push(harness.state.writer.enqueue(request).await.expect("enqueued"));
+            }
+            answers
+        })
+        .await;
+        for answer in answers {
+            assert_eq!(answer.await.expect("created").status, 201);
+        }
+        let metrics = &harness.state.metrics;
+        let batches = metrics.writer_batches.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(batches, 1, "the members came in one batch");
+        assert_eq!(metrics.writer_commit_failures.load(std::sync::atomic::Ordering::Relaxed), 0, "every batch committed whole");
+        harness.assert_ledger_sound("after the bulk batch").await;
+        harness.stop().await;
+    }
+}
+
 // A purchase that redeems nothing loads its member light (a partial ledger). Two returns in the
 // purchase's own batch debit that member: by receipt number the keys see it coming and load the
 // member whole; by purchase id (guessed here: ids are sequential) they cannot, and the writer

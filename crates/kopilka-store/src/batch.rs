@@ -416,7 +416,9 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
         );
         query.execute(&mut *conn).await?;
     }
-    for chunk in writes.members.chunks(chunk_rows(19)) {
+    // Binds per row: the tenant, the member columns, and the three job keys.
+    let member_binds = 1 + MEMBER_COLUMNS.split(',').count() + 3;
+    for chunk in writes.members.chunks(chunk_rows(member_binds)) {
         let mut query = Builder::new(format!(
             "INSERT INTO members (tenant_id, {MEMBER_COLUMNS}, manual_tier_until, tier_review_key, first_purchase_day) "
         ));

@@ -127,7 +127,7 @@ impl Store {
         loop {
             let rows = sqlx::query(
                 "SELECT tenant_id, id, state, tier_review_key, first_purchase_day, manual_tier_until FROM members
-                 WHERE tenant_id > $1 OR (tenant_id = $1 AND id > $2) ORDER BY tenant_id, id LIMIT $3",
+                 WHERE (tenant_id, id) > ($1, $2) ORDER BY tenant_id, id LIMIT $3",
             )
             .bind(after.0)
             .bind(after.1)
