@@ -120,6 +120,14 @@ fn chunk_rows(columns: usize) -> usize {
 
 pub(crate) const MEMBER_COLUMNS: &str = "id, card, phone, email, external_id, name, birth_date, gender, city, consents, time_zone, language, state, signup_at, merged_into, created_at, updated_at";
 
+/// The jobs' keys kept beside a member's state (migrations 0009 and 0014), in [`job_keys`]'s order.
+pub(crate) const JOB_KEY_COLUMNS: &str = "manual_tier_until, tier_review_key, first_purchase_day";
+
+/// A member's job keys as stored: always derived from its state, never set on their own.
+pub(crate) fn job_keys(state: &MemberState) -> (Option<i64>, Option<String>, Option<String>) {
+    (state.manual_tier_until().map(micros::of), state.tier_review_key(), state.first_purchase_day())
+}
+
 pub(crate) fn member_of_row(row: &AnyRow) -> Result<MemberRow> {
     let corrupt = |detail: String| StoreError::Corrupt { table: "members", detail };
     let birth_date: Option<String> = row.get("birth_date");
@@ -416,13 +424,12 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
         );
         query.execute(&mut *conn).await?;
     }
-    // Binds per row: the tenant, the member columns, and the three job keys.
-    let member_binds = 1 + MEMBER_COLUMNS.split(',').count() + 3;
+    // Binds per row: the tenant, the member columns, and the job keys.
+    let member_binds = 1 + MEMBER_COLUMNS.split(',').count() + JOB_KEY_COLUMNS.split(',').count();
     for chunk in writes.members.chunks(chunk_rows(member_binds)) {
-        let mut query = Builder::new(format!(
-            "INSERT INTO members (tenant_id, {MEMBER_COLUMNS}, manual_tier_until, tier_review_key, first_purchase_day) "
-        ));
+        let mut query = Builder::new(format!("INSERT INTO members (tenant_id, {MEMBER_COLUMNS}, {JOB_KEY_COLUMNS}) "));
         query.push_values(chunk, |mut b, (tenant, m)| {
+            let (until, review, first_purchase) = job_keys(&m.state);
             b.push_bind(tenant.0)
                 .push_bind(m.id.0)
                 .push_bind(&m.profile.card)
@@ -441,9 +448,9 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
                 .push_bind(m.merged_into.map(|s| s.0))
                 .push_bind(micros::of(m.created_at))
                 .push_bind(micros::of(m.updated_at))
-                .push_bind(m.state.manual_tier_until().map(micros::of))
-                .push_bind(m.state.tier_review_key())
-                .push_bind(m.state.first_purchase_day());
+                .push_bind(until)
+                .push_bind(review)
+                .push_bind(first_purchase);
         });
         query.push(
             " ON CONFLICT (tenant_id, id) DO UPDATE SET card = excluded.card, phone = excluded.phone,
@@ -473,11 +480,8 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
     for chunk in writes.member_states.chunks(chunk_rows(5)) {
         let mut query = Builder::new("WITH k(t, v, u, r, f) AS (");
         query.push_values(chunk, |mut b, (tenant, member, state)| {
-            b.push_bind(tenant.0)
-                .push_bind(member.0)
-                .push_bind(state.manual_tier_until().map(micros::of))
-                .push_bind(state.tier_review_key())
-                .push_bind(state.first_purchase_day());
+            let (until, review, first_purchase) = job_keys(state);
+            b.push_bind(tenant.0).push_bind(member.0).push_bind(until).push_bind(review).push_bind(first_purchase);
         });
         query.push(
             ") UPDATE members SET manual_tier_until = k.u, tier_review_key = k.r, first_purchase_day = k.f FROM k

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use kopilka_core::member_state::MemberState;
 use sqlx::Row;
 
-use crate::{micros, Result, Store};
+use crate::batch::{job_keys, JOB_KEY_COLUMNS};
+use crate::{Result, Store};
 
 /// Members read per query by the check of their job keys.
 const MEMBERS_PER_PAGE: i64 = 10_000;
@@ -125,10 +126,10 @@ impl Store {
     async fn verify_member_job_keys(&self, report: &mut LedgerReport) -> Result<()> {
         let mut after = (i64::MIN, i64::MIN);
         loop {
-            let rows = sqlx::query(
-                "SELECT tenant_id, id, state, tier_review_key, first_purchase_day, manual_tier_until FROM members
-                 WHERE (tenant_id, id) > ($1, $2) ORDER BY tenant_id, id LIMIT $3",
-            )
+            let rows = sqlx::query(&format!(
+                "SELECT tenant_id, id, state, {JOB_KEY_COLUMNS} FROM members
+                 WHERE (tenant_id, id) > ($1, $2) ORDER BY tenant_id, id LIMIT $3"
+            ))
             .bind(after.0)
             .bind(after.1)
             .bind(MEMBERS_PER_PAGE)
@@ -145,13 +146,11 @@ impl Store {
                         continue;
                     }
                 };
-                let kept: (Option<String>, Option<String>, Option<i64>) = (row.get(3), row.get(4), row.get(5));
-                let derived =
-                    (state.tier_review_key(), state.first_purchase_day(), state.manual_tier_until().map(micros::of));
+                let kept: (Option<i64>, Option<String>, Option<String>) = (row.get(3), row.get(4), row.get(5));
+                let derived = job_keys(&state);
                 if kept != derived {
                     report.problems.push(format!(
-                        "tenant {tenant} member {member}: job keys (tier review, first purchase day, manual tier end) \
-                         are {kept:?}, its state says {derived:?}"
+                        "tenant {tenant} member {member}: job keys ({JOB_KEY_COLUMNS}) are {kept:?}, its state says {derived:?}"
                     ));
                 }
             }
