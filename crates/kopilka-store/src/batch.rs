@@ -128,54 +128,156 @@ pub(crate) fn job_keys(state: &MemberState) -> (Option<i64>, Option<String>, Opt
     (state.manual_tier_until().map(micros::of), state.tier_review_key(), state.first_purchase_day())
 }
 
+/// A member's columns in `MEMBER_COLUMNS`' order, from a row or from one element of a JSON array
+/// (`Backend::json_rows`; serde reads a struct from an array field by field).
+#[derive(serde::Deserialize)]
+struct MemberValues {
+    id: i64,
+    card: Option<String>,
+    phone: Option<String>,
+    email: Option<String>,
+    external_id: Option<String>,
+    name: Option<String>,
+    birth_date: Option<String>,
+    gender: Option<String>,
+    city: Option<String>,
+    consents: String,
+    time_zone: Option<String>,
+    language: Option<String>,
+    state: String,
+    signup_at: i64,
+    merged_into: Option<i64>,
+    created_at: i64,
+    updated_at: i64,
+}
+
 pub(crate) fn member_of_row(row: &AnyRow) -> Result<MemberRow> {
+    member_of_values(MemberValues {
+        id: row.get("id"),
+        card: row.get("card"),
+        phone: row.get("phone"),
+        email: row.get("email"),
+        external_id: row.get("external_id"),
+        name: row.get("name"),
+        birth_date: row.get("birth_date"),
+        gender: row.get("gender"),
+        city: row.get("city"),
+        consents: row.get("consents"),
+        time_zone: row.get("time_zone"),
+        language: row.get("language"),
+        state: row.get("state"),
+        signup_at: row.get("signup_at"),
+        merged_into: row.get("merged_into"),
+        created_at: row.get("created_at"),
+        updated_at: row.get("updated_at"),
+    })
+}
+
+fn member_of_values(values: MemberValues) -> Result<MemberRow> {
     let corrupt = |detail: String| StoreError::Corrupt { table: "members", detail };
-    let birth_date: Option<String> = row.get("birth_date");
-    let gender: Option<String> = row.get("gender");
-    let consents: String = row.get("consents");
-    let state: String = row.get("state");
+    let MemberValues {
+        id,
+        card,
+        phone,
+        email,
+        external_id,
+        name,
+        birth_date,
+        gender,
+        city,
+        consents,
+        time_zone,
+        language,
+        state,
+        signup_at,
+        merged_into,
+        created_at,
+        updated_at,
+    } = values;
     Ok(MemberRow {
-        id: MemberId(row.get("id")),
+        id: MemberId(id),
         profile: Profile {
-            card: row.get("card"),
-            phone: row.get("phone"),
-            email: row.get("email"),
-            external_id: row.get("external_id"),
-            name: row.get("name"),
+            card,
+            phone,
+            email,
+            external_id,
+            name,
             birth_date: birth_date.map(|d| d.parse()).transpose().map_err(|e: jiff::Error| corrupt(e.to_string()))?,
             gender: gender.map(|g| Gender::parse(&g).ok_or_else(|| corrupt(g))).transpose()?,
-            city: row.get("city"),
+            city,
             consents: serde_json::from_str::<Consents>(&consents).map_err(|e| corrupt(e.to_string()))?,
-            time_zone: row.get("time_zone"),
-            language: row.get("language"),
+            time_zone,
+            language,
         },
         state: serde_json::from_str(&state).map_err(|e| corrupt(e.to_string()))?,
-        signup_at: micros::to_ts(row.get("signup_at")),
-        merged_into: row.get::<Option<i64>, _>("merged_into").map(MemberId),
-        created_at: micros::to_ts(row.get("created_at")),
-        updated_at: micros::to_ts(row.get("updated_at")),
+        signup_at: micros::to_ts(signup_at),
+        merged_into: merged_into.map(MemberId),
+        created_at: micros::to_ts(created_at),
+        updated_at: micros::to_ts(updated_at),
     })
 }
 
 pub(crate) const LOT_COLUMNS: &str =
     "id, member_id, currency, amount, remaining, available_from, expires_at, state, movement_id, purchase_id";
 
+/// A lot's columns in `LOT_COLUMNS`' order, from a row or from an element of `lots_as_json`'s array.
+type LotValues = (i64, i64, String, i64, i64, i64, i64, String, i64, Option<i64>);
+
 pub(crate) fn lot_of_row(row: &AnyRow) -> Result<Lot> {
+    lot_of_values((
+        row.get("id"),
+        row.get("member_id"),
+        row.get("currency"),
+        row.get("amount"),
+        row.get("remaining"),
+        row.get("available_from"),
+        row.get("expires_at"),
+        row.get("state"),
+        row.get("movement_id"),
+        row.get("purchase_id"),
+    ))
+}
+
+fn lot_of_values(values: LotValues) -> Result<Lot> {
+    let (id, member_id, currency, amount, remaining, available_from, expires_at, state, movement_id, purchase_id) =
+        values;
     let corrupt = |detail: String| StoreError::Corrupt { table: "lots", detail };
-    let state: String = row.get("state");
-    let currency: String = row.get("currency");
     Ok(Lot {
-        id: LotId(row.get("id")),
-        member_id: MemberId(row.get("member_id")),
+        id: LotId(id),
+        member_id: MemberId(member_id),
         currency: PointCurrency::parse(&currency).map_err(|e| corrupt(e.to_string()))?,
-        amount: row.get("amount"),
-        remaining: row.get("remaining"),
-        available_from: micros::to_ts(row.get("available_from")),
-        expires_at: micros::to_ts(row.get("expires_at")),
+        amount,
+        remaining,
+        available_from: micros::to_ts(available_from),
+        expires_at: micros::to_ts(expires_at),
         state: LotState::parse(&state).ok_or_else(|| corrupt(state))?,
-        movement_id: MovementId(row.get("movement_id")),
-        purchase_id: row.get::<Option<i64>, _>("purchase_id").map(PurchaseId),
+        movement_id: MovementId(movement_id),
+        purchase_id: purchase_id.map(PurchaseId),
     })
+}
+
+/// `SELECT` of the lots a query joins, each with its tenant, as one row (`Backend::json_rows`).
+fn lots_as_json(backend: Backend) -> String {
+    let lot = backend.json_array(LOT_COLUMNS);
+    format!("SELECT {}", backend.json_rows(&format!("lots.tenant_id, {lot}")))
+}
+
+/// The rows of a query that selects `Backend::json_rows`, each read as a `T` (a tuple or a struct
+/// of the columns in order).
+async fn fetch_json_rows<T: serde::de::DeserializeOwned>(
+    conn: &mut AnyConnection,
+    query: &mut Builder<'_>,
+    table: &'static str,
+) -> Result<Vec<T>> {
+    let rows = query.fetch_all(&mut *conn).await?;
+    let text: &str = rows.first().map(|row| row.get(0)).unwrap_or("[]");
+    serde_json::from_str(text).map_err(|error| StoreError::Corrupt { table, detail: format!("rows as JSON: {error}") })
+}
+
+/// The lots of a `lots_as_json` query, with their tenants.
+async fn fetch_lots_json(conn: &mut AnyConnection, query: &mut Builder<'_>) -> Result<Vec<(TenantId, Lot)>> {
+    let lots: Vec<(i64, LotValues)> = fetch_json_rows(conn, query, "lots").await?;
+    lots.into_iter().map(|(tenant, values)| Ok((TenantId(tenant), lot_of_values(values)?))).collect()
 }
 
 pub(crate) fn purchase_of_row(row: &AnyRow) -> Result<(TenantId, ProgramId, PurchaseRecord)> {
@@ -299,11 +401,11 @@ async fn load_members(
 ) -> Result<()> {
     for chunk in keys.chunks(chunk_rows(2)) {
         load_member_rows(conn, chunk, loaded, survivors).await?;
+        let backend = Backend::of(conn);
         let mut query = members_table(chunk);
-        query.push(format!(") SELECT tenant_id, {LOT_COLUMNS} FROM k JOIN lots{} ON lots.tenant_id = k.t AND lots.member_id = k.v WHERE state IN ('pending', 'available')", Backend::of(conn).indexed_by("lots_member")));
-        for row in query.fetch_all(&mut *conn).await? {
-            let lot = lot_of_row(&row)?;
-            loaded.lots.entry((TenantId(row.get("tenant_id")), lot.member_id)).or_default().push(lot);
+        query.push(format!(") {} FROM k JOIN lots{} ON lots.tenant_id = k.t AND lots.member_id = k.v WHERE state IN ('pending', 'available')", lots_as_json(backend), backend.indexed_by("lots_member")));
+        for (tenant, lot) in fetch_lots_json(conn, &mut query).await? {
+            loaded.lots.entry((tenant, lot.member_id)).or_default().push(lot);
         }
     }
     Ok(())
@@ -326,14 +428,18 @@ async fn load_member_rows(
     loaded: &mut Loaded,
     survivors: &mut Vec<(TenantId, MemberId)>,
 ) -> Result<Vec<(TenantId, MemberId)>> {
+    let backend = Backend::of(conn);
     let mut query = members_table(chunk);
+    let member = backend.json_array(MEMBER_COLUMNS);
     query.push(format!(
-        ") SELECT tenant_id, {MEMBER_COLUMNS} FROM k JOIN members ON members.tenant_id = k.t AND members.id = k.v"
+        ") SELECT {} FROM k JOIN members ON members.tenant_id = k.t AND members.id = k.v",
+        backend.json_rows(&format!("members.tenant_id, {member}"))
     ));
+    let members: Vec<(i64, MemberValues)> = fetch_json_rows(conn, &mut query, "members").await?;
     let mut found = Vec::new();
-    for row in query.fetch_all(&mut *conn).await? {
-        let tenant = TenantId(row.get("tenant_id"));
-        let member = member_of_row(&row)?;
+    for (tenant, values) in members {
+        let tenant = TenantId(tenant);
+        let member = member_of_values(values)?;
         if let Some(survivor) = member.merged_into {
             survivors.push((tenant, survivor));
         }
@@ -361,12 +467,9 @@ async fn load_light_members(
         let backend = Backend::of(conn);
         let (indexed, due_at) = (backend.indexed_by("lots_member"), backend.lot_due_at());
         let mut query = members_table(chunk);
-        query.push(format!(") SELECT tenant_id, {LOT_COLUMNS} FROM k JOIN lots{indexed} ON lots.tenant_id = k.t AND lots.member_id = k.v WHERE state IN ('pending', 'available') AND {due_at} <= "));
+        query.push(format!(") {} FROM k JOIN lots{indexed} ON lots.tenant_id = k.t AND lots.member_id = k.v WHERE state IN ('pending', 'available') AND {due_at} <= ", lots_as_json(backend)));
         query.push_bind(at_micros);
-        let mut due = Vec::new();
-        for row in query.fetch_all(&mut *conn).await? {
-            due.push((TenantId(row.get("tenant_id")), lot_of_row(&row)?));
-        }
+        let due = fetch_lots_json(conn, &mut query).await?;
         // The totals of every open lot by stored state (kept by the writer), less the due lots'.
         let mut due_sums: HashMap<(TenantId, MemberId, &PointCurrency, bool), i64> = HashMap::new();
         for (tenant, lot) in &due {
@@ -374,17 +477,18 @@ async fn load_light_members(
             *due_sums.entry((*tenant, lot.member_id, &lot.currency, pending)).or_default() += lot.remaining;
         }
         let mut query = members_table(chunk);
-        query.push(") SELECT tenant_id, member_id, currency, state, remaining FROM k JOIN member_lot_totals AS totals ON totals.tenant_id = k.t AND totals.member_id = k.v");
-        for row in query.fetch_all(&mut *conn).await? {
-            let key = (TenantId(row.get(0)), MemberId(row.get(1)));
-            let currency: String = row.get(2);
-            let currency = PointCurrency::parse(&currency).map_err(|e| StoreError::Corrupt {
-                table: "member_lot_totals",
-                detail: format!("currency {currency:?}: {e}"),
-            })?;
-            let state: String = row.get(3);
+        query.push(format!(
+            ") SELECT {} FROM k JOIN member_lot_totals AS totals ON totals.tenant_id = k.t AND totals.member_id = k.v",
+            backend.json_rows("totals.tenant_id, totals.member_id, totals.currency, totals.state, totals.remaining")
+        ));
+        let corrupt = |detail: String| StoreError::Corrupt { table: "member_lot_totals", detail };
+        let kept_totals: Vec<(i64, i64, String, String, i64)> =
+            fetch_json_rows(conn, &mut query, "member_lot_totals").await?;
+        for (tenant, member, currency, state, kept) in kept_totals {
+            let key = (TenantId(tenant), MemberId(member));
+            let currency =
+                PointCurrency::parse(&currency).map_err(|e| corrupt(format!("currency {currency:?}: {e}")))?;
             let pending = state == "pending";
-            let kept: i64 = row.get(4);
             let sum = kept - due_sums.get(&(key.0, key.1, &currency, pending)).copied().unwrap_or(0);
             let Some((totals, _)) = loaded.unloaded.get_mut(&key) else { continue };
             let index = match totals.iter().position(|(c, _)| *c == currency) {

@@ -1,0 +1,238 @@
+//! What `batch::flush` writes, `batch::load` reads back unchanged, on both stores. The loads take
+//! members and lots as one JSON value per query (`Backend::json_rows`), so every text a profile
+//! may hold (quotes, backslashes, control characters, any script) and every integer a lot may
+//! hold (past 2^53, where a JSON reader that goes through floats would round) is drawn here, and
+//! the light load's due lots and totals are checked against what the written lots imply.
+
+use std::collections::HashMap;
+
+use jiff::Timestamp;
+use kopilka_core::ledger::Balance;
+use kopilka_core::member::{Consents, Gender, Profile};
+use kopilka_core::member_state::MemberState;
+use kopilka_core::{Lot, LotId, LotState, MemberId, MovementId, PointCurrency, PurchaseId, TenantId};
+use kopilka_store::batch::{self, BatchKeys, Writes};
+use kopilka_store::store::admin;
+use kopilka_store::testing::test_store;
+use kopilka_store::{both_stores, MemberRow, Store};
+use proptest::prelude::*;
+use proptest::strategy::ValueTree;
+use proptest::test_runner::TestRunner;
+
+const MEMBERS: usize = 300;
+
+/// Texts JSON must escape, and texts that only look like JSON or SQL.
+const AWKWARD: &[&str] = &[
+    "",
+    "\"",
+    "\\",
+    "\\\"",
+    "a\"b\\c/d",
+    "line\nbreak\ttab\rreturn",
+    "\u{1}\u{7}\u{1f}\u{7f}",
+    "\u{2028}\u{2029}",
+    "Ёлка-Пётр Иванович",
+    "Стоянка „Св. Николай“",
+    "🎉 emoji 👩‍👩‍👧",
+    "{\"json\": [1, 2]}",
+    "[1,2,3]",
+    "null",
+    "'; DROP TABLE members; --",
+    "$1 ?1 ?",
+];
+
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::sample::select(AWKWARD).prop_map(str::to_string),
+        // PostgreSQL's TEXT holds no NUL, and neither does any profile the API accepts.
+        any::<String>().prop_map(|s| s.replace('\0', "")),
+    ]
+}
+
+fn optional_text() -> impl Strategy<Value = Option<String>> {
+    prop::option::of(text())
+}
+
+/// A moment between 1900 and 9999, in whole microseconds as the store keeps them.
+fn moment() -> impl Strategy<Value = Timestamp> {
+    (-2_208_988_800_000_000i64..253_402_300_799_000_000).prop_map(|micros| Timestamp::from_microsecond(micros).unwrap())
+}
+
+fn member(id: i64) -> impl Strategy<Value = MemberRow> {
+    let profile = (
+        (optional_text(), optional_text(), optional_text(), optional_text(), optional_text()),
+        (
+            prop::option::of((1900i16..2100, 1i8..=12, 1i8..=28)),
+            prop::option::of(prop::sample::select(vec![Gender::Female, Gender::Male, Gender::Other])),
+            optional_text(),
+            prop::option::of(prop::sample::select(vec!["Europe/Sofia", "Asia/Vladivostok"])),
+            prop::option::of(prop::sample::select(vec!["ru", "bg", "en"])),
+        ),
+    );
+    let segments = prop::collection::btree_set(text(), 0..3);
+    (profile, moment(), moment(), segments).prop_map(
+        move |(
+            ((card, phone, email, external_id, name), (birth, gender, city, zone, language)),
+            signup,
+            created,
+            segments,
+        )| {
+            // The state is JSON kept in a text column, so it is escaped once more inside the load's.
+            let state = MemberState { segments, ..MemberState::default() };
+            MemberRow {
+                id: MemberId(id),
+                profile: Profile {
+                    card,
+                    phone,
+                    email,
+                    external_id,
+                    name,
+                    birth_date: birth.map(|(y, m, d)| jiff::civil::date(y, m, d)),
+                    gender,
+                    city,
+                    consents: Consents::default(),
+                    time_zone: zone.map(str::to_string),
+                    language: language.map(str::to_string),
+                },
+                state,
+                signup_at: signup,
+                merged_into: None,
+                created_at: created,
+                updated_at: created,
+            }
+        },
+    )
+}
+
+/// A lot of `member`, in any state (closed and expired lots hold nothing and are never loaded).
+/// Amounts go past 2^53, and stay where a dozen of them still sum within an `i64`.
+fn lot(member: i64) -> impl Strategy<Value = Lot> {
+    let amount = prop_oneof![1i64..1_000, Just(9_007_199_254_740_993i64), Just(i64::MAX / 16)];
+    let states =
+        prop::sample::select(vec![LotState::Pending, LotState::Available, LotState::Expired, LotState::Closed]);
+    let currency = prop::sample::select(vec!["PTS", "MILES", "GAME_1"]);
+    (amount, any::<u64>(), states, currency, moment(), moment(), any::<i64>(), prop::option::of(any::<i64>())).prop_map(
+        move |(amount, fraction, state, currency, from, expires, movement, purchase)| {
+            let open = matches!(state, LotState::Pending | LotState::Available);
+            let remaining = if open { 1 + (fraction % amount as u64) as i64 } else { 0 };
+            Lot {
+                id: LotId(0),
+                member_id: MemberId(member),
+                currency: PointCurrency::parse(currency).unwrap(),
+                amount,
+                remaining: remaining.min(amount),
+                available_from: from,
+                expires_at: expires,
+                state,
+                movement_id: MovementId(movement),
+                purchase_id: purchase.map(PurchaseId),
+            }
+        },
+    )
+}
+
+fn draw<S: Strategy>(runner: &mut TestRunner, strategy: S) -> S::Value {
+    strategy.new_tree(runner).expect("strategies here never reject").current()
+}
+
+/// Open lots by member, sorted by id.
+fn open_lots(lots: &[(TenantId, Lot)]) -> HashMap<MemberId, Vec<Lot>> {
+    let mut open: HashMap<MemberId, Vec<Lot>> = HashMap::new();
+    for (_, lot) in lots.iter().filter(|(_, lot)| matches!(lot.state, LotState::Pending | LotState::Available)) {
+        open.entry(lot.member_id).or_default().push(lot.clone());
+    }
+    open.values_mut().for_each(|lots| lots.sort_by_key(|lot| lot.id));
+    open
+}
+
+both_stores! {
+    async fn what_flush_writes_load_reads_back() {
+        let db = test_store().await;
+        let store = Store::connect(&db.database).await.unwrap();
+        let mut conn = store.writer_connection().await.unwrap();
+        let tenant = admin::create_tenant(&mut conn, "round trip", Timestamp::UNIX_EPOCH).await.unwrap();
+
+        let mut runner = TestRunner::deterministic();
+        let mut writes = Writes::default();
+        let mut next_lot = 0;
+        for id in 1..=MEMBERS as i64 {
+            let row = draw(&mut runner, member(id));
+            writes.members.push((tenant, row));
+            // Every third member has no lots, the others up to a dozen.
+            let count = if id % 3 == 0 { 0 } else { draw(&mut runner, 1usize..12) };
+            for _ in 0..count {
+                let mut lot = draw(&mut runner, lot(id));
+                next_lot += 1;
+                lot.id = LotId(next_lot);
+                writes.lots.push((tenant, lot));
+            }
+        }
+        // Two members share every unique identifier otherwise: keep the drawn ones apart.
+        for (i, (_, row)) in writes.members.iter_mut().enumerate() {
+            for value in [&mut row.profile.card, &mut row.profile.phone, &mut row.profile.email, &mut row.profile.external_id] {
+                if let Some(value) = value {
+                    value.push_str(&format!("#{i}"));
+                }
+            }
+        }
+        let open = open_lots(&writes.lots);
+        let mut totals: HashMap<(MemberId, PointCurrency), Balance> = HashMap::new();
+        for lot in open.values().flatten() {
+            let total = totals.entry((lot.member_id, lot.currency.clone())).or_default();
+            match lot.state {
+                LotState::Pending => total.pending += lot.remaining,
+                _ => total.available += lot.remaining,
+            }
+        }
+        writes.lot_totals = totals.iter().map(|((member, currency), total)| (tenant, *member, currency.clone(), *total)).collect();
+        batch::begin(&mut conn).await.unwrap();
+        batch::flush(&mut conn, &writes).await.unwrap();
+        batch::commit(&mut conn).await.unwrap();
+
+        let everyone: Vec<_> = writes.members.iter().map(|(t, row)| (*t, row.id)).collect();
+        let keys = BatchKeys { members: everyone.clone(), ..BatchKeys::default() };
+        let loaded = batch::load(&mut conn, &keys).await.unwrap();
+        assert_eq!(loaded.members.len(), MEMBERS);
+        for (t, row) in &writes.members {
+            assert_eq!(loaded.members.get(&(*t, row.id)), Some(row), "member {} read back", row.id);
+            let mut lots = loaded.lots.get(&(*t, row.id)).cloned().unwrap_or_default();
+            lots.sort_by_key(|lot| lot.id);
+            assert_eq!(lots, open.get(&row.id).cloned().unwrap_or_default(), "open lots of member {}", row.id);
+        }
+
+        // Light: only the open lots due by `at`, and the kept totals less theirs.
+        let at = Timestamp::from_second(1_700_000_000).unwrap();
+        let keys = BatchKeys { light_members: everyone, light_at: Some(at), ..BatchKeys::default() };
+        let loaded = batch::load(&mut conn, &keys).await.unwrap();
+        assert_eq!(loaded.members.len(), MEMBERS);
+        for (t, row) in &writes.members {
+            let mut due: Vec<Lot> = loaded.lots.get(&(*t, row.id)).cloned().unwrap_or_default();
+            due.sort_by_key(|lot| lot.id);
+            let expected: Vec<Lot> = open
+                .get(&row.id)
+                .into_iter()
+                .flatten()
+                .filter(|lot| lot.state_at(at) != lot.state)
+                .cloned()
+                .collect();
+            assert_eq!(due, expected, "due lots of member {}", row.id);
+            let (kept, _) = loaded.unloaded.get(&(*t, row.id)).expect("a light member has its totals");
+            for (currency, balance) in kept {
+                let written = writes
+                    .lot_totals
+                    .iter()
+                    .find(|(_, member, c, _)| *member == row.id && c == currency)
+                    .map(|(_, _, _, total)| *total)
+                    .unwrap_or_default();
+                let (mut pending, mut available) = (written.pending, written.available);
+                for lot in expected.iter().filter(|lot| lot.currency == *currency) {
+                    match lot.state {
+                        LotState::Pending => pending -= lot.remaining,
+                        _ => available -= lot.remaining,
+                    }
+                }
+                assert_eq!(*balance, Balance { available, pending }, "unloaded totals of member {} in {currency}", row.id);
+            }
+        }
+    }
+}
