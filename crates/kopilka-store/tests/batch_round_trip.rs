@@ -169,10 +169,9 @@ both_stores! {
         }
         // Two members share every unique identifier otherwise: keep the drawn ones apart.
         for (i, (_, row)) in writes.members.iter_mut().enumerate() {
-            for value in [&mut row.profile.card, &mut row.profile.phone, &mut row.profile.email, &mut row.profile.external_id] {
-                if let Some(value) = value {
-                    value.push_str(&format!("#{i}"));
-                }
+            let identifiers = [&mut row.profile.card, &mut row.profile.phone, &mut row.profile.email, &mut row.profile.external_id];
+            for value in identifiers.into_iter().flatten() {
+                value.push_str(&format!("#{i}"));
             }
         }
         let open = open_lots(&writes.lots);
