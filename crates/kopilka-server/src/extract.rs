@@ -71,6 +71,9 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Mutation<T> {
 /// Parses JSON, telling a syntax error (`malformed_json`) from a value that does not fit
 /// (`validation_failed`, naming the field when serde does).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if holds_escaped_nul(bytes) {
+        return Err(nul_refused("body"));
+    }
     serde_json::from_slice(bytes).map_err(|error| {
         let code = match error.classify() {
             serde_json::error::Category::Data => "validation_failed",
@@ -80,6 +83,31 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let field = message.split('`').nth(1).filter(|_| message.contains("field `")).unwrap_or("body").to_string();
         ApiError::BadRequest { code, detail: message, field: Some(field) }
     })
+}
+
+/// Whether a JSON text holds the character U+0000, which JSON can only spell as the escape
+/// `\u0000` (a raw control character inside a string is a syntax error).
+fn holds_escaped_nul(json: &[u8]) -> bool {
+    let mut rest = json;
+    while let Some(at) = rest.iter().position(|&b| b == b'\\') {
+        let escape = &rest[at + 1..];
+        if escape.starts_with(b"u0000") {
+            return true;
+        }
+        // Past the escaped character, so the second backslash of `\\` starts nothing.
+        rest = &escape[escape.len().min(1)..];
+    }
+    false
+}
+
+/// PostgreSQL's TEXT cannot hold U+0000 (SQLite's can), and no field of the API has a use for
+/// it: refused before anything is parsed or written, so both stores answer alike.
+pub fn nul_refused(field: &str) -> ApiError {
+    ApiError::bad_request(
+        "nul_character",
+        field,
+        "text must not contain the NUL character (\\u0000 in JSON, %00 in a URL); remove it",
+    )
 }
 
 /// A query string, with problem+json errors.

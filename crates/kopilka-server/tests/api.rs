@@ -293,6 +293,16 @@ both_stores! {
             ("/v1/adjustments", json!({ "member_id": member, "points": 5, "reason": "" }), 400, "validation_failed"),
             ("/v1/returns", json!({ "purchase_external_id": "nope" }), 404, "purchase_not_found"),
             ("/v1/members", json!({ "email": "not-an-email" }), 400, "validation_failed"),
+            // PostgreSQL cannot store U+0000 and SQLite can: refused alike on both, nothing written.
+            ("/v1/members", json!({ "name": "Anna\u{0}" }), 400, "nul_character"),
+            ("/v1/members", json!({ "email": "a\u{0}b@example.com" }), 400, "nul_character"),
+            ("/v1/adjustments", json!({ "member_id": member, "points": 5, "reason": "x\u{0}" }), 400, "nul_character"),
+            (
+                "/v1/purchases",
+                json!({ "member_id": member, "external_id": "X\u{0}11", "currency": "RUB", "lines": line(1, 100) }),
+                400,
+                "nul_character",
+            ),
         ];
         for (path, body, status, code) in cases {
             let answer = app.post(path, body.clone()).await;
@@ -308,7 +318,18 @@ both_stores! {
         let no_key = app.send("POST", "/v1/redemptions", &app.admin_key, None, Some(b"{}".to_vec())).await;
         assert_eq!((no_key.status.as_u16(), no_key.code()), (400, "idempotency_key_missing"));
 
+        for path in ["/v1/members?email=a%00b%40example.com", "/v1/coupons/AB%00C", "/v1/members/1%00"] {
+            let answer = app.get(path).await;
+            assert_eq!((answer.status.as_u16(), answer.code()), (400, "nul_character"), "{path}");
+        }
+
         assert_eq!((app.balance(member).await, app.history_len(member).await), before);
+        // A backslash before `u0000` is text, not the character, and is kept as sent.
+        let reason = "C:\\u0000";
+        let kept = app.post("/v1/adjustments", json!({ "member_id": member, "points": 5, "reason": reason })).await;
+        assert_eq!(kept.status, 201, "{:?}", kept.body);
+        let history = app.get(&format!("/v1/members/{member}/history")).await;
+        assert!(history.body.to_string().contains("C:\\\\u0000"), "{:?}", history.body);
         app.assert_ledger_sound().await;
         app.stop().await;
     }

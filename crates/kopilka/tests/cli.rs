@@ -95,6 +95,11 @@ fn a_bad_file_is_refused_whole_with_its_line_and_column() {
     assert!(message.contains("nothing was imported"), "{message}");
     assert_eq!(kopilka.export("transactions", "1"), format!("{TRANSACTIONS_HEADER}\n"));
 
+    let nul = members_csv().replacen("Казань", "Каз\0ань", 1);
+    let file = kopilka.write("members_nul.csv", &nul);
+    let message = text(&kopilka.run(&["import", "members", p(&file), "--tenant", "1"]));
+    assert!(message.contains("line 3, column city: holds the NUL character"), "{message}");
+
     let unknown = members_csv().replacen("city", "town", 1);
     let file = kopilka.write("members2.csv", &unknown);
     let message = text(&kopilka.run(&["import", "members", p(&file), "--tenant", "1"]));

@@ -100,6 +100,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .layer(middleware::from_fn(refuse_nul_in_uri))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -140,6 +141,15 @@ async fn metrics(State(state): State<AppState>) -> Response {
 
 async fn not_found() -> ApiError {
     ApiError::not_found("route_not_found", "no such route; see /v1/openapi.json")
+}
+
+/// A path or query that decodes to U+0000 is refused whatever the route (see `nul_refused`).
+async fn refuse_nul_in_uri(request: Request, next: Next) -> Response {
+    let uri = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or_default();
+    if uri.contains("%00") {
+        return crate::extract::nul_refused("uri").into_response();
+    }
+    next.run(request).await
 }
 
 /// Records each request's latency by route and status.

@@ -161,6 +161,18 @@ pub fn read_records(path: &Path) -> anyhow::Result<Vec<(u64, csv::StringRecord)>
     if records.is_empty() {
         bail!("{} is empty: it needs a header row", path.display());
     }
+    // PostgreSQL's TEXT cannot hold it (SQLite's can), and no column has a use for it.
+    let header = records[0].1.clone();
+    for (line, record) in &records {
+        if let Some(column) = record.iter().position(|field| field.contains('\0')) {
+            bail!(
+                "{} line {line}, column {}: holds the NUL character (byte 0), which the store cannot keep; remove it \
+                 (nothing was imported)",
+                path.display(),
+                header.get(column).unwrap_or("?")
+            );
+        }
+    }
     Ok(records)
 }
 
