@@ -270,7 +270,11 @@ async fn fetch_json_rows<T: serde::de::DeserializeOwned>(
     table: &'static str,
 ) -> Result<Vec<T>> {
     let rows = query.fetch_all(&mut *conn).await?;
-    let text: &str = rows.first().map(|row| row.get(0)).unwrap_or("[]");
+    rows_of_json(rows.first().map(|row| row.get(0)).unwrap_or("[]"), table)
+}
+
+/// The rows of a `Backend::json_rows` value, each read as a `T`.
+pub(crate) fn rows_of_json<T: serde::de::DeserializeOwned>(text: &str, table: &'static str) -> Result<Vec<T>> {
     serde_json::from_str(text).map_err(|error| StoreError::Corrupt { table, detail: format!("rows as JSON: {error}") })
 }
 

@@ -223,14 +223,17 @@ impl Store {
                 self.backend.indexed_by("lots_expiry_due")
             ),
         };
-        let rows = sqlx::query(&sql)
+        // One row for the page (`Backend::json_rows`): a job reads a page per batch of members.
+        let sql = format!("SELECT {} FROM ({sql}) AS page", self.backend.json_rows("tenant_id, member_id"));
+        let text: String = sqlx::query_scalar(&sql)
             .bind(micros::of(now))
             .bind(tenant.map(|t| t.0))
             .bind(limit)
             .bind(limit.saturating_mul(LOTS_PER_PAGE_PER_MEMBER))
-            .fetch_all(&self.pool)
+            .fetch_one(&self.pool)
             .await?;
-        Ok(rows.into_iter().map(|row| (TenantId(row.get(0)), MemberId(row.get(1)))).collect())
+        let page: Vec<(i64, i64)> = crate::batch::rows_of_json(&text, "lots")?;
+        Ok(page.into_iter().map(|(tenant, member)| (TenantId(tenant), MemberId(member))).collect())
     }
 
     /// The current version of every program of a tenant.
