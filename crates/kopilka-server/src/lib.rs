@@ -8,6 +8,7 @@ pub mod bonuses;
 pub mod checkout;
 pub mod clock;
 pub mod dto;
+mod durable;
 pub mod engine;
 pub mod error;
 pub mod extract;

@@ -21,6 +21,10 @@ pub struct Metrics {
     pub writer_commit_micros: AtomicU64,
     /// Where the writer's time goes, per [`WriterStage`]: what bounds its batches.
     pub writer_stage_micros: [AtomicU64; WriterStage::ALL.len()],
+    /// fsyncs of SQLite's WAL made before answers go out (`durable`), and their time: batches per
+    /// fsync is `writer_batches / writer_wal_syncs`.
+    pub writer_wal_syncs: AtomicU64,
+    pub writer_wal_sync_micros: AtomicU64,
     pub job_movements: AtomicU64,
 }
 
@@ -35,7 +39,7 @@ pub enum WriterStage {
     Decide,
     /// The multi-row INSERTs and UPDATEs, and the id seeds saved.
     Flush,
-    /// COMMIT: the WAL's (or PostgreSQL's) fsync.
+    /// COMMIT: PostgreSQL's fsync; on SQLite the WAL written, its fsync running beside the writer.
     Commit,
 }
 
@@ -113,6 +117,12 @@ impl Metrics {
                 "kopilka_writer_commit_microseconds_total",
                 "Time spent writing and committing batches",
                 &self.writer_commit_micros,
+            ),
+            ("kopilka_writer_wal_syncs_total", "fsyncs of SQLite's WAL before answers", &self.writer_wal_syncs),
+            (
+                "kopilka_writer_wal_sync_microseconds_total",
+                "Time spent in fsyncs of SQLite's WAL, beside the writer",
+                &self.writer_wal_sync_micros,
             ),
             ("kopilka_job_movements_total", "Activation and expiry movements made by jobs", &self.job_movements),
         ] {

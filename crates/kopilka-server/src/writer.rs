@@ -1,7 +1,8 @@
 //! The writer: every change goes through one task that batches concurrent requests into one
 //! transaction (group commit). Each request in a batch is decided in order against the state the
 //! ones before it left; the batch is written with a few multi-row statements and one commit, and
-//! only then is each request answered, so an answer always follows a durable commit.
+//! only once that commit is durable is each request answered (`durable`: on SQLite the fsync runs
+//! beside the writer, which goes on with the next batch meanwhile).
 //!
 //! A request that is refused fails alone: it changed nothing in the batch state. If the commit
 //! itself fails, the batch is retried one request at a time, so one bad request cannot take its
@@ -21,11 +22,13 @@ use kopilka_core::{IdAllocator, Program, ProgramId, TenantId};
 use kopilka_store::batch::{self, BatchKeys, Loaded, Writes};
 use kopilka_store::checkpoint::Checkpointer;
 use kopilka_store::store::{admin, hash_api_key};
+use kopilka_store::wal_sync::WalFile;
 use kopilka_store::{Backend, Role, Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::Clock;
 use crate::dto::{ApiKeyCreated, ProgramView, TenantCreated};
+use crate::durable::Answers;
 use crate::engine::{self, BatchState, Command, Programs, Reply, Request};
 use crate::error::ApiError;
 use crate::metrics::{Metrics, WriterStage};
@@ -74,14 +77,28 @@ impl Writer {
         metrics: Arc<Metrics>,
         batch_max: usize,
     ) -> Result<(Writer, tokio::task::JoinHandle<()>), StoreError> {
+        Writer::start_answering(store, clock, metrics, batch_max, Answers::new).await
+    }
+
+    /// `start_with`, the answers sent by what `answers` makes of the WAL file to sync (tests hold
+    /// the fsync back with it).
+    async fn start_answering(
+        store: &Store,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        batch_max: usize,
+        answers: impl FnOnce(Option<WalFile>, Arc<Metrics>) -> Answers,
+    ) -> Result<(Writer, tokio::task::JoinHandle<()>), StoreError> {
         let mut connection = store.writer_connection().await?;
         kopilka_store::sql::waits_in_begin_write(&mut connection).await?;
         let checkpointer = Checkpointer::start(store, &mut connection).await?;
+        let answers = answers(WalFile::open(store, &mut connection).await?, metrics.clone());
         let mut programs = Programs::default();
         for (tenant, id, version, program) in store.programs().await? {
             programs.put(tenant, id, version, program);
         }
-        let task = WriterTask { connection, clock, metrics, programs, checkpointer, batch_max: batch_max.max(1) };
+        let task =
+            WriterTask { connection, clock, metrics, programs, checkpointer, answers, batch_max: batch_max.max(1) };
         let (sender, receiver) = mpsc::channel(QUEUE_LEN_MAX.max(2 * batch_max));
         let handle = tokio::spawn(task.run(receiver));
         Ok((Writer { sender }, handle))
@@ -176,6 +193,8 @@ struct WriterTask {
     programs: Programs,
     /// SQLite's WAL checkpoints, run beside the writer instead of inside its commits.
     checkpointer: Option<Checkpointer>,
+    /// Sends answers once their batch is durable.
+    answers: Answers,
     batch_max: usize,
 }
 
@@ -196,11 +215,16 @@ impl WriterTask {
             if let Some(checkpointer) = &self.checkpointer {
                 checkpointer.between_transactions(&mut self.connection).await;
             }
+            if self.answers.failed() {
+                tracing::error!("writer stopped: a commit could not be made durable");
+                break;
+            }
         }
         if let Some(checkpointer) = self.checkpointer.take() {
             checkpointer.stop().await;
         }
-        tracing::info!("writer stopped: every handle was dropped");
+        self.answers.finish().await;
+        tracing::info!("writer stopped");
     }
 
     async fn run_group(&mut self, group: Vec<Envelope>) {
@@ -210,20 +234,19 @@ impl WriterTask {
         let requests: Vec<&Request> = group.iter().map(|e| &e.request).collect();
         match self.commit_group(&requests).await {
             Ok(replies) => {
-                for (envelope, reply) in group.into_iter().zip(replies) {
-                    let _ = envelope.reply.send(reply);
-                }
+                self.answers.send(group.into_iter().map(|envelope| envelope.reply).zip(replies).collect());
             }
             Err(error) if group.len() > 1 => {
                 tracing::warn!(%error, size = group.len(), "batch commit failed; retrying its requests one by one");
                 for envelope in group {
                     let result = self.commit_group(&[&envelope.request]).await;
                     let reply = result.map(|mut replies| replies.remove(0)).unwrap_or_else(|e| Err(e.into()));
-                    let _ = envelope.reply.send(reply);
+                    self.answers.send(vec![(envelope.reply, reply)]);
                 }
             }
             Err(error) => {
-                let _ = group.into_iter().next().expect("one").reply.send(Err(error.into()));
+                let envelope = group.into_iter().next().expect("one");
+                self.answers.send(vec![(envelope.reply, Err(error.into()))]);
             }
         }
     }
@@ -319,7 +342,7 @@ impl WriterTask {
                 Err(error.into())
             }
         };
-        let _ = envelope.reply.send(reply);
+        self.answers.send(vec![(envelope.reply, reply)]);
     }
 
     #[allow(clippy::type_complexity)]
@@ -401,5 +424,82 @@ impl WriterTask {
         }
         batch::commit(conn).await?;
         Ok(Ok((reply, program_update)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use kopilka_core::member::Profile;
+
+    use super::*;
+    use crate::clock::SystemClock;
+
+    /// Polls `answer` for a while; `None` if it did not come.
+    async fn within(answer: &mut Answer, wait: Duration) -> Option<Result<Reply, ApiError>> {
+        tokio::time::timeout(wait, answer).await.ok()
+    }
+
+    #[tokio::test]
+    async fn on_sqlite_no_request_is_answered_before_the_fsync_of_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let gate = Arc::new(Mutex::new(()));
+        let syncs = Arc::new(AtomicUsize::new(0));
+        let (writer, task) = Writer::start_answering(
+            &store,
+            Arc::new(SystemClock),
+            Arc::new(Metrics::default()),
+            BATCH_SIZE_MAX,
+            |wal, metrics| {
+                assert!(wal.is_some(), "SQLite's writer syncs its WAL beside it");
+                let (gate, syncs) = (gate.clone(), syncs.clone());
+                Answers::after(
+                    Box::new(move || {
+                        drop(gate.lock().unwrap());
+                        syncs.fetch_add(1, Ordering::SeqCst);
+                        Ok(())
+                    }),
+                    metrics,
+                )
+            },
+        )
+        .await
+        .unwrap();
+
+        // A command that runs alone (a tenant), then commands decided in a batch (members).
+        let held = gate.lock().unwrap();
+        let command = Command::CreateTenant { name: "t".into(), admin_key: "k".repeat(32) };
+        let mut tenant = writer.enqueue(Request { tenant: TenantId(0), idempotency: None, command }).await.unwrap();
+        assert!(within(&mut tenant, Duration::from_millis(200)).await.is_none(), "answered before its fsync");
+        drop(held);
+        let created: TenantCreated = serde_json::from_slice(&tenant.await.unwrap().body).unwrap();
+        let synced = syncs.load(Ordering::SeqCst);
+        assert!(synced >= 1);
+
+        let held = gate.lock().unwrap();
+        let mut members = Vec::new();
+        for n in 0..3 {
+            let command = Command::CreateMember {
+                profile: Profile { card: Some(format!("C-{n}")), ..Profile::default() },
+                signup_at: None,
+            };
+            members.push(
+                writer.enqueue(Request { tenant: TenantId(created.id), idempotency: None, command }).await.unwrap(),
+            );
+        }
+        for member in &mut members {
+            assert!(within(member, Duration::from_millis(50)).await.is_none(), "answered before its fsync");
+        }
+        drop(held);
+        for member in members {
+            assert_eq!(member.await.unwrap().status, 201);
+        }
+        assert!(syncs.load(Ordering::SeqCst) > synced, "the members' batch waited for an fsync of its own");
+        drop(writer);
+        task.await.unwrap();
     }
 }

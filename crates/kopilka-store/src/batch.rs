@@ -829,7 +829,8 @@ pub async fn begin(conn: &mut Connection) -> Result<()> {
     crate::sql::begin_write(conn).await
 }
 
-/// Commits; the batch is durable when this returns (`synchronous = FULL` on SQLite).
+/// Commits. The batch is durable when this returns, except on the server writer's SQLite
+/// connection, whose answers wait for `wal_sync::WalFile::sync` instead.
 pub async fn commit(conn: &mut Connection) -> Result<()> {
     sqlx::query("COMMIT").execute(&mut *conn).await?;
     Ok(())

@@ -20,6 +20,7 @@ pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod verify;
+pub mod wal_sync;
 
 pub use rows::{ApiKeyRow, MemberRow, Role, StoredResponse};
 pub use sql::Backend;

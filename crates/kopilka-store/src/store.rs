@@ -2,7 +2,8 @@
 //! writes (tenants, keys, programs) that are rare enough to run as plain transactions.
 //!
 //! SQLite runs in WAL mode with `synchronous = FULL`: a commit returns only once the WAL is on
-//! disk, so an answer sent after commit is durable. PostgreSQL commits are durable by its own
+//! disk, so an answer sent after commit is durable. The writer's own connection is the exception:
+//! it commits with `NORMAL` and its answers wait for an fsync run beside it (`wal_sync`). PostgreSQL commits are durable by its own
 //! defaults (`synchronous_commit = on`).
 
 use std::path::{Path, PathBuf};
