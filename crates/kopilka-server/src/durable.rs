@@ -138,6 +138,40 @@ fn sync_and_answer(receiver: mpsc::Receiver<Vec<Answered>>, mut sync: SyncFn, fa
     }
 }
 
+/// A stand-in for the fsync that waits while the test holds it closed.
+#[cfg(test)]
+pub(crate) struct Gate {
+    closed: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[cfg(test)]
+impl Gate {
+    pub(crate) fn new() -> Gate {
+        Gate { closed: Arc::default(), calls: Arc::default() }
+    }
+
+    /// A sync that counts its call, then waits until the gate is open.
+    pub(crate) fn sync(&self) -> SyncFn {
+        let (closed, calls) = (self.closed.clone(), self.calls.clone());
+        Box::new(move || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let (lock, opened) = &*closed;
+            let _open = opened.wait_while(lock.lock().expect("gate"), |closed| *closed).expect("gate");
+            Ok(())
+        })
+    }
+
+    pub(crate) fn set_closed(&self, closed: bool) {
+        *self.closed.0.lock().expect("gate") = closed;
+        self.closed.1.notify_all();
+    }
+
+    pub(crate) fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
@@ -147,33 +181,17 @@ mod tests {
 
     fn answered(n: u16) -> (Answered, oneshot::Receiver<Result<Reply, ApiError>>) {
         let (sender, receiver) = oneshot::channel();
-        let reply = Reply::json(n, &n);
-        ((sender, Ok(reply)), receiver)
-    }
-
-    /// A sync that blocks until the test lets it go, counting its calls.
-    fn gated() -> (SyncFn, Arc<Mutex<()>>, Arc<std::sync::atomic::AtomicUsize>) {
-        let gate = Arc::new(Mutex::new(()));
-        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let sync: SyncFn = Box::new({
-            let (gate, calls) = (gate.clone(), calls.clone());
-            move || {
-                calls.fetch_add(1, Ordering::SeqCst);
-                drop(gate.lock().unwrap());
-                Ok(())
-            }
-        });
-        (sync, gate, calls)
+        ((sender, Ok(Reply::json(n, &n))), receiver)
     }
 
     #[tokio::test]
     async fn no_answer_goes_out_before_the_fsync_that_covers_it_and_one_fsync_covers_many_batches() {
-        let (sync, gate, calls) = gated();
-        let held = gate.lock().unwrap();
-        let answers = Answers::after(sync, Arc::new(Metrics::default()));
+        let gate = Gate::new();
+        gate.set_closed(true);
+        let answers = Answers::after(gate.sync(), Arc::new(Metrics::default()));
         let (first, mut first_rx) = answered(201);
         answers.send(vec![first]);
-        while calls.load(Ordering::SeqCst) == 0 {
+        while gate.calls() == 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         // The first fsync is running; two more batches commit meanwhile.
@@ -184,11 +202,11 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(first_rx.try_recv().is_err(), "answered before its fsync finished");
         assert!(second_rx.try_recv().is_err(), "answered before any fsync covered it");
-        drop(held);
+        gate.set_closed(false);
         assert_eq!(first_rx.await.unwrap().unwrap().status, 201);
         assert_eq!(second_rx.await.unwrap().unwrap().status, 202);
         assert_eq!(third_rx.await.unwrap().unwrap().status, 203);
-        assert_eq!(calls.load(Ordering::SeqCst), 2, "the batches committed during one fsync share the next");
+        assert_eq!(gate.calls(), 2, "the batches committed during one fsync share the next");
         answers.finish().await;
     }
 

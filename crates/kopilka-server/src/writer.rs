@@ -429,14 +429,13 @@ impl WriterTask {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
-    use std::sync::Mutex;
     use std::time::Duration;
 
     use kopilka_core::member::Profile;
 
     use super::*;
     use crate::clock::SystemClock;
+    use crate::durable::Gate;
 
     /// Polls `answer` for a while; `None` if it did not come.
     async fn within(answer: &mut Answer, wait: Duration) -> Option<Result<Reply, ApiError>> {
@@ -447,8 +446,7 @@ mod tests {
     async fn on_sqlite_no_request_is_answered_before_the_fsync_of_its_batch() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).await.unwrap();
-        let gate = Arc::new(Mutex::new(()));
-        let syncs = Arc::new(AtomicUsize::new(0));
+        let gate = Gate::new();
         let (writer, task) = Writer::start_answering(
             &store,
             Arc::new(SystemClock),
@@ -456,31 +454,23 @@ mod tests {
             BATCH_SIZE_MAX,
             |wal, metrics| {
                 assert!(wal.is_some(), "SQLite's writer syncs its WAL beside it");
-                let (gate, syncs) = (gate.clone(), syncs.clone());
-                Answers::after(
-                    Box::new(move || {
-                        drop(gate.lock().unwrap());
-                        syncs.fetch_add(1, Ordering::SeqCst);
-                        Ok(())
-                    }),
-                    metrics,
-                )
+                Answers::after(gate.sync(), metrics)
             },
         )
         .await
         .unwrap();
 
         // A command that runs alone (a tenant), then commands decided in a batch (members).
-        let held = gate.lock().unwrap();
+        gate.set_closed(true);
         let command = Command::CreateTenant { name: "t".into(), admin_key: "k".repeat(32) };
         let mut tenant = writer.enqueue(Request { tenant: TenantId(0), idempotency: None, command }).await.unwrap();
         assert!(within(&mut tenant, Duration::from_millis(200)).await.is_none(), "answered before its fsync");
-        drop(held);
+        gate.set_closed(false);
         let created: TenantCreated = serde_json::from_slice(&tenant.await.unwrap().body).unwrap();
-        let synced = syncs.load(Ordering::SeqCst);
+        let synced = gate.calls();
         assert!(synced >= 1);
 
-        let held = gate.lock().unwrap();
+        gate.set_closed(true);
         let mut members = Vec::new();
         for n in 0..3 {
             let command = Command::CreateMember {
@@ -494,11 +484,11 @@ mod tests {
         for member in &mut members {
             assert!(within(member, Duration::from_millis(50)).await.is_none(), "answered before its fsync");
         }
-        drop(held);
+        gate.set_closed(false);
         for member in members {
             assert_eq!(member.await.unwrap().status, 201);
         }
-        assert!(syncs.load(Ordering::SeqCst) > synced, "the members' batch waited for an fsync of its own");
+        assert!(gate.calls() > synced, "the members' batch waited for an fsync of its own");
         drop(writer);
         task.await.unwrap();
     }
