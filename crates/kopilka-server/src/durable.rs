@@ -77,7 +77,9 @@ impl Answers {
             Answers::AfterSync(syncer) => {
                 let sender = syncer.sender.as_ref().expect("the sender lives until `finish`");
                 if let Err(mpsc::SendError(answers)) = sender.send(answers) {
-                    // The thread is gone only if it panicked; nothing it did not sync is answered.
+                    // The thread is gone only if it panicked: nothing it did not sync is answered,
+                    // and the writer stops as after a failed fsync.
+                    syncer.failed.store(true, Ordering::Release);
                     for (reply, _) in answers {
                         let _ = reply.send(Err(not_durable()));
                     }
