@@ -40,7 +40,8 @@ impl WalFile {
     /// If the WAL file cannot be opened, the connection keeps `FULL` and `None` is returned.
     pub async fn open(store: &Store, writer: &mut AnyConnection) -> Result<Option<WalFile>> {
         let Database::Sqlite(dir) = &store.database else { return Ok(None) };
-        // The pragma that puts a connection in WAL mode opens (and if need be creates) the file.
+        // Every connection of the store is put in WAL mode when it opens; the file exists while any
+        // of them is open, and the writer's is. Should it be missing, the commits stay `FULL`.
         let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&mut *writer).await?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Ok(None);
