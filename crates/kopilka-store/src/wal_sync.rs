@@ -57,12 +57,12 @@ impl WalFile {
 
     /// Writes the WAL's dirty pages to disk (`fdatasync`, which also writes a grown file's size).
     /// SQLite deletes the WAL only when its last connection closes, and the writer holds one, so
-    /// the file is the one the commits went to; should it have been replaced all the same, the new
-    /// file is opened and synced instead.
+    /// the file is the one the commits went to. Should it have been replaced all the same, some
+    /// commits went to a file no fsync can reach any more: that is an error, which stops the
+    /// writer (`durable`), rather than a sync of the new file that would vouch for them.
     pub fn sync(&mut self) -> std::io::Result<()> {
-        let inode = std::fs::metadata(&self.path)?.ino();
-        if inode != self.inode {
-            (self.file, self.inode) = open_file(&self.path)?;
+        if std::fs::metadata(&self.path)?.ino() != self.inode {
+            return Err(std::io::Error::other(format!("{} was replaced under the writer", self.path.display())));
         }
         self.file.sync_data()
     }
@@ -98,5 +98,10 @@ mod tests {
         writer.execute("INSERT INTO filler VALUES (1, randomblob(100000))").await.unwrap();
         assert!(wal.file.metadata().unwrap().len() > before, "the commit went to the file WalFile holds");
         wal.sync().unwrap();
+
+        // A WAL replaced under the writer (SQLite never does while the writer is open) is refused.
+        std::fs::rename(dir.path().join("kopilka.db-wal"), dir.path().join("moved-wal")).unwrap();
+        std::fs::copy(dir.path().join("moved-wal"), dir.path().join("kopilka.db-wal")).unwrap();
+        assert!(wal.sync().is_err(), "a sync of another file would vouch for commits it does not hold");
     }
 }
