@@ -1058,14 +1058,20 @@ both_stores! {
         jobs::run_once(&harness.state.store, &harness.state.writer, &*harness.clock, Job::Expiry, None).await.unwrap();
         harness.assert_ledger_sound("after expiry").await;
 
-        sqlx::query("UPDATE member_lot_totals SET remaining = remaining + 7 WHERE member_id = $1")
+        let kept: Option<String> = sqlx::query_scalar("SELECT lot_totals FROM members WHERE id = $1")
+            .bind(b)
+            .fetch_one(&harness.state.store.pool)
+            .await
+            .unwrap();
+        assert_eq!(kept, None, "everything expired: nothing is kept");
+        sqlx::query(r#"UPDATE members SET lot_totals = '[["PTS",0,7]]' WHERE id = $1"#)
             .bind(b)
             .execute(&harness.state.store.pool)
             .await
             .unwrap();
         let report = harness.state.store.verify().await.unwrap();
         assert!(
-            report.problems.iter().any(|p| p.contains(&format!("member {b} ")) && p.contains("member_lot_totals says 7")),
+            report.problems.iter().any(|p| p.contains(&format!("member {b} ")) && p.contains("lot_totals says 7")),
             "{:?}",
             report.problems
         );

@@ -78,8 +78,8 @@ pub struct Writes {
     pub member_states: Vec<(TenantId, MemberId, MemberState)>,
     pub lots: Vec<(TenantId, Lot)>,
     /// The totals of the open lots of every member whose lots changed, by currency and stored
-    /// state, as they are after the batch (`MemberLedger::stored_totals`): kept in
-    /// `member_lot_totals` for light loads.
+    /// state, as they are after the batch (`MemberLedger::stored_totals`), each member's currencies
+    /// next to each other: kept in the member's row (`lot_totals`) for light loads.
     pub lot_totals: Vec<(TenantId, MemberId, PointCurrency, Balance)>,
     pub movements: Vec<(TenantId, Movement)>,
     pub purchases: Vec<(TenantId, ProgramId, PurchaseRecord)>,
@@ -425,29 +425,29 @@ fn members_table<'a>(chunk: &[(TenantId, MemberId)]) -> Builder<'a> {
 }
 
 /// The member rows of `chunk`, each with no lots yet; the survivors of merged ones are noted.
-/// Returns the members found.
+/// Returns the members found, each with the open-lot totals its row keeps (`lot_totals`).
 async fn load_member_rows(
     conn: &mut AnyConnection,
     chunk: &[(TenantId, MemberId)],
     loaded: &mut Loaded,
     survivors: &mut Vec<(TenantId, MemberId)>,
-) -> Result<Vec<(TenantId, MemberId)>> {
+) -> Result<Vec<((TenantId, MemberId), Option<String>)>> {
     let backend = Backend::of(conn);
     let mut query = members_table(chunk);
     let member = backend.json_array(MEMBER_COLUMNS);
     query.push(format!(
         ") SELECT {} FROM k JOIN members ON members.tenant_id = k.t AND members.id = k.v",
-        backend.json_rows(&format!("members.tenant_id, {member}"))
+        backend.json_rows(&format!("members.tenant_id, {member}, members.lot_totals"))
     ));
-    let members: Vec<(i64, MemberValues)> = fetch_json_rows(conn, &mut query, "members").await?;
+    let members: Vec<(i64, MemberValues, Option<String>)> = fetch_json_rows(conn, &mut query, "members").await?;
     let mut found = Vec::new();
-    for (tenant, values) in members {
+    for (tenant, values, lot_totals) in members {
         let tenant = TenantId(tenant);
         let member = member_of_values(values)?;
         if let Some(survivor) = member.merged_into {
             survivors.push((tenant, survivor));
         }
-        found.push((tenant, member.id));
+        found.push(((tenant, member.id), lot_totals));
         loaded.lots.insert((tenant, member.id), Vec::new());
         loaded.members.insert((tenant, member.id), member);
     }
@@ -464,9 +464,7 @@ async fn load_light_members(
 ) -> Result<()> {
     let at_micros = micros::of(at);
     for chunk in keys.chunks(chunk_rows(2)) {
-        for key in load_member_rows(conn, chunk, loaded, survivors).await? {
-            loaded.unloaded.insert(key, (Vec::new(), at));
-        }
+        let found = load_member_rows(conn, chunk, loaded, survivors).await?;
         // Due by `at` exactly when `Lot::state_at(at)` differs from the stored state.
         let backend = Backend::of(conn);
         let (indexed, due_at) = (backend.indexed_by("lots_member"), backend.lot_due_at());
@@ -474,39 +472,23 @@ async fn load_light_members(
         query.push(format!(") {} FROM k JOIN lots{indexed} ON lots.tenant_id = k.t AND lots.member_id = k.v WHERE state IN ('pending', 'available') AND {due_at} <= ", lots_as_json(backend)));
         query.push_bind(at_micros);
         let due = fetch_lots_json(conn, &mut query).await?;
-        // The totals of every open lot by stored state (kept by the writer), less the due lots'.
-        let mut due_sums: HashMap<(TenantId, MemberId, &PointCurrency, bool), i64> = HashMap::new();
+        // The totals of every open lot by stored state (kept in the member's row), less the due lots'.
+        let mut due_sums: HashMap<(TenantId, MemberId, &PointCurrency), Balance> = HashMap::new();
         for (tenant, lot) in &due {
-            let pending = lot.state == LotState::Pending;
-            *due_sums.entry((*tenant, lot.member_id, &lot.currency, pending)).or_default() += lot.remaining;
-        }
-        let mut query = members_table(chunk);
-        query.push(format!(
-            ") SELECT {} FROM k JOIN member_lot_totals AS totals ON totals.tenant_id = k.t AND totals.member_id = k.v",
-            backend.json_rows("totals.tenant_id, totals.member_id, totals.currency, totals.state, totals.remaining")
-        ));
-        let corrupt = |detail: String| StoreError::Corrupt { table: "member_lot_totals", detail };
-        let kept_totals: Vec<(i64, i64, String, String, i64)> =
-            fetch_json_rows(conn, &mut query, "member_lot_totals").await?;
-        for (tenant, member, currency, state, kept) in kept_totals {
-            let key = (TenantId(tenant), MemberId(member));
-            let currency =
-                PointCurrency::parse(&currency).map_err(|e| corrupt(format!("currency {currency:?}: {e}")))?;
-            let pending = state == "pending";
-            let sum = kept - due_sums.get(&(key.0, key.1, &currency, pending)).copied().unwrap_or(0);
-            let Some((totals, _)) = loaded.unloaded.get_mut(&key) else { continue };
-            let index = match totals.iter().position(|(c, _)| *c == currency) {
-                Some(index) => index,
-                None => {
-                    totals.push((currency, Balance::default()));
-                    totals.len() - 1
-                }
-            };
-            if pending {
-                totals[index].1.pending += sum;
-            } else {
-                totals[index].1.available += sum;
+            let sums = due_sums.entry((*tenant, lot.member_id, &lot.currency)).or_default();
+            match lot.state {
+                LotState::Pending => sums.pending += lot.remaining,
+                _ => sums.available += lot.remaining,
             }
+        }
+        for (key, kept) in found {
+            let mut totals = crate::lot_totals::decode(kept.as_deref())?;
+            for (currency, balance) in &mut totals {
+                let due = due_sums.get(&(key.0, key.1, &*currency)).copied().unwrap_or_default();
+                balance.pending -= due.pending;
+                balance.available -= due.available;
+            }
+            loaded.unloaded.insert(key, (totals, at));
         }
         for (tenant, lot) in due {
             loaded.lots.entry((tenant, lot.member_id)).or_default().push(lot);
@@ -575,14 +557,41 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
     // The jobs' keys beside the state are indexed, and an UPDATE that sets a column rewrites its
     // indexes even to the same value: so the state alone first (a page per member), then the keys
     // of only the members whose keys changed (a tier reviewed, a first purchase, a manual tier).
-    for chunk in writes.member_states.chunks(chunk_rows(3)) {
-        let mut query = Builder::new("WITH k(t, v, s) AS (");
+    // The open-lot totals, absolute values kept in the member's row: the writer decided them from
+    // the whole of each changed ledger (or its loaded lots plus the unloaded totals). Written with
+    // the member's state where that changed too, so the row is rewritten once. A member absorbed
+    // by a merge has no open lots left.
+    for (tenant, absorbed, _) in &writes.merges {
+        sqlx::query("UPDATE members SET lot_totals = NULL WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant.0)
+            .bind(absorbed.0)
+            .execute(&mut *conn)
+            .await?;
+    }
+    let mut totals = TotalsToWrite::of(&writes.lot_totals);
+    for chunk in writes.member_states.chunks(chunk_rows(5)) {
+        let mut query = Builder::new("WITH k(t, v, s, h, x) AS (");
         query.push_values(chunk, |mut b, (tenant, member, state)| {
+            let kept = totals.take(tenant.0, member.0);
             b.push_bind(tenant.0)
                 .push_bind(member.0)
-                .push_bind(serde_json::to_string(state).expect("member states serialize"));
+                .push_bind(serde_json::to_string(state).expect("member states serialize"))
+                .push_bind(i64::from(kept.is_some()))
+                .push_bind(kept.flatten());
         });
-        query.push(") UPDATE members SET state = k.s FROM k WHERE members.tenant_id = k.t AND members.id = k.v");
+        query.push(
+            ") UPDATE members SET state = k.s, lot_totals = CASE WHEN k.h = 1 THEN k.x ELSE members.lot_totals END
+             FROM k WHERE members.tenant_id = k.t AND members.id = k.v",
+        );
+        query.execute(&mut *conn).await?;
+    }
+    let rest = totals.rest();
+    for chunk in rest.chunks(chunk_rows(3)) {
+        let mut query = Builder::new("WITH k(t, v, x) AS (");
+        query.push_values(chunk, |mut b, (tenant, member, kept)| {
+            b.push_bind(*tenant).push_bind(*member).push_bind(kept.clone());
+        });
+        query.push(") UPDATE members SET lot_totals = k.x FROM k WHERE members.tenant_id = k.t AND members.id = k.v");
         query.execute(&mut *conn).await?;
     }
     for chunk in writes.member_states.chunks(chunk_rows(5)) {
@@ -630,36 +639,6 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
             " ON CONFLICT (tenant_id, id) DO UPDATE SET member_id = excluded.member_id, remaining = excluded.remaining,
               state = excluded.state",
         );
-        query.execute(&mut *conn).await?;
-    }
-
-    // Absolute values, one row per member, currency and state: the writer decided from the whole
-    // of each changed ledger (or its loaded lots plus the unloaded totals), so one upsert per member
-    // replaces a trigger per lot row. A member absorbed by a merge has no open lots left.
-    for (tenant, absorbed, _) in &writes.merges {
-        sqlx::query("DELETE FROM member_lot_totals WHERE tenant_id = $1 AND member_id = $2")
-            .bind(tenant.0)
-            .bind(absorbed.0)
-            .execute(&mut *conn)
-            .await?;
-    }
-    let totals: Vec<(i64, i64, &str, &str, i64)> = writes
-        .lot_totals
-        .iter()
-        .flat_map(|(tenant, member, currency, totals)| {
-            [
-                (tenant.0, member.0, currency.as_str(), "pending", totals.pending),
-                (tenant.0, member.0, currency.as_str(), "available", totals.available),
-            ]
-        })
-        .collect();
-    for chunk in totals.chunks(chunk_rows(5)) {
-        let mut query =
-            Builder::new("INSERT INTO member_lot_totals (tenant_id, member_id, currency, state, remaining) ");
-        query.push_values(chunk, |mut b, (tenant, member, currency, state, remaining)| {
-            b.push_bind(*tenant).push_bind(*member).push_bind(*currency).push_bind(*state).push_bind(*remaining);
-        });
-        query.push(" ON CONFLICT (tenant_id, member_id, currency, state) DO UPDATE SET remaining = excluded.remaining");
         query.execute(&mut *conn).await?;
     }
 
@@ -763,6 +742,42 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
     crate::referrals::flush(conn, &writes.referrals).await?;
     crate::partners::flush(conn, &writes.partners).await?;
     Ok(())
+}
+
+/// Each member's `lot_totals` column as a batch leaves it (`Writes::lot_totals` holds a member's
+/// currencies next to each other), handed out once per member.
+struct TotalsToWrite {
+    members: Vec<(i64, i64, Option<Option<String>>)>,
+    index: HashMap<(i64, i64), usize>,
+}
+
+impl TotalsToWrite {
+    fn of(lot_totals: &[(TenantId, MemberId, PointCurrency, Balance)]) -> TotalsToWrite {
+        let mut grouped: Vec<(i64, i64, Vec<(&PointCurrency, Balance)>)> = Vec::new();
+        for (tenant, member, currency, balance) in lot_totals {
+            match grouped.last_mut() {
+                Some((t, m, of_member)) if *t == tenant.0 && *m == member.0 => of_member.push((currency, *balance)),
+                _ => grouped.push((tenant.0, member.0, vec![(currency, *balance)])),
+            }
+        }
+        let members: Vec<_> = grouped
+            .into_iter()
+            .map(|(tenant, member, of_member)| (tenant, member, Some(crate::lot_totals::encode(&of_member))))
+            .collect();
+        let index = members.iter().enumerate().map(|(i, (tenant, member, _))| ((*tenant, *member), i)).collect();
+        TotalsToWrite { members, index }
+    }
+
+    /// The member's column if the batch changed its lots (`Some(None)`: nothing left).
+    fn take(&mut self, tenant: i64, member: i64) -> Option<Option<String>> {
+        let i = *self.index.get(&(tenant, member))?;
+        self.members[i].2.take()
+    }
+
+    /// The members not taken.
+    fn rest(self) -> Vec<(i64, i64, Option<String>)> {
+        self.members.into_iter().filter_map(|(tenant, member, kept)| Some((tenant, member, kept?))).collect()
+    }
 }
 
 /// The writer's own connection.

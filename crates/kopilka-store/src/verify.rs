@@ -23,7 +23,7 @@ pub struct LedgerReport {
 impl Store {
     /// Checks that every movement balances, that all accounts sum to zero per tenant and currency,
     /// that each member's pending and available accounts equal the remaining of their lots, and
-    /// that the totals kept of those lots (`member_lot_totals`) are their sums, and that the jobs'
+    /// that the totals kept of those lots (`members.lot_totals`) are their sums, and that the jobs'
     /// keys kept beside each member's state are the state's.
     pub async fn verify(&self) -> Result<LedgerReport> {
         let mut report = LedgerReport {
@@ -81,27 +81,35 @@ impl Store {
             by_account.entry(key.clone()).or_default().1 = sum;
             lot_sums.insert(key, sum);
         }
-        // The totals the writer keeps must be the lots' own sums (a member without open lots
-        // may keep a row of zero).
-        let kept =
-            sqlx::query("SELECT tenant_id, member_id, currency, 'member_' || state, remaining FROM member_lot_totals")
-                .fetch_all(&self.pool)
-                .await?;
+        // The totals the writer keeps in each member's row must be the lots' own sums.
+        let kept = sqlx::query("SELECT tenant_id, id, lot_totals FROM members WHERE lot_totals IS NOT NULL")
+            .fetch_all(&self.pool)
+            .await?;
         for row in kept {
-            let key: (i64, i64, String, String) = (row.get(0), row.get(1), row.get(2), row.get(3));
-            let remaining: i64 = row.get(4);
-            let sum = lot_sums.remove(&key).unwrap_or(0);
-            if remaining != sum {
-                let (tenant, member, currency, account) = key;
-                report.problems.push(format!(
-                    "tenant {tenant} member {member} {currency} {account}: member_lot_totals says {remaining}, lots say {sum}"
-                ));
+            let (tenant, member): (i64, i64) = (row.get(0), row.get(1));
+            let totals = match crate::lot_totals::decode(row.get::<Option<String>, _>(2).as_deref()) {
+                Ok(totals) => totals,
+                Err(error) => {
+                    report.problems.push(format!("tenant {tenant} member {member}: {error}"));
+                    continue;
+                }
+            };
+            for (currency, balance) in totals {
+                for (state, remaining) in [("pending", balance.pending), ("available", balance.available)] {
+                    let key = (tenant, member, currency.as_str().to_string(), format!("member_{state}"));
+                    let sum = lot_sums.remove(&key).unwrap_or(0);
+                    if remaining != sum {
+                        report.problems.push(format!(
+                            "tenant {tenant} member {member} {currency} member_{state}: lot_totals says {remaining}, lots say {sum}"
+                        ));
+                    }
+                }
             }
         }
         for ((tenant, member, currency, account), sum) in lot_sums {
             if sum != 0 {
                 report.problems.push(format!(
-                    "tenant {tenant} member {member} {currency} {account}: member_lot_totals has no row, lots say {sum}"
+                    "tenant {tenant} member {member} {currency} {account}: lot_totals has no entry, lots say {sum}"
                 ));
             }
         }

@@ -138,11 +138,16 @@ async fn seed(dir: &Path, at: Timestamp, members: usize, lots: usize, pending: u
     .bind(lots as i64)
     .execute(&mut conn)
     .await?;
-    // What the writer keeps beside the lots it writes (`member_lot_totals`), for the seeded ones.
+    // What the writer keeps beside the lots it writes (`members.lot_totals`), for the seeded ones.
     sqlx::query(
-        "INSERT INTO member_lot_totals (tenant_id, member_id, currency, state, remaining)
-         SELECT tenant_id, member_id, currency, state, SUM(remaining) FROM lots
-         WHERE state IN ('pending', 'available') GROUP BY tenant_id, member_id, currency, state",
+        "UPDATE members SET lot_totals = t.totals FROM (
+             SELECT tenant_id, member_id, json_group_array(json_array(currency, pending, available)) AS totals FROM (
+                 SELECT tenant_id, member_id, currency,
+                     SUM(CASE state WHEN 'pending' THEN remaining ELSE 0 END) AS pending,
+                     SUM(CASE state WHEN 'available' THEN remaining ELSE 0 END) AS available
+                 FROM lots WHERE state IN ('pending', 'available') GROUP BY tenant_id, member_id, currency
+             ) GROUP BY tenant_id, member_id
+         ) AS t WHERE members.tenant_id = t.tenant_id AND members.id = t.member_id",
     )
     .execute(&mut conn)
     .await?;

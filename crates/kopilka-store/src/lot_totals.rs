@@ -1,0 +1,54 @@
+//! The open-lot totals kept in each member's row (`members.lot_totals`, migration 0015): the
+//! remaining points of the member's open lots by currency and stored state, written by the writer
+//! beside the lots so that a light load reads them instead of every lot.
+//!
+//! Stored as a JSON array of `[currency, pending, available]`, one entry per currency with points
+//! left; NULL when there are none, so an absent currency is zero.
+
+use kopilka_core::ledger::Balance;
+use kopilka_core::PointCurrency;
+
+use crate::{Result, StoreError};
+
+/// The column's text for `totals`; None when nothing is left in any currency.
+pub(crate) fn encode(totals: &[(&PointCurrency, Balance)]) -> Option<String> {
+    let entries: Vec<(&str, i64, i64)> = totals
+        .iter()
+        .filter(|(_, balance)| balance.pending != 0 || balance.available != 0)
+        .map(|(currency, balance)| (currency.as_str(), balance.pending, balance.available))
+        .collect();
+    (!entries.is_empty()).then(|| serde_json::to_string(&entries).expect("lot totals serialize"))
+}
+
+/// The totals a member's row keeps (`None`: no open lots).
+pub(crate) fn decode(text: Option<&str>) -> Result<Vec<(PointCurrency, Balance)>> {
+    let corrupt = |detail: String| StoreError::Corrupt { table: "members", detail: format!("lot_totals: {detail}") };
+    let Some(text) = text else { return Ok(Vec::new()) };
+    let entries: Vec<(String, i64, i64)> = serde_json::from_str(text).map_err(|e| corrupt(format!("{text:?}: {e}")))?;
+    entries
+        .into_iter()
+        .map(|(currency, pending, available)| {
+            let currency =
+                PointCurrency::parse(&currency).map_err(|e| corrupt(format!("currency {currency:?}: {e}")))?;
+            Ok((currency, Balance { pending, available }))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_round_trip_and_zeros_are_left_out() {
+        let (points, miles) = (PointCurrency::parse("PTS").unwrap(), PointCurrency::parse("MILES").unwrap());
+        let totals = [(&points, Balance { pending: 30, available: 250 }), (&miles, Balance::default())];
+        let text = encode(&totals).unwrap();
+        assert_eq!(text, r#"[["PTS",30,250]]"#);
+        assert_eq!(decode(Some(&text)).unwrap(), vec![(points.clone(), Balance { pending: 30, available: 250 })]);
+        assert_eq!(encode(&[(&miles, Balance::default())]), None);
+        assert!(decode(None).unwrap().is_empty());
+        assert!(decode(Some(r#"[["pts", 1, 2]]"#)).is_err(), "a currency that does not parse is a corrupt row");
+        assert!(decode(Some("{}")).is_err());
+    }
+}
