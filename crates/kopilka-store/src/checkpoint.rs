@@ -127,14 +127,20 @@ impl Drop for Checkpointer {
 /// passes back to back (each copies what the writer appended during the last). True when the WAL
 /// is long and the copy is close enough behind for the writer to finish it.
 async fn catch_up(connection: &mut AnyConnection, restart_after: i64) -> Result<bool> {
+    let mut last_log = None;
     for _ in 0..CATCH_UP_PASSES_MAX {
         let Frames { log, copied } = checkpoint(connection).await?;
         if log < restart_after {
             return Ok(false);
         }
-        if log - copied <= CAUGHT_UP_FRAMES {
+        // A pass copies every frame there was when it began (unless a reader holds some back),
+        // so how far behind the writer it ends is what the writer appended while it ran: the
+        // frames the next pass finds. Only a pass that had little to copy was quick enough.
+        let appended_during_last = last_log.map(|last| log - last);
+        if log - copied <= CAUGHT_UP_FRAMES && appended_during_last.is_some_and(|n| n <= CAUGHT_UP_FRAMES) {
             return Ok(true);
         }
+        last_log = Some(log);
     }
     Ok(false)
 }
