@@ -17,7 +17,7 @@ use kopilka_core::{
     Currency, DomainError, DomainEvent, IdAllocator, Lot, MemberId, MemberLedger, Program, ProgramId, PurchaseId,
     TenantId,
 };
-use kopilka_store::batch::{BatchKeys, Loaded, Unloaded, Writes};
+use kopilka_store::batch::{job_keys, BatchKeys, JobKeys, Loaded, Unloaded, Writes};
 use kopilka_store::{MemberRow, Role, StoredResponse};
 use serde::Serialize;
 
@@ -354,6 +354,8 @@ pub struct BatchState<'a> {
     pub(crate) rewards: RewardState,
     pub(crate) referrals: crate::referrals::ReferralState,
     pub(crate) partners: crate::partners::PartnerState,
+    /// The job keys each member was loaded with, to tell which keys a batch changed.
+    loaded_job_keys: HashMap<MemberKey, JobKeys>,
     writes: Writes,
 }
 
@@ -372,6 +374,7 @@ impl<'a> BatchState<'a> {
             purchase_by_external_id.insert((tenant, record.external_id.clone()), record.id);
             purchases.insert((tenant, record.id), (program, record));
         }
+        let loaded_job_keys = loaded.members.iter().map(|(key, row)| (*key, job_keys(&row.state))).collect();
         BatchState {
             checkout,
             now,
@@ -392,6 +395,7 @@ impl<'a> BatchState<'a> {
             rewards: RewardState::new(loaded.rewards),
             referrals: crate::referrals::ReferralState::new(std::mem::take(&mut loaded.referrals)),
             partners: crate::partners::PartnerState::new(std::mem::take(&mut loaded.partners)),
+            loaded_job_keys,
             writes: Writes::default(),
         }
     }
@@ -472,7 +476,11 @@ impl<'a> BatchState<'a> {
             self.writes.members.push((key.0, self.members[key].clone()));
         }
         for key in self.dirty_states.difference(&self.dirty_members) {
-            self.writes.member_states.push((key.0, key.1, self.members[key].state.clone()));
+            let state = &self.members[key].state;
+            if self.loaded_job_keys.get(key) == Some(&job_keys(state)) {
+                self.writes.job_keys_unchanged.insert(*key);
+            }
+            self.writes.member_states.push((key.0, key.1, state.clone()));
         }
         for key in &self.dirty_purchases {
             let (program, record) = &self.purchases[key];

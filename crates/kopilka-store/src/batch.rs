@@ -5,7 +5,7 @@
 //! commands of the same batch changed), so a batch of a thousand purchases costs a handful of
 //! statements and one fsync.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use jiff::Timestamp;
 use kopilka_core::ledger::Balance;
@@ -76,6 +76,9 @@ pub struct Writes {
     pub members: Vec<(TenantId, MemberRow)>,
     /// Members whose loyalty state alone changed (a purchase counted): a narrower write than `members`.
     pub member_states: Vec<(TenantId, MemberId, MemberState)>,
+    /// Members of `member_states` whose job keys the batch left as they were loaded: their key
+    /// columns are not written (left empty, every member's keys are compared in the database).
+    pub job_keys_unchanged: HashSet<(TenantId, MemberId)>,
     pub lots: Vec<(TenantId, Lot)>,
     /// The totals of the open lots of every member whose lots changed, by currency and stored
     /// state, as they are after the batch (`MemberLedger::stored_totals`), each member's currencies
@@ -123,8 +126,11 @@ pub(crate) const MEMBER_COLUMNS: &str = "id, card, phone, email, external_id, na
 /// The jobs' keys kept beside a member's state (migrations 0009 and 0014), in [`job_keys`]'s order.
 pub(crate) const JOB_KEY_COLUMNS: &str = "manual_tier_until, tier_review_key, first_purchase_day";
 
+/// A member's job keys in [`JOB_KEY_COLUMNS`]' order.
+pub type JobKeys = (Option<i64>, Option<String>, Option<String>);
+
 /// A member's job keys as stored: always derived from its state, never set on their own.
-pub(crate) fn job_keys(state: &MemberState) -> (Option<i64>, Option<String>, Option<String>) {
+pub fn job_keys(state: &MemberState) -> JobKeys {
     (state.manual_tier_until().map(micros::of), state.tier_review_key(), state.first_purchase_day())
 }
 
@@ -594,7 +600,12 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
         query.push(") UPDATE members SET lot_totals = k.x FROM k WHERE members.tenant_id = k.t AND members.id = k.v");
         query.execute(&mut *conn).await?;
     }
-    for chunk in writes.member_states.chunks(chunk_rows(5)) {
+    let keys_may_change: Vec<_> = writes
+        .member_states
+        .iter()
+        .filter(|(tenant, member, _)| !writes.job_keys_unchanged.contains(&(*tenant, *member)))
+        .collect();
+    for chunk in keys_may_change.chunks(chunk_rows(5)) {
         let mut query = Builder::new("WITH k(t, v, u, r, f) AS (");
         query.push_values(chunk, |mut b, (tenant, member, state)| {
             let (until, review, first_purchase) = job_keys(state);
