@@ -95,7 +95,7 @@ proptest! {
         for currency in [points("PTS"), points("MILES")] {
             prop_assert_eq!(complete.balance(&currency, now), partial.balance(&currency, now));
         }
-        // What the writer keeps beside the lots (`member_lot_totals`): the same on both.
+        // What the writer keeps beside the lots (`members.lot_totals`): the same on both.
         prop_assert_eq!(kept(&complete), kept(&partial));
         // What the store writes back: the lots the batch changed, the same on both.
         let mut changed_complete = complete.take_dirty();
