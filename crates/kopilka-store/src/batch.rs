@@ -560,9 +560,6 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
         query.execute(&mut *conn).await?;
     }
 
-    // The jobs' keys beside the state are indexed, and an UPDATE that sets a column rewrites its
-    // indexes even to the same value: so the state alone first (a page per member), then the keys
-    // of only the members whose keys changed (a tier reviewed, a first purchase, a manual tier).
     // The open-lot totals, absolute values kept in the member's row: the writer decided them from
     // the whole of each changed ledger (or its loaded lots plus the unloaded totals). Written with
     // the member's state where that changed too, so the row is rewritten once. A member absorbed
@@ -600,6 +597,10 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
         query.push(") UPDATE members SET lot_totals = k.x FROM k WHERE members.tenant_id = k.t AND members.id = k.v");
         query.execute(&mut *conn).await?;
     }
+    // The jobs' keys beside the state are indexed, and an UPDATE that sets a column rewrites its
+    // indexes even to the same value: so the state alone first (a page per member), then the keys
+    // of only the members whose keys changed (a tier reviewed, a first purchase, a manual tier),
+    // of those the engine did not find unchanged.
     let keys_may_change: Vec<_> = writes
         .member_states
         .iter()
