@@ -765,17 +765,14 @@ struct TotalsToWrite {
 
 impl TotalsToWrite {
     fn of(lot_totals: &[(TenantId, MemberId, PointCurrency, Balance)]) -> TotalsToWrite {
-        let mut grouped: Vec<(i64, i64, Vec<(&PointCurrency, Balance)>)> = Vec::new();
-        for (tenant, member, currency, balance) in lot_totals {
-            match grouped.last_mut() {
-                Some((t, m, of_member)) if *t == tenant.0 && *m == member.0 => of_member.push((currency, *balance)),
-                _ => grouped.push((tenant.0, member.0, vec![(currency, *balance)])),
-            }
+        let mut members = Vec::new();
+        let mut rest = lot_totals;
+        while let Some((tenant, member, _, _)) = rest.first() {
+            let n = rest.iter().take_while(|(t, m, _, _)| t == tenant && m == member).count();
+            let of_member: Vec<_> = rest[..n].iter().map(|(_, _, currency, balance)| (currency, *balance)).collect();
+            members.push((tenant.0, member.0, Some(crate::lot_totals::encode(&of_member))));
+            rest = &rest[n..];
         }
-        let members: Vec<_> = grouped
-            .into_iter()
-            .map(|(tenant, member, of_member)| (tenant, member, Some(crate::lot_totals::encode(&of_member))))
-            .collect();
         let index = members.iter().enumerate().map(|(i, (tenant, member, _))| ((*tenant, *member), i)).collect();
         TotalsToWrite { members, index }
     }
