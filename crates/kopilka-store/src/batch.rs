@@ -81,8 +81,9 @@ pub struct Writes {
     pub job_keys_unchanged: HashSet<(TenantId, MemberId)>,
     pub lots: Vec<(TenantId, Lot)>,
     /// The totals of the open lots of every member whose lots changed, by currency and stored
-    /// state, as they are after the batch (`MemberLedger::stored_totals`), each member's currencies
-    /// next to each other: kept in the member's row (`lot_totals`) for light loads.
+    /// state, as they are after the batch (`MemberLedger::stored_totals`): kept in the member's
+    /// row (`lot_totals`) for light loads. A listed member's column is replaced whole, so every
+    /// currency it holds points in is listed.
     pub lot_totals: Vec<(TenantId, MemberId, PointCurrency, Balance)>,
     pub movements: Vec<(TenantId, Movement)>,
     pub purchases: Vec<(TenantId, ProgramId, PurchaseRecord)>,
@@ -571,11 +572,15 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
             .execute(&mut *conn)
             .await?;
     }
-    let mut totals = TotalsToWrite::of(&writes.lot_totals);
+    let mut totals: HashMap<(TenantId, MemberId), Vec<(&PointCurrency, Balance)>> = HashMap::new();
+    for (tenant, member, currency, balance) in &writes.lot_totals {
+        totals.entry((*tenant, *member)).or_default().push((currency, *balance));
+    }
     for chunk in writes.member_states.chunks(chunk_rows(5)) {
         let mut query = Builder::new("WITH k(t, v, s, h, x) AS (");
         query.push_values(chunk, |mut b, (tenant, member, state)| {
-            let kept = totals.take(tenant.0, member.0);
+            // Some(None): the member's lots changed and nothing is left in them.
+            let kept = totals.remove(&(*tenant, *member)).map(|of_member| crate::lot_totals::encode(&of_member));
             b.push_bind(tenant.0)
                 .push_bind(member.0)
                 .push_bind(serde_json::to_string(state).expect("member states serialize"))
@@ -588,11 +593,13 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
         );
         query.execute(&mut *conn).await?;
     }
-    let rest = totals.rest();
+    // Members whose lots changed but not their state (a new member, a job that left it as it was).
+    let mut rest: Vec<_> = totals.into_iter().collect();
+    rest.sort_by_key(|(key, _)| *key);
     for chunk in rest.chunks(chunk_rows(3)) {
         let mut query = Builder::new("WITH k(t, v, x) AS (");
-        query.push_values(chunk, |mut b, (tenant, member, kept)| {
-            b.push_bind(*tenant).push_bind(*member).push_bind(kept.clone());
+        query.push_values(chunk, |mut b, ((tenant, member), of_member)| {
+            b.push_bind(tenant.0).push_bind(member.0).push_bind(crate::lot_totals::encode(of_member));
         });
         query.push(") UPDATE members SET lot_totals = k.x FROM k WHERE members.tenant_id = k.t AND members.id = k.v");
         query.execute(&mut *conn).await?;
@@ -754,39 +761,6 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
     crate::referrals::flush(conn, &writes.referrals).await?;
     crate::partners::flush(conn, &writes.partners).await?;
     Ok(())
-}
-
-/// Each member's `lot_totals` column as a batch leaves it (`Writes::lot_totals` holds a member's
-/// currencies next to each other), handed out once per member.
-struct TotalsToWrite {
-    members: Vec<(i64, i64, Option<Option<String>>)>,
-    index: HashMap<(i64, i64), usize>,
-}
-
-impl TotalsToWrite {
-    fn of(lot_totals: &[(TenantId, MemberId, PointCurrency, Balance)]) -> TotalsToWrite {
-        let mut members = Vec::new();
-        let mut rest = lot_totals;
-        while let Some((tenant, member, _, _)) = rest.first() {
-            let n = rest.iter().take_while(|(t, m, _, _)| t == tenant && m == member).count();
-            let of_member: Vec<_> = rest[..n].iter().map(|(_, _, currency, balance)| (currency, *balance)).collect();
-            members.push((tenant.0, member.0, Some(crate::lot_totals::encode(&of_member))));
-            rest = &rest[n..];
-        }
-        let index = members.iter().enumerate().map(|(i, (tenant, member, _))| ((*tenant, *member), i)).collect();
-        TotalsToWrite { members, index }
-    }
-
-    /// The member's column if the batch changed its lots (`Some(None)`: nothing left).
-    fn take(&mut self, tenant: i64, member: i64) -> Option<Option<String>> {
-        let i = *self.index.get(&(tenant, member))?;
-        self.members[i].2.take()
-    }
-
-    /// The members not taken.
-    fn rest(self) -> Vec<(i64, i64, Option<String>)> {
-        self.members.into_iter().filter_map(|(tenant, member, kept)| Some((tenant, member, kept?))).collect()
-    }
 }
 
 /// The writer's own connection.

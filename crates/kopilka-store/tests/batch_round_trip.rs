@@ -216,6 +216,15 @@ both_stores! {
                 .collect();
             assert_eq!(due, expected, "due lots of member {}", row.id);
             let (kept, _) = loaded.unloaded.get(&(*t, row.id)).expect("a light member has its totals");
+            for (_, _, currency, total) in writes.lot_totals.iter().filter(|(_, member, _, _)| *member == row.id) {
+                let held = total.pending != 0 || total.available != 0;
+                assert_eq!(
+                    kept.iter().any(|(c, _)| c == currency),
+                    held,
+                    "member {} keeps its {currency} totals exactly when it holds {currency} points",
+                    row.id
+                );
+            }
             for (currency, balance) in kept {
                 let written = writes
                     .lot_totals

@@ -684,7 +684,7 @@ async fn anchor_phase(database: Database, workload: &Workload, sizes: Sizes, bat
             for &index in chunk {
                 template.rows_for(workload, index, &hashes[index], &mut ids, &mut writes);
             }
-            // The engine keeps each changed member's lot totals, one row per currency and state.
+            // The engine keeps each changed member's lot totals, every currency (one here).
             let mut changed = BTreeSet::new();
             for (_, lot) in &writes.lots {
                 let key = (lot.member_id, lot.currency.clone());
