@@ -9,7 +9,7 @@ pub mod batch;
 pub mod bonuses;
 pub mod checkout;
 pub mod checkpoint;
-mod lot_totals;
+pub mod lot_totals;
 pub mod outbox;
 pub mod partners;
 pub mod reads;

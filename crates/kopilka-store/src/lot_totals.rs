@@ -7,8 +7,9 @@
 
 use kopilka_core::ledger::Balance;
 use kopilka_core::PointCurrency;
+use sqlx::AnyConnection;
 
-use crate::{Result, StoreError};
+use crate::{Backend, Result, StoreError};
 
 /// The column's text for `totals`; None when nothing is left in any currency.
 pub(crate) fn encode(totals: &[(&PointCurrency, Balance)]) -> Option<String> {
@@ -33,6 +34,26 @@ pub(crate) fn decode(text: Option<&str>) -> Result<Vec<(PointCurrency, Balance)>
             Ok((currency, Balance { pending, available }))
         })
         .collect()
+}
+
+/// Sets the column of every member with open lots from those lots, as the writer keeps it, for
+/// lots written around the writer (the bench seeds millions with one `INSERT … SELECT`). Members
+/// without open lots are left as they are.
+pub async fn fill_from_lots(conn: &mut AnyConnection) -> Result<()> {
+    let entries = Backend::of(conn).json_rows("currency, pending, available");
+    sqlx::query(&format!(
+        "UPDATE members SET lot_totals = t.totals FROM (
+             SELECT tenant_id, member_id, {entries} AS totals FROM (
+                 SELECT tenant_id, member_id, currency,
+                     SUM(CASE state WHEN 'pending' THEN remaining ELSE 0 END) AS pending,
+                     SUM(CASE state WHEN 'available' THEN remaining ELSE 0 END) AS available
+                 FROM lots WHERE state IN ('pending', 'available') GROUP BY tenant_id, member_id, currency
+             ) AS sums WHERE pending <> 0 OR available <> 0 GROUP BY tenant_id, member_id
+         ) AS t WHERE members.tenant_id = t.tenant_id AND members.id = t.member_id"
+    ))
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]

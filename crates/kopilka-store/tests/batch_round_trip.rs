@@ -244,3 +244,52 @@ both_stores! {
         }
     }
 }
+
+both_stores! {
+    async fn totals_filled_from_lots_are_what_the_writer_keeps() {
+        let db = test_store().await;
+        let store = Store::connect(&db.database).await.unwrap();
+        let mut conn = store.writer_connection().await.unwrap();
+        let tenant = admin::create_tenant(&mut conn, "filled", Timestamp::UNIX_EPOCH).await.unwrap();
+
+        // Members and lots written around the writer: no totals kept.
+        let mut runner = TestRunner::deterministic();
+        let mut writes = Writes::default();
+        for id in 1..=30i64 {
+            writes.members.push((tenant, draw(&mut runner, member(id))));
+            for n in 0..draw(&mut runner, 0usize..8) {
+                let mut lot = draw(&mut runner, lot(id));
+                lot.id = LotId(id * 100 + n as i64);
+                writes.lots.push((tenant, lot));
+            }
+        }
+        for (i, (_, row)) in writes.members.iter_mut().enumerate() {
+            let identifiers = [&mut row.profile.card, &mut row.profile.phone, &mut row.profile.email, &mut row.profile.external_id];
+            for value in identifiers.into_iter().flatten() {
+                value.push_str(&format!("#{i}"));
+            }
+        }
+        batch::begin(&mut conn).await.unwrap();
+        batch::flush(&mut conn, &writes).await.unwrap();
+        kopilka_store::lot_totals::fill_from_lots(&mut conn).await.unwrap();
+        batch::commit(&mut conn).await.unwrap();
+
+        // Loaded light as of a moment before every lot's next change: the kept totals are the lots'.
+        let everyone: Vec<_> = writes.members.iter().map(|(t, row)| (*t, row.id)).collect();
+        let keys = BatchKeys { light_members: everyone, light_at: Some(Timestamp::MIN), ..BatchKeys::default() };
+        let loaded = batch::load(&mut conn, &keys).await.unwrap();
+        let mut expected: HashMap<MemberId, HashMap<PointCurrency, Balance>> = HashMap::new();
+        for lot in open_lots(&writes.lots).values().flatten() {
+            let total = expected.entry(lot.member_id).or_default().entry(lot.currency.clone()).or_default();
+            match lot.state {
+                LotState::Pending => total.pending += lot.remaining,
+                _ => total.available += lot.remaining,
+            }
+        }
+        for (t, row) in &writes.members {
+            let (kept, _) = loaded.unloaded.get(&(*t, row.id)).expect("a light member has its totals");
+            let kept: HashMap<PointCurrency, Balance> = kept.iter().cloned().collect();
+            assert_eq!(kept, expected.remove(&row.id).unwrap_or_default(), "kept totals of member {}", row.id);
+        }
+    }
+}

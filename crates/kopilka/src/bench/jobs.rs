@@ -139,18 +139,7 @@ async fn seed(dir: &Path, at: Timestamp, members: usize, lots: usize, pending: u
     .execute(&mut conn)
     .await?;
     // What the writer keeps beside the lots it writes (`members.lot_totals`), for the seeded ones.
-    sqlx::query(
-        "UPDATE members SET lot_totals = t.totals FROM (
-             SELECT tenant_id, member_id, json_group_array(json_array(currency, pending, available)) AS totals FROM (
-                 SELECT tenant_id, member_id, currency,
-                     SUM(CASE state WHEN 'pending' THEN remaining ELSE 0 END) AS pending,
-                     SUM(CASE state WHEN 'available' THEN remaining ELSE 0 END) AS available
-                 FROM lots WHERE state IN ('pending', 'available') GROUP BY tenant_id, member_id, currency
-             ) GROUP BY tenant_id, member_id
-         ) AS t WHERE members.tenant_id = t.tenant_id AND members.id = t.member_id",
-    )
-    .execute(&mut conn)
-    .await?;
+    kopilka_store::lot_totals::fill_from_lots(&mut conn).await?;
     sqlx::query("COMMIT").execute(&mut conn).await?;
     sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut conn).await?;
     drop(conn);
