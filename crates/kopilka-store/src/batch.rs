@@ -19,6 +19,7 @@ use kopilka_core::{
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
+use crate::pipeline::Pipeline;
 use crate::sql::{Backend, Builder};
 
 use crate::checkout::{CheckoutWrites, LoadedCheckout};
@@ -507,6 +508,45 @@ async fn load_light_members(
 /// Writes everything a batch decided. Members, lots and purchases are upserted (a batch may change
 /// rows it loaded); movements, postings, events and idempotency records are only ever inserted.
 pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
+    // What the statements are built from, worked out before the first is sent: each statement
+    // borrows its values until it has run, one statement behind the code building the next.
+    let mut totals: HashMap<(TenantId, MemberId), Vec<(&PointCurrency, Balance)>> = HashMap::new();
+    for (tenant, member, currency, balance) in &writes.lot_totals {
+        totals.entry((*tenant, *member)).or_default().push((currency, *balance));
+    }
+    let states: Vec<_> = writes
+        .member_states
+        .iter()
+        .map(|(tenant, member, state)| {
+            // Some(None): the member's lots changed and nothing is left in them.
+            let kept = totals.remove(&(*tenant, *member)).map(|of_member| crate::lot_totals::encode(&of_member));
+            (tenant, member, state, kept)
+        })
+        .collect();
+    // Members whose lots changed but not their state (a new member, a job that left it as it was).
+    let mut rest: Vec<_> =
+        totals.into_iter().map(|(key, of_member)| (key, crate::lot_totals::encode(&of_member))).collect();
+    rest.sort_by_key(|(key, _)| *key);
+    let keys_may_change: Vec<_> = writes
+        .member_states
+        .iter()
+        .filter(|(tenant, member, _)| !writes.job_keys_unchanged.contains(&(*tenant, *member)))
+        .collect();
+    // A lot is new when the movement that credited it is in this batch: only `credit` makes lots,
+    // with a movement id it allocates. New lots are inserted; the others (an activation, an expiry,
+    // a redemption, a merge moving it to the survivor) updated in the columns that may change.
+    // Either statement fails when the split is wrong: an insert over an existing lot breaks the
+    // primary key, and the update must find every lot it names.
+    let created: HashSet<(TenantId, MovementId)> = writes.movements.iter().map(|(t, m)| (*t, m.id)).collect();
+    let (new_lots, changed_lots): (Vec<_>, Vec<_>) =
+        writes.lots.iter().partition(|(tenant, lot)| created.contains(&(*tenant, lot.movement_id)));
+    let postings: Vec<_> = writes
+        .movements
+        .iter()
+        .flat_map(|(tenant, m)| m.postings.iter().enumerate().map(move |(seq, p)| (tenant, m, seq, p)))
+        .collect();
+    let mut pipe = Pipeline::new(conn);
+
     // Identifiers may move between members within a batch (one gives up a card, another takes it).
     // The batch's final state has no duplicates, but rows are written in no particular order, so
     // the rows being rewritten first let go of their identifiers.
@@ -519,7 +559,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
             ") UPDATE members SET card = NULL, phone = NULL, email = NULL, external_id = NULL FROM k
              WHERE members.tenant_id = k.t AND members.id = k.v",
         );
-        query.execute(&mut *conn).await?;
+        pipe.send(query).await?;
     }
     // Binds per row: the tenant, the member columns, and the job keys.
     let member_binds = 1 + MEMBER_COLUMNS.split(',').count() + JOB_KEY_COLUMNS.split(',').count();
@@ -558,7 +598,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
               manual_tier_until = excluded.manual_tier_until, tier_review_key = excluded.tier_review_key,
               first_purchase_day = excluded.first_purchase_day",
         );
-        query.execute(&mut *conn).await?;
+        pipe.send(query).await?;
     }
 
     // The open-lot totals, absolute values kept in the member's row: the writer decided them from
@@ -566,53 +606,37 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
     // the member's state where that changed too, so the row is rewritten once. A member absorbed
     // by a merge has no open lots left.
     for (tenant, absorbed, _) in &writes.merges {
-        sqlx::query("UPDATE members SET lot_totals = NULL WHERE tenant_id = $1 AND id = $2")
-            .bind(tenant.0)
-            .bind(absorbed.0)
-            .execute(&mut *conn)
-            .await?;
+        let mut query = Builder::new("UPDATE members SET lot_totals = NULL WHERE tenant_id = ");
+        query.push_bind(tenant.0).push(" AND id = ").push_bind(absorbed.0);
+        pipe.send(query).await?;
     }
-    let mut totals: HashMap<(TenantId, MemberId), Vec<(&PointCurrency, Balance)>> = HashMap::new();
-    for (tenant, member, currency, balance) in &writes.lot_totals {
-        totals.entry((*tenant, *member)).or_default().push((currency, *balance));
-    }
-    for chunk in writes.member_states.chunks(chunk_rows(5)) {
+    for chunk in states.chunks(chunk_rows(5)) {
         let mut query = Builder::new("WITH k(t, v, s, h, x) AS (");
-        query.push_values(chunk, |mut b, (tenant, member, state)| {
-            // Some(None): the member's lots changed and nothing is left in them.
-            let kept = totals.remove(&(*tenant, *member)).map(|of_member| crate::lot_totals::encode(&of_member));
+        query.push_values(chunk, |mut b, (tenant, member, state, kept)| {
             b.push_bind(tenant.0)
                 .push_bind(member.0)
                 .push_bind(serde_json::to_string(state).expect("member states serialize"))
                 .push_bind(i64::from(kept.is_some()))
-                .push_bind(kept.flatten());
+                .push_bind(kept.as_ref().and_then(|kept| kept.as_deref()));
         });
         query.push(
             ") UPDATE members SET state = k.s, lot_totals = CASE WHEN k.h = 1 THEN k.x ELSE members.lot_totals END
              FROM k WHERE members.tenant_id = k.t AND members.id = k.v",
         );
-        query.execute(&mut *conn).await?;
+        pipe.send(query).await?;
     }
-    // Members whose lots changed but not their state (a new member, a job that left it as it was).
-    let mut rest: Vec<_> = totals.into_iter().collect();
-    rest.sort_by_key(|(key, _)| *key);
     for chunk in rest.chunks(chunk_rows(3)) {
         let mut query = Builder::new("WITH k(t, v, x) AS (");
         query.push_values(chunk, |mut b, ((tenant, member), of_member)| {
-            b.push_bind(tenant.0).push_bind(member.0).push_bind(crate::lot_totals::encode(of_member));
+            b.push_bind(tenant.0).push_bind(member.0).push_bind(of_member.as_deref());
         });
         query.push(") UPDATE members SET lot_totals = k.x FROM k WHERE members.tenant_id = k.t AND members.id = k.v");
-        query.execute(&mut *conn).await?;
+        pipe.send(query).await?;
     }
     // The jobs' keys beside the state are indexed, and an UPDATE that sets a column rewrites its
     // indexes even to the same value: so the state alone first (a page per member), then the keys
     // of only the members whose keys changed (a tier reviewed, a first purchase, a manual tier),
     // of those the engine did not find unchanged.
-    let keys_may_change: Vec<_> = writes
-        .member_states
-        .iter()
-        .filter(|(tenant, member, _)| !writes.job_keys_unchanged.contains(&(*tenant, *member)))
-        .collect();
     for chunk in keys_may_change.chunks(chunk_rows(5)) {
         let mut query = Builder::new("WITH k(t, v, u, r, f) AS (");
         query.push_values(chunk, |mut b, (tenant, member, state)| {
@@ -625,20 +649,18 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
                AND (members.manual_tier_until IS DISTINCT FROM k.u OR members.tier_review_key IS DISTINCT FROM k.r
                     OR members.first_purchase_day IS DISTINCT FROM k.f)",
         );
-        query.execute(&mut *conn).await?;
+        pipe.send(query).await?;
     }
 
     // A member absorbed after absorbing others hands them on, so every stored merge stays one hop.
     for (tenant, absorbed, survivor) in &writes.merges {
-        sqlx::query("UPDATE members SET merged_into = $1 WHERE tenant_id = $2 AND merged_into = $3")
-            .bind(survivor.0)
-            .bind(tenant.0)
-            .bind(absorbed.0)
-            .execute(&mut *conn)
-            .await?;
+        let mut query = Builder::new("UPDATE members SET merged_into = ");
+        query.push_bind(survivor.0).push(" WHERE tenant_id = ").push_bind(tenant.0);
+        query.push(" AND merged_into = ").push_bind(absorbed.0);
+        pipe.send(query).await?;
     }
 
-    for chunk in writes.lots.chunks(chunk_rows(11)) {
+    for chunk in new_lots.chunks(chunk_rows(11)) {
         let mut query = Builder::new(format!("INSERT INTO lots (tenant_id, {LOT_COLUMNS}) "));
         query.push_values(chunk, |mut b, (tenant, lot)| {
             b.push_bind(tenant.0)
@@ -653,12 +675,22 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
                 .push_bind(lot.movement_id.0)
                 .push_bind(lot.purchase_id.map(|p| p.0));
         });
-        // A merge moves a lot to the survivor: member_id is the one other column that may change.
+        pipe.send(query).await?;
+    }
+    for chunk in changed_lots.chunks(chunk_rows(5)) {
+        let mut query = Builder::new("WITH k(t, i, m, r, s) AS (");
+        query.push_values(chunk, |mut b, (tenant, lot)| {
+            b.push_bind(tenant.0)
+                .push_bind(lot.id.0)
+                .push_bind(lot.member_id.0)
+                .push_bind(lot.remaining)
+                .push_bind(lot.state.as_str());
+        });
         query.push(
-            " ON CONFLICT (tenant_id, id) DO UPDATE SET member_id = excluded.member_id, remaining = excluded.remaining,
-              state = excluded.state",
+            ") UPDATE lots SET member_id = k.m, remaining = k.r, state = k.s FROM k
+             WHERE lots.tenant_id = k.t AND lots.id = k.i",
         );
-        query.execute(&mut *conn).await?;
+        pipe.send_expecting(query, chunk.len() as u64, "lots", "changed lots to update").await?;
     }
 
     for chunk in writes.movements.chunks(chunk_rows(8)) {
@@ -676,14 +708,9 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
                 .push_bind(m.purchase_id.map(|p| p.0))
                 .push_bind(&m.reason);
         });
-        query.execute(&mut *conn).await?;
+        pipe.send(query).await?;
     }
 
-    let postings: Vec<_> = writes
-        .movements
-        .iter()
-        .flat_map(|(tenant, m)| m.postings.iter().enumerate().map(move |(seq, p)| (tenant, m, seq, p)))
-        .collect();
     for chunk in postings.chunks(chunk_rows(9)) {
         let mut query = Builder::new("INSERT INTO postings (tenant_id, movement_id, seq, account, member_id, currency, amount, lot_id, partner_id) ",
         );
@@ -698,7 +725,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
                 .push_bind(p.lot_id.map(|l| l.0))
                 .push_bind(p.account.partner_id().map(|id| id.0));
         });
-        query.execute(&mut *conn).await?;
+        pipe.send(query).await?;
     }
 
     for chunk in writes.purchases.chunks(chunk_rows(9)) {
@@ -718,7 +745,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
         query.push(
             " ON CONFLICT (tenant_id, id) DO UPDATE SET member_id = excluded.member_id, record = excluded.record",
         );
-        query.execute(&mut *conn).await?;
+        pipe.send(query).await?;
     }
 
     for chunk in writes.events.chunks(chunk_rows(6)) {
@@ -731,15 +758,13 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
                 .push_bind(serde_json::to_string(event).expect("events serialize"))
                 .push_bind(micros::of(*at));
         });
-        query.execute(&mut *conn).await?;
+        pipe.send(query).await?;
     }
 
     for (tenant, member) in &writes.erased {
-        sqlx::query("DELETE FROM idempotency WHERE tenant_id = $1 AND member_id = $2")
-            .bind(tenant.0)
-            .bind(member.0)
-            .execute(&mut *conn)
-            .await?;
+        let mut query = Builder::new("DELETE FROM idempotency WHERE tenant_id = ");
+        query.push_bind(tenant.0).push(" AND member_id = ").push_bind(member.0);
+        pipe.send(query).await?;
     }
     for chunk in writes.idempotency.chunks(chunk_rows(7)) {
         let mut query = Builder::new(
@@ -754,8 +779,9 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
                 .push_bind(response.member_id.map(|m| m.0))
                 .push_bind(micros::of(*at));
         });
-        query.execute(&mut *conn).await?;
+        pipe.send(query).await?;
     }
+    let conn = pipe.connection().await?;
     crate::checkout::flush(&mut *conn, &writes.checkout).await?;
     crate::rewards::flush(conn, &writes.rewards).await?;
     crate::referrals::flush(conn, &writes.referrals).await?;

@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod lot_totals;
 pub mod outbox;
 pub mod partners;
+pub mod pipeline;
 pub mod reads;
 pub mod referrals;
 pub mod rewards;

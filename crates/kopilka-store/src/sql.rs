@@ -299,6 +299,12 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// The statement's text as `backend` takes it, and its values.
+    pub(crate) fn take(&mut self, backend: Backend) -> (String, AnyArguments<'a>) {
+        let args = std::mem::take(&mut self.args);
+        (self.sql(backend).into_owned(), args)
+    }
+
     /// Runs the statement; the builder keeps its text and gives up its values.
     pub async fn execute<'c>(&mut self, target: impl Target<'c>) -> Result<sqlx::any::AnyQueryResult, sqlx::Error> {
         let args = std::mem::take(&mut self.args);

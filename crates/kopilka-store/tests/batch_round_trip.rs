@@ -7,14 +7,14 @@
 use std::collections::HashMap;
 
 use jiff::Timestamp;
-use kopilka_core::ledger::Balance;
+use kopilka_core::ledger::{Account, Balance, Movement, MovementKind, Posting};
 use kopilka_core::member::{Consents, Gender, Profile};
 use kopilka_core::member_state::MemberState;
 use kopilka_core::{Lot, LotId, LotState, MemberId, MovementId, PointCurrency, PurchaseId, TenantId};
 use kopilka_store::batch::{self, BatchKeys, Writes};
 use kopilka_store::store::admin;
 use kopilka_store::testing::test_store;
-use kopilka_store::{both_stores, MemberRow, Store};
+use kopilka_store::{both_stores, MemberRow, Store, StoreError};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
@@ -158,6 +158,8 @@ fn drawn_members(tenant: TenantId, members: usize) -> Writes {
             let mut lot = draw(&mut runner, lot(id));
             next_lot += 1;
             lot.id = LotId(next_lot);
+            lot.movement_id = MovementId(next_lot);
+            writes.movements.push((tenant, credit_of(&lot)));
             writes.lots.push((tenant, lot));
         }
     }
@@ -170,6 +172,25 @@ fn drawn_members(tenant: TenantId, members: usize) -> Writes {
         }
     }
     writes
+}
+
+/// The movement that credited `lot`, as `MemberLedger::credit` makes it: `flush` inserts the lots
+/// whose crediting movement is in the batch and updates the others.
+fn credit_of(lot: &Lot) -> Movement {
+    let postings = vec![
+        Posting { account: Account::Issued, amount: -lot.amount, lot_id: None },
+        Posting { account: Account::MemberAvailable(lot.member_id), amount: lot.amount, lot_id: Some(lot.id) },
+    ];
+    Movement {
+        id: lot.movement_id,
+        kind: MovementKind::Earn,
+        member_id: lot.member_id,
+        currency: lot.currency.clone(),
+        occurred_at: lot.available_from,
+        postings,
+        purchase_id: lot.purchase_id,
+        reason: None,
+    }
 }
 
 /// The remaining points of open lots by member and currency.
@@ -286,5 +307,61 @@ both_stores! {
                 .collect();
             assert_eq!(kept, of_member, "kept totals of member {}", row.id);
         }
+    }
+}
+
+both_stores! {
+    async fn lots_a_later_batch_changes_are_updated_and_an_unknown_one_fails_the_batch() {
+        let db = test_store().await;
+        let store = Store::connect(&db.database).await.unwrap();
+        let mut conn = store.writer_connection().await.unwrap();
+        let tenant = admin::create_tenant(&mut conn, "changed lots", Timestamp::UNIX_EPOCH).await.unwrap();
+        let written = drawn_members(tenant, 60);
+        batch::begin(&mut conn).await.unwrap();
+        batch::flush(&mut conn, &written).await.unwrap();
+        batch::commit(&mut conn).await.unwrap();
+
+        // A later batch changes lots it did not credit: some expire, some are partly spent, and
+        // every lot of member 1 moves to member 2 (a merge).
+        let mut changed = Writes::default();
+        for (i, (t, lot)) in written.lots.iter().filter(|(_, lot)| lot.remaining > 0).enumerate() {
+            let mut lot = lot.clone();
+            match i % 3 {
+                0 => (lot.state, lot.remaining) = (LotState::Expired, 0),
+                1 => lot.remaining -= lot.remaining / 2,
+                _ => {}
+            }
+            if lot.member_id == MemberId(1) {
+                lot.member_id = MemberId(2);
+            }
+            changed.lots.push((*t, lot));
+        }
+        assert!(changed.lots.iter().any(|(_, lot)| lot.state == LotState::Expired));
+        batch::begin(&mut conn).await.unwrap();
+        batch::flush(&mut conn, &changed).await.unwrap();
+        batch::commit(&mut conn).await.unwrap();
+        let everyone: Vec<_> = written.members.iter().map(|(t, row)| (*t, row.id)).collect();
+        let loaded = batch::load(&mut conn, &BatchKeys { members: everyone.clone(), ..BatchKeys::default() }).await.unwrap();
+        let expected = open_lots(&changed.lots);
+        assert!(!expected.contains_key(&MemberId(1)), "member 1's lots moved");
+        for (t, member) in &everyone {
+            let mut lots = loaded.lots.get(&(*t, *member)).cloned().unwrap_or_default();
+            lots.sort_by_key(|lot| lot.id);
+            assert_eq!(lots, expected.get(member).cloned().unwrap_or_default(), "open lots of member {member}");
+        }
+
+        // A lot neither credited by the batch nor in the store: the update finds one lot fewer
+        // than it names, and the batch fails instead of losing it.
+        let mut unknown = changed.lots[0].clone();
+        unknown.1.id = LotId(1_000_000);
+        let count = "SELECT COUNT(*) FROM lots";
+        let before: i64 = sqlx::query_scalar(count).fetch_one(&mut conn).await.unwrap();
+        batch::begin(&mut conn).await.unwrap();
+        let error = batch::flush(&mut conn, &Writes { lots: vec![changed.lots[1].clone(), unknown], ..Writes::default() })
+            .await
+            .expect_err("a lot that is not there cannot be updated");
+        batch::rollback(&mut conn).await;
+        assert!(matches!(error, StoreError::Corrupt { table: "lots", .. }), "{error}");
+        assert_eq!(sqlx::query_scalar::<_, i64>(count).fetch_one(&mut conn).await.unwrap(), before);
     }
 }
