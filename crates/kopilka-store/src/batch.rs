@@ -505,8 +505,10 @@ async fn load_light_members(
     Ok(())
 }
 
-/// Writes everything a batch decided. Members, lots and purchases are upserted (a batch may change
-/// rows it loaded); movements, postings, events and idempotency records are only ever inserted.
+/// Writes everything a batch decided. Members and purchases are upserted (a batch may change rows
+/// it loaded); lots are inserted when the batch credited them and updated otherwise; movements,
+/// postings, events and idempotency records are only ever inserted. Statements go through a
+/// [`Pipeline`], each sent while the next is built.
 pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
     // What the statements are built from, worked out before the first is sent: each statement
     // borrows its values until it has run, one statement behind the code building the next.

@@ -13,7 +13,7 @@ use kopilka_core::member_state::MemberState;
 use kopilka_core::{Lot, LotId, LotState, MemberId, MovementId, PointCurrency, PurchaseId, TenantId};
 use kopilka_store::batch::{self, BatchKeys, Writes};
 use kopilka_store::store::admin;
-use kopilka_store::testing::test_store;
+use kopilka_store::testing::{test_store, TestDatabase};
 use kopilka_store::{both_stores, MemberRow, Store, StoreError};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -174,6 +174,23 @@ fn drawn_members(tenant: TenantId, members: usize) -> Writes {
     writes
 }
 
+/// A store of the running half's kind (kept while the guard lives), the writer's connection to it
+/// and a new tenant named `name`.
+async fn writer_with_tenant(name: &str) -> (TestDatabase, sqlx::AnyConnection, TenantId) {
+    let db = test_store().await;
+    let store = Store::connect(&db.database).await.unwrap();
+    let mut conn = store.writer_connection().await.unwrap();
+    let tenant = admin::create_tenant(&mut conn, name, Timestamp::UNIX_EPOCH).await.unwrap();
+    (db, conn, tenant)
+}
+
+/// `writes` flushed and committed as a batch of their own.
+async fn flush_alone(conn: &mut sqlx::AnyConnection, writes: &Writes) {
+    batch::begin(conn).await.unwrap();
+    batch::flush(conn, writes).await.unwrap();
+    batch::commit(conn).await.unwrap();
+}
+
 /// The movement that credited `lot`, as `MemberLedger::credit` makes it: `flush` inserts the lots
 /// whose crediting movement is in the batch and updates the others.
 fn credit_of(lot: &Lot) -> Movement {
@@ -208,18 +225,13 @@ fn open_totals(open: &HashMap<MemberId, Vec<Lot>>) -> HashMap<(MemberId, PointCu
 
 both_stores! {
     async fn what_flush_writes_load_reads_back() {
-        let db = test_store().await;
-        let store = Store::connect(&db.database).await.unwrap();
-        let mut conn = store.writer_connection().await.unwrap();
-        let tenant = admin::create_tenant(&mut conn, "round trip", Timestamp::UNIX_EPOCH).await.unwrap();
+        let (_db, mut conn, tenant) = writer_with_tenant("round trip").await;
 
         let mut writes = drawn_members(tenant, MEMBERS);
         let open = open_lots(&writes.lots);
         let totals = open_totals(&open);
         writes.lot_totals = totals.iter().map(|((member, currency), total)| (tenant, *member, currency.clone(), *total)).collect();
-        batch::begin(&mut conn).await.unwrap();
-        batch::flush(&mut conn, &writes).await.unwrap();
-        batch::commit(&mut conn).await.unwrap();
+        flush_alone(&mut conn, &writes).await;
 
         let everyone: Vec<_> = writes.members.iter().map(|(t, row)| (*t, row.id)).collect();
         let keys = BatchKeys { members: everyone.clone(), ..BatchKeys::default() };
@@ -280,10 +292,7 @@ both_stores! {
 
 both_stores! {
     async fn totals_filled_from_lots_are_what_the_writer_keeps() {
-        let db = test_store().await;
-        let store = Store::connect(&db.database).await.unwrap();
-        let mut conn = store.writer_connection().await.unwrap();
-        let tenant = admin::create_tenant(&mut conn, "filled", Timestamp::UNIX_EPOCH).await.unwrap();
+        let (_db, mut conn, tenant) = writer_with_tenant("filled").await;
 
         // Members and lots written around the writer: no totals kept.
         let writes = drawn_members(tenant, 30);
@@ -312,14 +321,9 @@ both_stores! {
 
 both_stores! {
     async fn lots_a_later_batch_changes_are_updated_and_an_unknown_one_fails_the_batch() {
-        let db = test_store().await;
-        let store = Store::connect(&db.database).await.unwrap();
-        let mut conn = store.writer_connection().await.unwrap();
-        let tenant = admin::create_tenant(&mut conn, "changed lots", Timestamp::UNIX_EPOCH).await.unwrap();
+        let (_db, mut conn, tenant) = writer_with_tenant("changed lots").await;
         let written = drawn_members(tenant, 60);
-        batch::begin(&mut conn).await.unwrap();
-        batch::flush(&mut conn, &written).await.unwrap();
-        batch::commit(&mut conn).await.unwrap();
+        flush_alone(&mut conn, &written).await;
 
         // A later batch changes lots it did not credit: some expire, some are partly spent, and
         // every lot of member 1 moves to member 2 (a merge).
@@ -337,9 +341,7 @@ both_stores! {
             changed.lots.push((*t, lot));
         }
         assert!(changed.lots.iter().any(|(_, lot)| lot.state == LotState::Expired));
-        batch::begin(&mut conn).await.unwrap();
-        batch::flush(&mut conn, &changed).await.unwrap();
-        batch::commit(&mut conn).await.unwrap();
+        flush_alone(&mut conn, &changed).await;
         let everyone: Vec<_> = written.members.iter().map(|(t, row)| (*t, row.id)).collect();
         let loaded = batch::load(&mut conn, &BatchKeys { members: everyone.clone(), ..BatchKeys::default() }).await.unwrap();
         let expected = open_lots(&changed.lots);
