@@ -13,6 +13,7 @@ use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::task::Poll;
 
+use futures::future::{maybe_done, BoxFuture, MaybeDone};
 use sqlx::AnyConnection;
 
 use crate::sql::{Backend, Builder};
@@ -26,20 +27,19 @@ struct Expected {
     what: &'static str,
 }
 
-type Outcome<'a> = (&'a mut AnyConnection, std::result::Result<u64, sqlx::Error>);
-type InFlight<'a> = Pin<Box<dyn Future<Output = Outcome<'a>> + Send + 'a>>;
+/// A statement sent: it gives the connection back with the rows it changed. `MaybeDone` keeps its
+/// outcome if it was done by the first poll, so it is never polled again after that.
+type InFlight<'a> = MaybeDone<BoxFuture<'a, (&'a mut AnyConnection, std::result::Result<u64, sqlx::Error>)>>;
 
 /// A connection with at most one statement in flight on it.
 pub struct Pipeline<'a> {
     conn: Option<&'a mut AnyConnection>,
     in_flight: Option<(InFlight<'a>, Option<Expected>)>,
-    /// The outcome of a statement that was done by the time it was sent.
-    done: Option<(Outcome<'a>, Option<Expected>)>,
 }
 
 impl<'a> Pipeline<'a> {
     pub fn new(conn: &'a mut AnyConnection) -> Pipeline<'a> {
-        Pipeline { conn: Some(conn), in_flight: None, done: None }
+        Pipeline { conn: Some(conn), in_flight: None }
     }
 
     /// Sends `query` once the statement before it is done (its error, if any, comes back here).
@@ -63,27 +63,26 @@ impl<'a> Pipeline<'a> {
         self.wait().await?;
         let conn = self.conn.take().expect("the connection is back after wait");
         let (sql, args) = query.take(Backend::of(conn));
-        let mut future: InFlight<'a> = Box::pin(async move {
+        let mut future = maybe_done(Box::pin(async move {
             let result = sqlx::query_with(&sql, args).execute(&mut *conn).await.map(|done| done.rows_affected());
             (conn, result)
-        });
+        }) as BoxFuture<'a, _>);
         // Polled once here so that the statement is on its way to the database now, while the
         // caller builds the next one, rather than when the next one is sent.
-        let first = poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await;
-        match first {
-            Poll::Ready(outcome) => self.done = Some((outcome, expected)),
-            Poll::Pending => self.in_flight = Some((future, expected)),
-        }
+        poll_fn(|cx| {
+            let _ = Pin::new(&mut future).poll(cx);
+            Poll::Ready(())
+        })
+        .await;
+        self.in_flight = Some((future, expected));
         Ok(())
     }
 
     /// Waits for the statement in flight, if any, and checks what it did.
     async fn wait(&mut self) -> Result<()> {
-        let finished = match (self.in_flight.take(), self.done.take()) {
-            (Some((future, expected)), _) => Some((future.await, expected)),
-            (None, done) => done,
-        };
-        let Some(((conn, result), expected)) = finished else { return Ok(()) };
+        let Some((mut future, expected)) = self.in_flight.take() else { return Ok(()) };
+        (&mut future).await;
+        let (conn, result) = Pin::new(&mut future).take_output().expect("a statement awaited has its outcome");
         self.conn = Some(conn);
         let rows = result?;
         match expected {
