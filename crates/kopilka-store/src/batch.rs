@@ -119,7 +119,7 @@ impl Writes {
     }
 }
 
-fn chunk_rows(columns: usize) -> usize {
+pub(crate) fn chunk_rows(columns: usize) -> usize {
     BIND_VALUES_MAX / columns
 }
 

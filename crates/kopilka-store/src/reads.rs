@@ -34,6 +34,32 @@ impl Store {
         row.as_ref().map(member_of_row).transpose()
     }
 
+    /// [`Store::member_by`] for many values of one identifier at once, each chunk of values one
+    /// query (an import names thousands of members; one query each cost ~100 µs). Each value found
+    /// comes back with its member and, for a merged member, the survivor to follow; values no
+    /// member holds are left out.
+    pub async fn members_by(
+        &self,
+        tenant: TenantId,
+        kind: IdentifierKind,
+        values: &[String],
+    ) -> Result<Vec<(String, MemberId, Option<MemberId>)>> {
+        let mut found = Vec::new();
+        for chunk in values.chunks(crate::batch::chunk_rows(1)) {
+            let mut query = Builder::new("WITH k(v) AS (");
+            query.push_values(chunk, |mut b, value| {
+                b.push_bind(value.as_str());
+            });
+            query.push(") SELECT k.v, members.id, members.merged_into FROM k JOIN members ON members.tenant_id = ");
+            query.push_bind(tenant.0).push(format!(" AND members.{} = k.v", kind.as_str()));
+            for row in query.fetch_all(&self.pool).await? {
+                let merged_into: Option<i64> = row.get(2);
+                found.push((row.get(0), MemberId(row.get(1)), merged_into.map(MemberId)));
+            }
+        }
+        Ok(found)
+    }
+
     /// Members in id order after `after`, for listing and export.
     pub async fn members_page(&self, tenant: TenantId, after: MemberId, limit: i64) -> Result<Vec<MemberRow>> {
         let rows = sqlx::query(&format!(

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use jiff::Timestamp;
 use kopilka_core::ledger::{Account, Balance, Movement, MovementKind, Posting};
-use kopilka_core::member::{Consents, Gender, Profile};
+use kopilka_core::member::{Consents, Gender, IdentifierKind, Profile};
 use kopilka_core::member_state::MemberState;
 use kopilka_core::{Lot, LotId, LotState, MemberId, MovementId, PointCurrency, PurchaseId, TenantId};
 use kopilka_store::batch::{self, BatchKeys, Writes};
@@ -365,5 +365,54 @@ both_stores! {
         batch::rollback(&mut conn).await;
         assert!(matches!(error, StoreError::Corrupt { table: "lots", .. }), "{error}");
         assert_eq!(sqlx::query_scalar::<_, i64>(count).fetch_one(&mut conn).await.unwrap(), before);
+    }
+}
+
+both_stores! {
+    async fn members_by_finds_in_bulk_what_member_by_finds_one_at_a_time() {
+        let (db, mut conn, tenant) = writer_with_tenant("lookups").await;
+        let mut writes = drawn_members(tenant, 80);
+        // Two members merged into a third: a bulk lookup names the survivor, as a single one does.
+        for (_, row) in writes.members.iter_mut().filter(|(_, row)| [5, 6].contains(&row.id.0)) {
+            row.merged_into = Some(MemberId(7));
+        }
+        flush_alone(&mut conn, &writes).await;
+        let store = Store::connect(&db.database).await.unwrap();
+        let other = admin::create_tenant(&mut conn, "other", Timestamp::UNIX_EPOCH).await.unwrap();
+
+        let mut merged_lookups = 0;
+        for kind in [IdentifierKind::Card, IdentifierKind::Phone, IdentifierKind::Email, IdentifierKind::ExternalId] {
+            let mut values: Vec<String> = writes
+                .members
+                .iter()
+                .filter_map(|(_, row)| match kind {
+                    IdentifierKind::Card => row.profile.card.clone(),
+                    IdentifierKind::Phone => row.profile.phone.clone(),
+                    IdentifierKind::Email => row.profile.email.clone(),
+                    IdentifierKind::ExternalId => row.profile.external_id.clone(),
+                })
+                .collect();
+            assert!(values.len() > 10, "the drawn members hold {kind:?} values");
+            values.push("nobody holds this".to_string());
+            values.push(values[0].clone());
+
+            let mut expected = Vec::new();
+            for value in &values {
+                if let Some(row) = store.member_by(tenant, kind, value).await.unwrap() {
+                    expected.push((value.clone(), row.id, row.merged_into));
+                }
+            }
+            expected.sort();
+            let mut found = store.members_by(tenant, kind, &values).await.unwrap();
+            found.sort();
+            assert_eq!(found, expected, "{kind:?}");
+            for (_, id, merged_into) in &found {
+                let merged = [5, 6].contains(&id.0);
+                assert_eq!(*merged_into, merged.then_some(MemberId(7)), "member {id} by {kind:?}");
+                merged_lookups += usize::from(merged);
+            }
+            assert!(store.members_by(other, kind, &values).await.unwrap().is_empty(), "another tenant's members");
+        }
+        assert!(merged_lookups > 0, "the merged members were looked up by some identifier");
     }
 }

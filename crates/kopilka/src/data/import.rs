@@ -15,7 +15,7 @@
 //! and only what was refused is new. See [`IMPORT_HELP`] for the columns.
 
 use kopilka_store::Database;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -896,28 +896,45 @@ fn resolve_returns(receipts: &mut [Receipt]) -> Vec<Problem> {
     problems
 }
 
-/// Finds the members the receipts name; a member that does not exist is a problem at its first row.
+/// Finds the members the receipts name, following merges to the survivor; a member that does not
+/// exist is a problem at its first row. One query per identifier and chunk of values
+/// ([`Store::members_by`]): a query per member cost ~100 µs, a second per 10,000 members.
 async fn resolve_members(
     store: &Store,
     tenant: TenantId,
     receipts: &[Receipt],
 ) -> anyhow::Result<(HashMap<MemberRef, MemberId>, Vec<Problem>)> {
-    let mut found = HashMap::new();
-    let mut problems = Vec::new();
+    // Each member named, at the first row that names it, in the file's order.
+    let mut named: Vec<(&MemberRef, u64, &'static str)> = Vec::new();
+    let mut seen = HashSet::new();
+    let mut values: Vec<(IdentifierKind, Vec<String>)> = Vec::new();
     for receipt in receipts {
         let Some((member, line, column)) = &receipt.member else { continue };
-        if found.contains_key(member) {
+        if !seen.insert(member) {
             continue;
         }
-        match find_member(store, tenant, member.kind, &member.value).await? {
-            Some(id) => {
-                found.insert(member.clone(), id);
-            }
+        named.push((member, *line, column));
+        match values.iter_mut().find(|(kind, _)| *kind == member.kind) {
+            Some((_, of_kind)) => of_kind.push(member.value.clone()),
+            None => values.push((member.kind, vec![member.value.clone()])),
+        }
+    }
+    let mut holders: HashMap<(IdentifierKind, String), (MemberId, Option<MemberId>)> = HashMap::new();
+    for (kind, of_kind) in &values {
+        for (value, id, merged_into) in store.members_by(tenant, *kind, of_kind).await? {
+            holders.insert((*kind, value), (id, merged_into));
+        }
+    }
+    let mut found = HashMap::with_capacity(named.len());
+    let mut problems = Vec::new();
+    for (member, line, column) in named {
+        let id = match holders.remove(&(member.kind, member.value.clone())) {
+            Some((id, None)) => id,
+            Some((id, Some(survivor))) => survivor_of(store, tenant, id, survivor).await?,
             None => {
                 // One problem per missing member: the first row that names it.
-                found.insert(member.clone(), MemberId(0));
                 problems.push(Problem::at(
-                    *line,
+                    line,
                     column,
                     format!(
                         "no member with {} {:?} in tenant {}: import the members first",
@@ -926,8 +943,10 @@ async fn resolve_members(
                         tenant.0
                     ),
                 ));
+                MemberId(0)
             }
-        }
+        };
+        found.insert(member.clone(), id);
     }
     Ok((found, problems))
 }
@@ -939,12 +958,29 @@ pub async fn find_member(
     kind: IdentifierKind,
     value: &str,
 ) -> anyhow::Result<Option<MemberId>> {
-    let Some(mut row) = store.member_by(tenant, kind, value).await? else { return Ok(None) };
-    for _ in 0..MERGE_HOPS_MAX {
-        let Some(survivor) = row.merged_into else { return Ok(Some(row.id)) };
-        row = store.member(tenant, survivor).await?.with_context(|| format!("member {survivor} is missing"))?;
+    let Some(row) = store.member_by(tenant, kind, value).await? else { return Ok(None) };
+    match row.merged_into {
+        None => Ok(Some(row.id)),
+        Some(survivor) => survivor_of(store, tenant, row.id, survivor).await.map(Some),
     }
-    bail!("member {} is merged through more than {MERGE_HOPS_MAX} members", row.id)
+}
+
+/// The member `merged` (merged into `survivor`) now lives on as, through any merges after.
+async fn survivor_of(
+    store: &Store,
+    tenant: TenantId,
+    merged: MemberId,
+    survivor: MemberId,
+) -> anyhow::Result<MemberId> {
+    let mut next = survivor;
+    for _ in 0..MERGE_HOPS_MAX {
+        let row = store.member(tenant, next).await?.with_context(|| format!("member {next} is missing"))?;
+        match row.merged_into {
+            None => return Ok(row.id),
+            Some(survivor) => next = survivor,
+        }
+    }
+    bail!("member {merged} is merged through more than {MERGE_HOPS_MAX} members")
 }
 
 /// A receipt ready for the writer, with the rows it came from.
