@@ -45,7 +45,8 @@ impl Store {
         values: &[String],
     ) -> Result<Vec<(String, MemberId, Option<MemberId>)>> {
         let mut found = Vec::new();
-        for chunk in values.chunks(crate::batch::chunk_rows(1)) {
+        // One bound value per row of `k`, and the tenant's.
+        for chunk in values.chunks(crate::batch::chunk_rows(1) - 1) {
             let mut query = Builder::new("WITH k(v) AS (");
             query.push_values(chunk, |mut b, value| {
                 b.push_bind(value.as_str());
