@@ -24,7 +24,7 @@ use kopilka_store::checkpoint::Checkpointer;
 use kopilka_store::store::{admin, hash_api_key};
 use kopilka_store::wal_sync::WalFile;
 use kopilka_store::{Backend, Role, Store, StoreError};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::clock::Clock;
 use crate::dto::{ApiKeyCreated, ProgramView, TenantCreated};
@@ -58,6 +58,17 @@ struct Envelope {
 #[derive(Clone)]
 pub struct Writer {
     sender: mpsc::Sender<Envelope>,
+    /// How many [`Held`] guards keep the writer from deciding its next batch.
+    holds: Arc<watch::Sender<usize>>,
+}
+
+/// Keeps the writer from deciding a batch while it lives (see [`Writer::hold`]).
+pub struct Held(Arc<watch::Sender<usize>>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.send_modify(|holds| *holds -= 1);
+    }
 }
 
 impl Writer {
@@ -89,25 +100,82 @@ impl Writer {
         batch_max: usize,
         answers: impl FnOnce(Option<WalFile>, Arc<Metrics>) -> Answers,
     ) -> Result<(Writer, tokio::task::JoinHandle<()>), StoreError> {
-        let mut connection = store.writer_connection().await?;
-        kopilka_store::sql::waits_in_begin_write(&mut connection).await?;
-        let checkpointer = Checkpointer::start(store, &mut connection).await?;
-        let answers = answers(WalFile::open(store, &mut connection).await?, metrics.clone());
+        // SQLite's connection is made here: the checkpointer and the WAL's fsync are set up on it.
+        // PostgreSQL's is made on the writer's runtime, which alone then waits on its socket.
+        let (connection, checkpointer, wal) = match store.backend {
+            Backend::Sqlite => {
+                let mut connection = store.writer_connection().await?;
+                kopilka_store::sql::waits_in_begin_write(&mut connection).await?;
+                let checkpointer = Checkpointer::start(store, &mut connection).await?;
+                let wal = WalFile::open(store, &mut connection).await?;
+                (Some(connection), checkpointer, wal)
+            }
+            Backend::Postgres => (None, None, None),
+        };
+        let answers = answers(wal, metrics.clone());
         let mut programs = Programs::default();
         for (tenant, id, version, program) in store.programs().await? {
             programs.put(tenant, id, version, program);
         }
-        let task =
-            WriterTask { connection, clock, metrics, programs, checkpointer, answers, batch_max: batch_max.max(1) };
         let (sender, receiver) = mpsc::channel(QUEUE_LEN_MAX.max(2 * batch_max));
-        let handle = tokio::spawn(task.run(receiver));
-        Ok((Writer { sender }, handle))
+        let (holds, held) = watch::channel(0);
+        let (started, start) = oneshot::channel();
+        let store = store.clone();
+        // The writer is the one serial step of every change: on the server's runtime it waited
+        // behind the HTTP tasks each time a statement's result woke it (SQLite peak 5,937 and
+        // 6,649/s on the shared runtime, 7,030 and 7,016/s on its own; BENCHMARKS.md).
+        let handle = tokio::task::spawn_blocking(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let runtime = match runtime {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    let _ = started.send(Err(StoreError::Database(sqlx::Error::Io(error))));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let connection = match connection {
+                    Some(connection) => connection,
+                    None => match store.writer_connection().await {
+                        Ok(connection) => connection,
+                        Err(error) => {
+                            let _ = started.send(Err(error));
+                            return;
+                        }
+                    },
+                };
+                let _ = started.send(Ok(()));
+                let batch_max = batch_max.max(1);
+                let task = WriterTask { connection, clock, metrics, programs, checkpointer, answers, batch_max };
+                task.run(receiver, held).await
+            })
+        });
+        match start.await {
+            Ok(result) => result?,
+            Err(_) => {
+                // The thread ended without a word: it panicked; its handle carries the panic.
+                let error = handle.await.err().map(|e| e.to_string()).unwrap_or_default();
+                return Err(StoreError::Database(sqlx::Error::Io(std::io::Error::other(format!(
+                    "the writer did not start: {error}"
+                )))));
+            }
+        }
+        Ok((Writer { sender, holds: Arc::new(holds) }, handle))
     }
 
     /// False once the writer task has stopped (a broken invariant stops it rather than let it
     /// write a wrong ledger).
     pub fn is_running(&self) -> bool {
         !self.sender.is_closed()
+    }
+
+    /// Holds the writer before its next batch: requests enqueued until the guard is dropped are
+    /// decided together (up to the batch size), as though they had arrived at once. The writer runs
+    /// on a thread of its own and would otherwise start on the first while the rest are on their
+    /// way; tests of what a batch does with requests that meet in it hold it.
+    pub fn hold(&self) -> Held {
+        self.holds.send_modify(|holds| *holds += 1);
+        Held(self.holds.clone())
     }
 
     /// Sends a request and waits for its answer, which comes after its batch is committed.
@@ -199,9 +267,17 @@ struct WriterTask {
 }
 
 impl WriterTask {
-    async fn run(mut self, mut receiver: mpsc::Receiver<Envelope>) {
+    async fn run(mut self, mut receiver: mpsc::Receiver<Envelope>, mut held: watch::Receiver<usize>) {
         let mut batch: Vec<Envelope> = Vec::with_capacity(self.batch_max);
         while receiver.recv_many(&mut batch, self.batch_max).await > 0 {
+            if *held.borrow() > 0 {
+                // Every handle gone (Err) lets go too.
+                let _ = held.wait_for(|holds| *holds == 0).await;
+                while batch.len() < self.batch_max {
+                    let Ok(envelope) = receiver.try_recv() else { break };
+                    batch.push(envelope);
+                }
+            }
             let mut group = Vec::new();
             for envelope in batch.drain(..) {
                 if envelope.request.command.runs_alone() {

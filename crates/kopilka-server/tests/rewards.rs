@@ -571,7 +571,10 @@ both_stores! {
         requests.extend((0..3).map(|i| redeem(format!("once-{i}"), once, members[0])));
 
         let batches_before = state.metrics.writer_batches.load(Ordering::Relaxed);
-        let answers = futures::future::join_all(requests.into_iter().map(|r| state.writer.submit(r))).await;
+        let held = state.writer.hold();
+        let answers = futures::future::join_all(requests.into_iter().map(|r| state.writer.enqueue(r))).await;
+        drop(held);
+        let answers = futures::future::join_all(answers.into_iter().map(|answer| async move { answer?.await })).await;
         let batches = state.metrics.writer_batches.load(Ordering::Relaxed) - batches_before;
         assert!(batches <= 2, "the burst shared a batch (took {batches} commits)");
         let codes: Vec<String> = answers

@@ -85,9 +85,13 @@ impl Harness {
     }
 
     /// Submits every request at once, so they reach the writer together, and returns the answers
-    /// in submission order.
+    /// in submission order. The writer is held until all are enqueued: it runs on a thread of its
+    /// own and would otherwise start on the first while the rest are on their way.
     async fn burst(&self, requests: Vec<Request>) -> Vec<Result<Reply, ApiError>> {
-        join_all(requests.into_iter().map(|request| self.state.writer.submit(request))).await
+        let held = self.state.writer.hold();
+        let answers = join_all(requests.into_iter().map(|request| self.state.writer.enqueue(request))).await;
+        drop(held);
+        join_all(answers.into_iter().map(|answer| async move { answer?.await })).await
     }
 
     async fn assert_ledger_sound(&self, context: &str) {
@@ -963,16 +967,14 @@ both_stores! {
         let (state, writer_task) = app::open_bulk(&dir.database, clock.clone()).await.expect("app opens");
         let harness = Harness { state, writer_task, clock };
         app::bootstrap(&harness.state).await.expect("bootstrap").expect("a fresh store gets a tenant");
-        // Enqueued without yielding (no cooperative budget), so the writer takes them as one batch.
-        let answers = tokio::task::unconstrained(async {
-            let mut answers = Vec::new();
-            for i in 0..3_000 {
-                let request = request(format!("bulk-{i}"), create_member_command(&format!("C-bulk-{i}")));
-                answers.push(harness.state.writer.enqueue(request).await.expect("enqueued"));
-            }
-            answers
-        })
-        .await;
+        // Enqueued while the writer is held, so it takes them as one batch.
+        let held = harness.state.writer.hold();
+        let mut answers = Vec::new();
+        for i in 0..3_000 {
+            let request = request(format!("bulk-{i}"), create_member_command(&format!("C-bulk-{i}")));
+            answers.push(harness.state.writer.enqueue(request).await.expect("enqueued"));
+        }
+        drop(held);
         for answer in answers {
             assert_eq!(answer.await.expect("created").status, 201);
         }

@@ -163,9 +163,15 @@ impl Store {
         Ok(Store { pool, backend: database.backend(), database: database.clone() })
     }
 
-    /// A connection of its own for the writer, outside the readers' pool.
+    /// A connection of its own for the writer, outside the readers' pool. On PostgreSQL it is
+    /// opened afresh, so its socket belongs to the runtime that asks for it (the writer runs on a
+    /// runtime of its own, and a socket's readiness is delivered by the runtime that opened it);
+    /// SQLite's connections work on a thread of their own and any runtime may use them.
     pub async fn writer_connection(&self) -> Result<AnyConnection> {
-        Ok(self.pool.acquire().await?.detach())
+        match &self.database {
+            Database::Postgres(url) => Ok(<AnyConnection as sqlx::Connection>::connect(url).await?),
+            Database::Sqlite(_) => Ok(self.pool.acquire().await?.detach()),
+        }
     }
 
     pub async fn tenant_count(&self) -> Result<i64> {

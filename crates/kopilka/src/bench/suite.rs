@@ -304,8 +304,10 @@ async fn http_figures(
     };
     let (peak_requests, half_requests, load_requests) = (slice(0, n), slice(n, half_n), slice(n + half_n, half_n));
 
+    let before = WriterTotals::read(&client, &base).await?;
     let (committed, elapsed, mut latencies) = http_purchases(&client, &base, &key, peak_requests, clients).await?;
     let peak = phase(committed, elapsed, &mut latencies);
+    eprintln!("      writer at the peak: {}", WriterTotals::read(&client, &base).await?.since(&before));
     let rate = peak.rate() / 2.0;
     let (committed, elapsed, mut latencies) =
         paced_purchases(&client, &base, &key, half_requests, clients, rate).await?;
@@ -329,6 +331,51 @@ async fn http_figures(
     store.pool.close().await;
     ensure!(purchase_rows == (n + 2 * half_n) as i64, "{purchase_rows} purchases stored of {}", n + 2 * half_n);
     Ok(HttpFigures { peak, half, idle_reads, loaded_reads, purchase_rows, server_peak_kib })
+}
+
+/// The writer's counters from the server's `/metrics`: batches, commands and the time spent in
+/// each stage of a batch, so a phase's figure comes with where its batches spent their time.
+#[derive(Debug, Default)]
+struct WriterTotals {
+    batches: u64,
+    commands: u64,
+    stage_micros: Vec<(String, u64)>,
+}
+
+impl WriterTotals {
+    async fn read(client: &reqwest::Client, base: &str) -> anyhow::Result<WriterTotals> {
+        let text = client.get(format!("{base}/metrics")).send().await?.error_for_status()?.text().await?;
+        let mut totals = WriterTotals::default();
+        for line in text.lines().filter(|line| !line.starts_with('#')) {
+            let Some((name, value)) = line.rsplit_once(' ') else { continue };
+            let Ok(value) = value.parse::<u64>() else { continue };
+            match name {
+                "kopilka_writer_batches_total" => totals.batches = value,
+                "kopilka_writer_commands_total" => totals.commands = value,
+                _ => {
+                    if let Some(stage) = name
+                        .strip_prefix("kopilka_writer_stage_microseconds_total{stage=\"")
+                        .and_then(|rest| rest.strip_suffix("\"}"))
+                    {
+                        totals.stage_micros.push((stage.to_string(), value));
+                    }
+                }
+            }
+        }
+        Ok(totals)
+    }
+
+    /// What happened between `before` and `self`, per batch.
+    fn since(&self, before: &WriterTotals) -> String {
+        let batches = self.batches.saturating_sub(before.batches).max(1);
+        let commands = self.commands.saturating_sub(before.commands);
+        let mut out = format!("{batches} batches of {:.1} commands; per batch", commands as f64 / batches as f64);
+        for (stage, micros) in &self.stage_micros {
+            let earlier = before.stage_micros.iter().find(|(s, _)| s == stage).map_or(0, |(_, m)| *m);
+            let _ = write!(out, " {stage} {:.2} ms", micros.saturating_sub(earlier) as f64 / 1e3 / batches as f64);
+        }
+        out
+    }
 }
 
 fn phase(committed: usize, elapsed: Duration, latencies: &mut [Duration]) -> Phase {
