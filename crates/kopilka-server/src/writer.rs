@@ -349,9 +349,9 @@ impl WriterTask {
         now: Timestamp,
     ) -> Result<Vec<Result<Reply, ApiError>>, StoreError> {
         let mut stages = Stopwatch::new(&self.metrics);
-        batch::begin(&mut self.connection).await?;
-        self.refresh_programs().await?;
-        let seeds = batch::id_seeds(&mut self.connection).await?;
+        let opened = batch::open(&mut self.connection).await?;
+        self.refresh_programs(&opened.program_versions).await?;
+        let seeds = opened.seeds;
         stages.lap(WriterStage::Begin);
         let mut keys = engine::keys(requests, now);
         let loaded = batch::load(&mut self.connection, &keys).await?;
@@ -382,13 +382,11 @@ impl WriterTask {
     }
 
     /// On PostgreSQL other nodes may have saved programs (or created tenants) since the last batch:
-    /// under the write lock, the versions are compared and what changed is read again. On SQLite
-    /// this writer is the only one that saves programs, and the query is skipped.
-    async fn refresh_programs(&mut self) -> Result<(), StoreError> {
-        if Backend::of(&self.connection) != Backend::Postgres {
-            return Ok(());
-        }
-        for (tenant, id, version) in batch::program_versions(&mut self.connection).await? {
+    /// under the write lock, the versions (`batch::open` read them) are compared with the cache and
+    /// what changed is read again. On SQLite this writer is the only one that saves programs, and
+    /// there are none to compare.
+    async fn refresh_programs(&mut self, versions: &[(TenantId, ProgramId, i64)]) -> Result<(), StoreError> {
+        for &(tenant, id, version) in versions {
             let cached = self.programs.get(tenant, Some(id.0)).map(|entry| entry.version).ok();
             if cached != Some(version) {
                 if let Some((version, program)) = batch::program(&mut self.connection, tenant, id).await? {
@@ -427,8 +425,8 @@ impl WriterTask {
         request: &Request,
         now: Timestamp,
     ) -> Result<Result<(Reply, Option<(TenantId, ProgramId, i64, Program)>), ApiError>, StoreError> {
-        batch::begin(&mut self.connection).await?;
-        self.refresh_programs().await?;
+        let opened = batch::open(&mut self.connection).await?;
+        self.refresh_programs(&opened.program_versions).await?;
         let conn = &mut self.connection;
         let mut keys = BatchKeys::default();
         if let Some(idempotency) = &request.idempotency {

@@ -228,7 +228,7 @@ fn member_of_values(values: MemberValues) -> Result<MemberRow> {
 pub(crate) const LOT_COLUMNS: &str =
     "id, member_id, currency, amount, remaining, available_from, expires_at, state, movement_id, purchase_id";
 
-/// A lot's columns in `LOT_COLUMNS`' order, from a row or from an element of `lots_as_json`'s array.
+/// A lot's columns in `LOT_COLUMNS`' order, from a row or from an element of a `Backend::json_rows` array.
 type LotValues = (i64, i64, String, i64, i64, i64, i64, String, i64, Option<i64>);
 
 pub(crate) fn lot_of_row(row: &AnyRow) -> Result<Lot> {
@@ -264,32 +264,9 @@ fn lot_of_values(values: LotValues) -> Result<Lot> {
     })
 }
 
-/// `SELECT` of the lots a query joins, each with its tenant, as one row (`Backend::json_rows`).
-fn lots_as_json(backend: Backend) -> String {
-    let lot = backend.json_array(LOT_COLUMNS);
-    format!("SELECT {}", backend.json_rows(&format!("lots.tenant_id, {lot}")))
-}
-
-/// The rows of a query that selects `Backend::json_rows`, each read as a `T` (a tuple or a struct
-/// of the columns in order).
-async fn fetch_json_rows<T: serde::de::DeserializeOwned>(
-    conn: &mut AnyConnection,
-    query: &mut Builder<'_>,
-    table: &'static str,
-) -> Result<Vec<T>> {
-    let rows = query.fetch_all(&mut *conn).await?;
-    rows_of_json(rows.first().map(|row| row.get(0)).unwrap_or("[]"), table)
-}
-
 /// The rows of a `Backend::json_rows` value, each read as a `T`.
 pub(crate) fn rows_of_json<T: serde::de::DeserializeOwned>(text: &str, table: &'static str) -> Result<Vec<T>> {
     serde_json::from_str(text).map_err(|error| StoreError::Corrupt { table, detail: format!("rows as JSON: {error}") })
-}
-
-/// The lots of a `lots_as_json` query, with their tenants.
-async fn fetch_lots_json(conn: &mut AnyConnection, query: &mut Builder<'_>) -> Result<Vec<(TenantId, Lot)>> {
-    let lots: Vec<(i64, LotValues)> = fetch_json_rows(conn, query, "lots").await?;
-    lots.into_iter().map(|(tenant, values)| Ok((TenantId(tenant), lot_of_values(values)?))).collect()
 }
 
 pub(crate) fn purchase_of_row(row: &AnyRow) -> Result<(TenantId, ProgramId, PurchaseRecord)> {
@@ -412,42 +389,53 @@ async fn load_members(
     survivors: &mut Vec<(TenantId, MemberId)>,
 ) -> Result<()> {
     for chunk in keys.chunks(chunk_rows(2)) {
-        load_member_rows(conn, chunk, loaded, survivors).await?;
-        let backend = Backend::of(conn);
-        let mut query = members_table(chunk);
-        query.push(format!(") {} FROM k JOIN lots{} ON lots.tenant_id = k.t AND lots.member_id = k.v WHERE state IN ('pending', 'available')", lots_as_json(backend), backend.indexed_by("lots_member")));
-        for (tenant, lot) in fetch_lots_json(conn, &mut query).await? {
+        let (_, lots) = load_members_with_lots(conn, chunk, None, loaded, survivors).await?;
+        for (tenant, lot) in lots {
             loaded.lots.entry((tenant, lot.member_id)).or_default().push(lot);
         }
     }
     Ok(())
 }
 
-/// `WITH k(t, v) AS (VALUES …`: the members of `chunk` as a constant table to join, left open.
-fn members_table<'a>(chunk: &[(TenantId, MemberId)]) -> Builder<'a> {
+/// The member rows of `chunk`, each with no lots yet (the survivors of merged ones are noted), and
+/// their open lots: all of them, or with `due_by` only those whose stored state changes by then.
+/// One statement for both, each a subquery over the same constant table: on PostgreSQL the writer
+/// waits a round trip for every statement. Returns the members found, each with the open-lot
+/// totals its row keeps (`lot_totals`), and the lots.
+async fn load_members_with_lots(
+    conn: &mut AnyConnection,
+    chunk: &[(TenantId, MemberId)],
+    due_by: Option<Timestamp>,
+    loaded: &mut Loaded,
+    survivors: &mut Vec<(TenantId, MemberId)>,
+) -> Result<(Vec<((TenantId, MemberId), Option<String>)>, Vec<(TenantId, Lot)>)> {
+    let backend = Backend::of(conn);
     let mut query = Builder::new("WITH k(t, v) AS (");
     query.push_values(chunk, |mut b, (tenant, id)| {
         b.push_bind(tenant.0).push_bind(id.0);
     });
-    query
-}
-
-/// The member rows of `chunk`, each with no lots yet; the survivors of merged ones are noted.
-/// Returns the members found, each with the open-lot totals its row keeps (`lot_totals`).
-async fn load_member_rows(
-    conn: &mut AnyConnection,
-    chunk: &[(TenantId, MemberId)],
-    loaded: &mut Loaded,
-    survivors: &mut Vec<(TenantId, MemberId)>,
-) -> Result<Vec<((TenantId, MemberId), Option<String>)>> {
-    let backend = Backend::of(conn);
-    let mut query = members_table(chunk);
     let member = backend.json_array(MEMBER_COLUMNS);
+    let lot = backend.json_array(LOT_COLUMNS);
+    let (members_join, members_end) =
+        backend.join_each("members", None, "members.tenant_id = k.t AND members.id = k.v");
+    let (lots_join, lots_end) =
+        backend.join_each("lots", Some("lots_member"), "lots.tenant_id = k.t AND lots.member_id = k.v");
     query.push(format!(
-        ") SELECT {} FROM k JOIN members ON members.tenant_id = k.t AND members.id = k.v",
-        backend.json_rows(&format!("members.tenant_id, {member}, members.lot_totals"))
+        ") SELECT (SELECT {} FROM k{members_join}TRUE{members_end}), \
+         (SELECT {} FROM k{lots_join}state IN ('pending', 'available')",
+        backend.json_rows(&format!("members.tenant_id, {member}, members.lot_totals")),
+        backend.json_rows(&format!("lots.tenant_id, {lot}")),
     ));
-    let members: Vec<(i64, MemberValues, Option<String>)> = fetch_json_rows(conn, &mut query, "members").await?;
+    if let Some(at) = due_by {
+        // Due by `at` exactly when `Lot::state_at(at)` differs from the stored state.
+        query.push(format!(" AND {} <= ", backend.lot_due_at()));
+        query.push_bind(micros::of(at));
+    }
+    query.push(format!("{lots_end})"));
+    let rows = query.fetch_all(&mut *conn).await?;
+    let row = rows.first().ok_or(StoreError::Corrupt { table: "members", detail: "no row of JSON".into() })?;
+    let members: Vec<(i64, MemberValues, Option<String>)> = rows_of_json(row.get(0), "members")?;
+    let lots: Vec<(i64, LotValues)> = rows_of_json(row.get(1), "lots")?;
     let mut found = Vec::new();
     for (tenant, values, lot_totals) in members {
         let tenant = TenantId(tenant);
@@ -459,7 +447,8 @@ async fn load_member_rows(
         loaded.lots.insert((tenant, member.id), Vec::new());
         loaded.members.insert((tenant, member.id), member);
     }
-    Ok(found)
+    let lots = lots.into_iter().map(|(tenant, values)| Ok((TenantId(tenant), lot_of_values(values)?)));
+    Ok((found, lots.collect::<Result<_>>()?))
 }
 
 /// Members with only the lots that catching up to `at` changes, and the totals of the others.
@@ -470,16 +459,8 @@ async fn load_light_members(
     loaded: &mut Loaded,
     survivors: &mut Vec<(TenantId, MemberId)>,
 ) -> Result<()> {
-    let at_micros = micros::of(at);
     for chunk in keys.chunks(chunk_rows(2)) {
-        let found = load_member_rows(conn, chunk, loaded, survivors).await?;
-        // Due by `at` exactly when `Lot::state_at(at)` differs from the stored state.
-        let backend = Backend::of(conn);
-        let (indexed, due_at) = (backend.indexed_by("lots_member"), backend.lot_due_at());
-        let mut query = members_table(chunk);
-        query.push(format!(") {} FROM k JOIN lots{indexed} ON lots.tenant_id = k.t AND lots.member_id = k.v WHERE state IN ('pending', 'available') AND {due_at} <= ", lots_as_json(backend)));
-        query.push_bind(at_micros);
-        let due = fetch_lots_json(conn, &mut query).await?;
+        let (found, due) = load_members_with_lots(conn, chunk, Some(at), loaded, survivors).await?;
         // The totals of every open lot by stored state (kept in the member's row), less the due lots'.
         let mut due_sums: HashMap<(TenantId, MemberId, &PointCurrency), Balance> = HashMap::new();
         for (tenant, lot) in &due {
@@ -794,11 +775,37 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
 /// The writer's own connection.
 pub type Connection = AnyConnection;
 
-/// Every program's current version, read under the write lock: a writer sharing the store with
-/// other nodes compares them with its cache, since another node may have saved a program.
-pub async fn program_versions(conn: &mut Connection) -> Result<Vec<(TenantId, ProgramId, i64)>> {
-    let rows = sqlx::query("SELECT tenant_id, id, version FROM programs").fetch_all(&mut *conn).await?;
-    Ok(rows.iter().map(|row| (TenantId(row.get(0)), ProgramId(row.get(1)), row.get(2))).collect())
+/// What a batch reads first, under the write lock.
+pub struct Opened {
+    /// The last ids handed out, as [`id_seeds`] reads them.
+    pub seeds: (IdAllocator, i64),
+    /// On PostgreSQL, every program's current version: a writer sharing the store with other nodes
+    /// compares them with its cache, since another node may have saved a program. Empty on SQLite,
+    /// where the writer is the only one that saves programs.
+    pub program_versions: Vec<(TenantId, ProgramId, i64)>,
+}
+
+/// Opens a batch: BEGIN with the write lock ([`begin`]), then the id seeds and, on PostgreSQL, the
+/// program versions, in one query.
+pub async fn open(conn: &mut Connection) -> Result<Opened> {
+    begin(conn).await?;
+    if Backend::of(conn) != Backend::Postgres {
+        return Ok(Opened { seeds: id_seeds(conn).await?, program_versions: Vec::new() });
+    }
+    let rows = sqlx::query(
+        "SELECT name, last, NULL::BIGINT, NULL::BIGINT FROM sequences
+         UNION ALL SELECT NULL, tenant_id, id, version FROM programs",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let (mut seeds, mut program_versions) = (Vec::new(), Vec::new());
+    for row in &rows {
+        match row.get::<Option<String>, _>(0) {
+            Some(name) => seeds.push((name, row.get(1))),
+            None => program_versions.push((TenantId(row.get(1)), ProgramId(row.get(2)), row.get(3))),
+        }
+    }
+    Ok(Opened { seeds: seeds_of(seeds)?, program_versions })
 }
 
 /// One program's current version, as `program_versions` saw it changed.
@@ -814,18 +821,22 @@ pub async fn program(conn: &mut Connection, tenant: TenantId, id: ProgramId) -> 
 /// The last ids handed out, read inside the batch transaction (which holds the write lock).
 /// Returns the allocator and the last event id.
 pub async fn id_seeds(conn: &mut Connection) -> Result<(IdAllocator, i64)> {
+    let rows = sqlx::query("SELECT name, last FROM sequences").fetch_all(&mut *conn).await?;
+    seeds_of(rows.iter().map(|row| (row.get(0), row.get(1))))
+}
+
+fn seeds_of(rows: impl IntoIterator<Item = (String, i64)>) -> Result<(IdAllocator, i64)> {
     let mut ids = IdAllocator::default();
     let mut last_event_id = 0;
-    for row in sqlx::query("SELECT name, last FROM sequences").fetch_all(&mut *conn).await? {
-        let last: i64 = row.get(1);
-        match row.get::<&str, _>(0) {
+    for (name, last) in rows {
+        match name.as_str() {
             "lot" => ids.next_lot = last,
             "movement" => ids.next_movement = last,
             "purchase" => ids.next_purchase = last,
             "member" => ids.next_member = last,
             "checkout" => ids.next_checkout = last,
             "event" => last_event_id = last,
-            other => return Err(StoreError::Corrupt { table: "sequences", detail: other.to_string() }),
+            _ => return Err(StoreError::Corrupt { table: "sequences", detail: name }),
         }
     }
     Ok((ids, last_event_id))
