@@ -808,7 +808,7 @@ pub async fn open(conn: &mut Connection) -> Result<Opened> {
     Ok(Opened { seeds: seeds_of(seeds)?, program_versions })
 }
 
-/// One program's current version, as `program_versions` saw it changed.
+/// One program's current version, as `open` saw it changed.
 pub async fn program(conn: &mut Connection, tenant: TenantId, id: ProgramId) -> Result<Option<(i64, Program)>> {
     let row = sqlx::query("SELECT id, version, document FROM programs WHERE tenant_id = $1 AND id = $2")
         .bind(tenant.0)
