@@ -283,12 +283,21 @@ pub(crate) fn purchase_of_row(row: &AnyRow) -> Result<(TenantId, ProgramId, Purc
 /// `(a, b) IN (VALUES …)`, and its plan for the join scans `k` and searches the table.
 pub async fn load(conn: &mut AnyConnection, keys: &BatchKeys) -> Result<Loaded> {
     let mut loaded = Loaded::default();
+    let backend = Backend::of(conn);
+    // Each lookup as one index search per key (`Backend::join_each`), whatever the statistics.
+    let join = |table: &str, on: &str| {
+        let (join, end) = backend.join_each(table, None, on);
+        format!("{join}TRUE{end}")
+    };
     for chunk in keys.idempotency.chunks(chunk_rows(2)) {
         let mut query = Builder::new("WITH k(t, v) AS (");
         query.push_values(chunk, |mut b, (tenant, key)| {
             b.push_bind(tenant.0).push_bind(key);
         });
-        query.push(") SELECT tenant_id, key, request_hash, status, body, member_id FROM k JOIN idempotency ON idempotency.tenant_id = k.t AND idempotency.key = k.v");
+        query.push(format!(
+            ") SELECT tenant_id, key, request_hash, status, body, member_id FROM k{}",
+            join("idempotency", "idempotency.tenant_id = k.t AND idempotency.key = k.v")
+        ));
         for row in query.fetch_all(&mut *conn).await? {
             let status: i64 = row.get(3);
             loaded.idempotency.insert(
@@ -311,7 +320,10 @@ pub async fn load(conn: &mut AnyConnection, keys: &BatchKeys) -> Result<Loaded> 
         query.push_values(chunk, |mut b, (tenant, id)| {
             b.push_bind(tenant.0).push_bind(id.0);
         });
-        query.push(") SELECT tenant_id, program_id, record FROM k JOIN purchases ON purchases.tenant_id = k.t AND purchases.id = k.v");
+        query.push(format!(
+            ") SELECT tenant_id, program_id, record FROM k{}",
+            join("purchases", "purchases.tenant_id = k.t AND purchases.id = k.v")
+        ));
         for row in query.fetch_all(&mut *conn).await? {
             loaded.purchases.push(purchase_of_row(&row)?);
         }
@@ -321,7 +333,10 @@ pub async fn load(conn: &mut AnyConnection, keys: &BatchKeys) -> Result<Loaded> 
         query.push_values(chunk, |mut b, (tenant, id)| {
             b.push_bind(tenant.0).push_bind(id);
         });
-        query.push(") SELECT tenant_id, program_id, record FROM k JOIN purchases ON purchases.tenant_id = k.t AND purchases.external_id = k.v");
+        query.push(format!(
+            ") SELECT tenant_id, program_id, record FROM k{}",
+            join("purchases", "purchases.tenant_id = k.t AND purchases.external_id = k.v")
+        ));
         for row in query.fetch_all(&mut *conn).await? {
             loaded.purchases.push(purchase_of_row(&row)?);
         }
@@ -342,10 +357,8 @@ pub async fn load(conn: &mut AnyConnection, keys: &BatchKeys) -> Result<Loaded> 
             query.push_values(chunk, |mut b, (tenant, _, value)| {
                 b.push_bind(tenant.0).push_bind(value);
             });
-            query.push(format!(
-                ") SELECT tenant_id, id, {0} FROM k JOIN members ON members.tenant_id = k.t AND members.{0} = k.v",
-                kind.as_str()
-            ));
+            let on = format!("members.tenant_id = k.t AND members.{0} = k.v", kind.as_str());
+            query.push(format!(") SELECT tenant_id, id, {} FROM k{}", kind.as_str(), join("members", &on)));
             for row in query.fetch_all(&mut *conn).await? {
                 let tenant = TenantId(row.get(0));
                 let member = MemberId(row.get(1));
