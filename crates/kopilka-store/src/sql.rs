@@ -153,17 +153,17 @@ pub async fn begin_write(conn: &mut AnyConnection) -> crate::Result<()> {
         sqlx::raw_sql(&sql).execute(&mut *conn).await?;
         return Ok(());
     }
+    // SQLite: `BEGIN IMMEDIATE` is the lock.
     let started = Instant::now();
     loop {
         match sqlx::query(backend.begin_write()).execute(&mut *conn).await {
-            Ok(_) => break,
-            Err(error) if backend == Backend::Sqlite && is_busy(&error) && started.elapsed() < SQLITE_LOCK_WAIT_MAX => {
+            Ok(_) => return Ok(()),
+            Err(error) if is_busy(&error) && started.elapsed() < SQLITE_LOCK_WAIT_MAX => {
                 tokio::time::sleep(SQLITE_LOCK_RETRY).await;
             }
             Err(error) => return Err(error.into()),
         }
     }
-    take_lock(conn, backend, Lock::Write).await
 }
 
 /// How long [`begin_write`] waits for SQLite's lock held by another connection (as `busy_timeout`).
