@@ -371,12 +371,14 @@ impl WriterTask {
         };
         let (replies, writes, (ids, last_event_id)) = decided;
         stages.lap(WriterStage::Decide);
-        if !writes.is_empty() {
+        if writes.is_empty() {
+            stages.lap(WriterStage::Flush);
+            batch::commit(&mut self.connection).await?;
+        } else {
             batch::flush(&mut self.connection, &writes).await?;
-            batch::save_id_seeds(&mut self.connection, &ids, last_event_id).await?;
+            stages.lap(WriterStage::Flush);
+            batch::commit_with_seeds(&mut self.connection, &ids, last_event_id).await?;
         }
-        stages.lap(WriterStage::Flush);
-        batch::commit(&mut self.connection).await?;
         stages.lap(WriterStage::Commit);
         Ok(replies)
     }

@@ -801,16 +801,17 @@ pub struct Opened {
 /// Opens a batch: BEGIN with the write lock ([`begin`]), then the id seeds and, on PostgreSQL, the
 /// program versions, in one query.
 pub async fn open(conn: &mut Connection) -> Result<Opened> {
-    begin(conn).await?;
     if Backend::of(conn) != Backend::Postgres {
+        begin(conn).await?;
         return Ok(Opened { seeds: id_seeds(conn).await?, program_versions: Vec::new() });
     }
-    let rows = sqlx::query(
-        "SELECT name, last, NULL::BIGINT, NULL::BIGINT FROM sequences
+    // With the transaction's opening, in the same round trip.
+    let sql = format!(
+        "{}; SELECT name, last, NULL::BIGINT, NULL::BIGINT FROM sequences
          UNION ALL SELECT NULL, tenant_id, id, version FROM programs",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
+        crate::sql::postgres_begin_write()
+    );
+    let rows = sqlx::raw_sql(&sql).fetch_all(&mut *conn).await?;
     let (mut seeds, mut program_versions) = (Vec::new(), Vec::new());
     for row in &rows {
         match row.get::<Option<String>, _>(0) {
@@ -857,19 +858,24 @@ fn seeds_of(rows: impl IntoIterator<Item = (String, i64)>) -> Result<(IdAllocato
 
 /// Stores the last ids a batch handed out, in its transaction.
 pub async fn save_id_seeds(conn: &mut Connection, ids: &IdAllocator, last_event_id: i64) -> Result<()> {
-    sqlx::query(
-        "UPDATE sequences SET last = CASE name WHEN 'lot' THEN $1 WHEN 'movement' THEN $2 WHEN 'purchase' THEN $3
-         WHEN 'member' THEN $4 WHEN 'event' THEN $5 WHEN 'checkout' THEN $6 ELSE last END",
-    )
-    .bind(ids.next_lot)
-    .bind(ids.next_movement)
-    .bind(ids.next_purchase)
-    .bind(ids.next_member)
-    .bind(last_event_id)
-    .bind(ids.next_checkout)
-    .execute(&mut *conn)
-    .await?;
+    sqlx::raw_sql(&save_id_seeds_sql(ids, last_event_id)).execute(&mut *conn).await?;
     Ok(())
+}
+
+/// [`save_id_seeds`] and [`commit`] in one round trip (on SQLite, one hop to its thread).
+pub async fn commit_with_seeds(conn: &mut Connection, ids: &IdAllocator, last_event_id: i64) -> Result<()> {
+    let sql = format!("{}; COMMIT", save_id_seeds_sql(ids, last_event_id));
+    sqlx::raw_sql(&sql).execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// The ids are integers written into the statement, so it can go with others in one query.
+fn save_id_seeds_sql(ids: &IdAllocator, last_event_id: i64) -> String {
+    format!(
+        "UPDATE sequences SET last = CASE name WHEN 'lot' THEN {} WHEN 'movement' THEN {} WHEN 'purchase' THEN {}
+         WHEN 'member' THEN {} WHEN 'event' THEN {} WHEN 'checkout' THEN {} ELSE last END",
+        ids.next_lot, ids.next_movement, ids.next_purchase, ids.next_member, last_event_id, ids.next_checkout
+    )
 }
 
 /// Starts the batch transaction holding the store's write lock (`sql::begin_write`): on SQLite

@@ -147,10 +147,7 @@ pub enum Lock {
 pub async fn begin_write(conn: &mut AnyConnection) -> crate::Result<()> {
     let backend = Backend::of(conn);
     if backend == Backend::Postgres {
-        // BEGIN and the lock in one simple query, one round trip: the writer waits for every
-        // round trip of its batch, and under load each took 0.3-0.5 ms (BENCHMARKS.md).
-        let sql = format!("{}; SELECT pg_advisory_xact_lock({})", backend.begin_write(), Lock::Write as i64);
-        sqlx::raw_sql(&sql).execute(&mut *conn).await?;
+        sqlx::raw_sql(&postgres_begin_write()).execute(&mut *conn).await?;
         return Ok(());
     }
     // SQLite: `BEGIN IMMEDIATE` is the lock.
@@ -164,6 +161,27 @@ pub async fn begin_write(conn: &mut AnyConnection) -> crate::Result<()> {
             Err(error) => return Err(error.into()),
         }
     }
+}
+
+/// PostgreSQL's opening of a writing transaction as one simple query, one round trip (the writer
+/// waits for every round trip of its batch, and under load each took 0.3-0.5 ms; BENCHMARKS.md):
+/// `BEGIN`, the planner's settings for the transaction, and the write lock, taken by a `SELECT`
+/// that returns no row, so statements after it in the same query may return the rows a caller
+/// reads ([`crate::batch::open`]).
+///
+/// A writing transaction's statements join a batch's keys (tens to a few thousand rows) to
+/// tables of millions, and each key one index search is the plan whatever the statistics say.
+/// With statistics older than the rows (a store filled since its last `ANALYZE`), PostgreSQL was
+/// seen hashing a batch's keys against a sequential scan of every member (3.1 ms of a 5 ms
+/// flush at 10,000 members, and growing with them): hash and merge joins are off for the
+/// transaction. Scans of one table plan as before.
+pub(crate) fn postgres_begin_write() -> String {
+    format!(
+        "{}; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; \
+         SELECT 1 WHERE pg_advisory_xact_lock({}) IS NULL",
+        Backend::Postgres.begin_write(),
+        Lock::Write as i64
+    )
 }
 
 /// How long [`begin_write`] waits for SQLite's lock held by another connection (as `busy_timeout`).
