@@ -798,8 +798,8 @@ pub struct Opened {
     pub program_versions: Vec<(TenantId, ProgramId, i64)>,
 }
 
-/// Opens a batch: BEGIN with the write lock ([`begin`]), then the id seeds and, on PostgreSQL, the
-/// program versions, in one query.
+/// Opens a batch: BEGIN with the write lock ([`begin`]), then the id seeds. On PostgreSQL all of
+/// it and the program versions in one round trip.
 pub async fn open(conn: &mut Connection) -> Result<Opened> {
     if Backend::of(conn) != Backend::Postgres {
         begin(conn).await?;

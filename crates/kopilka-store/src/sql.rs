@@ -173,8 +173,9 @@ pub async fn begin_write(conn: &mut AnyConnection) -> crate::Result<()> {
 /// tables of millions, and each key one index search is the plan whatever the statistics say.
 /// With statistics older than the rows (a store filled since its last `ANALYZE`), PostgreSQL was
 /// seen hashing a batch's keys against a sequential scan of every member (3.1 ms of a 5 ms
-/// flush at 10,000 members, and growing with them): hash and merge joins are off for the
-/// transaction. Scans of one table plan as before.
+/// statement at 10,000 members, and growing with them, in a flush tried as one statement;
+/// BENCHMARKS.md): hash and merge joins are off for the transaction. Scans of one table plan
+/// as before.
 pub(crate) fn postgres_begin_write() -> String {
     format!(
         "{}; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; \
