@@ -20,14 +20,10 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use crate::pipeline::Pipeline;
-use crate::sql::{Backend, Builder};
+use crate::sql::{Backend, Builder, BIND_VALUES_MAX};
 
 use crate::checkout::{CheckoutWrites, LoadedCheckout};
 use crate::{micros, MemberRow, Result, StoreError, StoredResponse};
-
-/// SQLite allows 32,766 bound values per statement, PostgreSQL 65,535; rows are chunked to stay
-/// under both.
-const BIND_VALUES_MAX: usize = 32_000;
 
 /// What a batch of commands needs loaded.
 #[derive(Debug, Default)]
@@ -291,7 +287,7 @@ pub async fn load(conn: &mut AnyConnection, keys: &BatchKeys) -> Result<Loaded> 
     };
     for chunk in keys.idempotency.chunks(chunk_rows(2)) {
         let mut query = Builder::new("WITH k(t, v) AS (");
-        query.push_values(chunk, |mut b, (tenant, key)| {
+        query.push_keys(chunk, |mut b, (tenant, key)| {
             b.push_bind(tenant.0).push_bind(key);
         });
         query.push(format!(
@@ -317,7 +313,7 @@ pub async fn load(conn: &mut AnyConnection, keys: &BatchKeys) -> Result<Loaded> 
     loaded.partners = crate::partners::load(conn, &keys.partners, &mut members).await?;
     for chunk in keys.purchase_ids.chunks(chunk_rows(2)) {
         let mut query = Builder::new("WITH k(t, v) AS (");
-        query.push_values(chunk, |mut b, (tenant, id)| {
+        query.push_keys(chunk, |mut b, (tenant, id)| {
             b.push_bind(tenant.0).push_bind(id.0);
         });
         query.push(format!(
@@ -330,7 +326,7 @@ pub async fn load(conn: &mut AnyConnection, keys: &BatchKeys) -> Result<Loaded> 
     }
     for chunk in keys.purchase_external_ids.chunks(chunk_rows(2)) {
         let mut query = Builder::new("WITH k(t, v) AS (");
-        query.push_values(chunk, |mut b, (tenant, id)| {
+        query.push_keys(chunk, |mut b, (tenant, id)| {
             b.push_bind(tenant.0).push_bind(id);
         });
         query.push(format!(
@@ -354,7 +350,7 @@ pub async fn load(conn: &mut AnyConnection, keys: &BatchKeys) -> Result<Loaded> 
         let wanted: Vec<_> = keys.identifiers.iter().filter(|(_, k, _)| *k == kind).collect();
         for chunk in wanted.chunks(chunk_rows(2)) {
             let mut query = Builder::new("WITH k(t, v) AS (");
-            query.push_values(chunk, |mut b, (tenant, _, value)| {
+            query.push_keys(chunk, |mut b, (tenant, _, value)| {
                 b.push_bind(tenant.0).push_bind(value);
             });
             let on = format!("members.tenant_id = k.t AND members.{0} = k.v", kind.as_str());
@@ -424,7 +420,7 @@ async fn load_members_with_lots(
 ) -> Result<(Vec<((TenantId, MemberId), Option<String>)>, Vec<(TenantId, Lot)>)> {
     let backend = Backend::of(conn);
     let mut query = Builder::new("WITH k(t, v) AS (");
-    query.push_values(chunk, |mut b, (tenant, id)| {
+    query.push_keys(chunk, |mut b, (tenant, id)| {
         b.push_bind(tenant.0).push_bind(id.0);
     });
     let member = backend.json_array(MEMBER_COLUMNS);
@@ -548,7 +544,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
     // the rows being rewritten first let go of their identifiers.
     for chunk in writes.members.chunks(chunk_rows(2)) {
         let mut query = Builder::new("WITH k(t, v) AS (");
-        query.push_values(chunk, |mut b, (tenant, m)| {
+        query.push_keys(chunk, |mut b, (tenant, m)| {
             b.push_bind(tenant.0).push_bind(m.id.0);
         });
         query.push(
@@ -561,7 +557,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
     let member_binds = 1 + MEMBER_COLUMNS.split(',').count() + JOB_KEY_COLUMNS.split(',').count();
     for chunk in writes.members.chunks(chunk_rows(member_binds)) {
         let mut query = Builder::new(format!("INSERT INTO members (tenant_id, {MEMBER_COLUMNS}, {JOB_KEY_COLUMNS}) "));
-        query.push_values(chunk, |mut b, (tenant, m)| {
+        query.push_rows(chunk, |mut b, (tenant, m)| {
             let (until, review, first_purchase) = job_keys(&m.state);
             b.push_bind(tenant.0)
                 .push_bind(m.id.0)
@@ -608,7 +604,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
     }
     for chunk in states.chunks(chunk_rows(5)) {
         let mut query = Builder::new("WITH k(t, v, s, h, x) AS (");
-        query.push_values(chunk, |mut b, (tenant, member, state, kept)| {
+        query.push_keys(chunk, |mut b, (tenant, member, state, kept)| {
             b.push_bind(tenant.0)
                 .push_bind(member.0)
                 .push_bind(serde_json::to_string(state).expect("member states serialize"))
@@ -623,7 +619,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
     }
     for chunk in rest.chunks(chunk_rows(3)) {
         let mut query = Builder::new("WITH k(t, v, x) AS (");
-        query.push_values(chunk, |mut b, ((tenant, member), of_member)| {
+        query.push_keys(chunk, |mut b, ((tenant, member), of_member)| {
             b.push_bind(tenant.0).push_bind(member.0).push_bind(of_member.as_deref());
         });
         query.push(") UPDATE members SET lot_totals = k.x FROM k WHERE members.tenant_id = k.t AND members.id = k.v");
@@ -635,7 +631,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
     // of those the engine did not find unchanged.
     for chunk in keys_may_change.chunks(chunk_rows(5)) {
         let mut query = Builder::new("WITH k(t, v, u, r, f) AS (");
-        query.push_values(chunk, |mut b, (tenant, member, state)| {
+        query.push_keys(chunk, |mut b, (tenant, member, state)| {
             let (until, review, first_purchase) = job_keys(state);
             b.push_bind(tenant.0).push_bind(member.0).push_bind(until).push_bind(review).push_bind(first_purchase);
         });
@@ -658,7 +654,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
 
     for chunk in new_lots.chunks(chunk_rows(11)) {
         let mut query = Builder::new(format!("INSERT INTO lots (tenant_id, {LOT_COLUMNS}) "));
-        query.push_values(chunk, |mut b, (tenant, lot)| {
+        query.push_rows(chunk, |mut b, (tenant, lot)| {
             b.push_bind(tenant.0)
                 .push_bind(lot.id.0)
                 .push_bind(lot.member_id.0)
@@ -675,7 +671,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
     }
     for chunk in changed_lots.chunks(chunk_rows(5)) {
         let mut query = Builder::new("WITH k(t, i, m, r, s) AS (");
-        query.push_values(chunk, |mut b, (tenant, lot)| {
+        query.push_keys(chunk, |mut b, (tenant, lot)| {
             b.push_bind(tenant.0)
                 .push_bind(lot.id.0)
                 .push_bind(lot.member_id.0)
@@ -693,7 +689,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
         let mut query = Builder::new(
             "INSERT INTO movements (tenant_id, id, member_id, kind, currency, occurred_at, purchase_id, reason) ",
         );
-        query.push_values(chunk, |mut b, (tenant, m)| {
+        query.push_rows(chunk, |mut b, (tenant, m)| {
             m.assert_balanced();
             b.push_bind(tenant.0)
                 .push_bind(m.id.0)
@@ -710,7 +706,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
     for chunk in postings.chunks(chunk_rows(9)) {
         let mut query = Builder::new("INSERT INTO postings (tenant_id, movement_id, seq, account, member_id, currency, amount, lot_id, partner_id) ",
         );
-        query.push_values(chunk, |mut b, (tenant, m, seq, p)| {
+        query.push_rows(chunk, |mut b, (tenant, m, seq, p)| {
             b.push_bind(tenant.0)
                 .push_bind(m.id.0)
                 .push_bind(*seq as i64)
@@ -727,7 +723,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
     for chunk in writes.purchases.chunks(chunk_rows(9)) {
         let mut query = Builder::new("INSERT INTO purchases (tenant_id, id, member_id, external_id, program_id, occurred_at, total_minor, points_earned, record) ",
         );
-        query.push_values(chunk, |mut b, (tenant, program, p)| {
+        query.push_rows(chunk, |mut b, (tenant, program, p)| {
             b.push_bind(tenant.0)
                 .push_bind(p.id.0)
                 .push_bind(p.member_id.0)
@@ -746,7 +742,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
 
     for chunk in writes.events.chunks(chunk_rows(6)) {
         let mut query = Builder::new("INSERT INTO events (tenant_id, id, kind, member_id, payload, occurred_at) ");
-        query.push_values(chunk, |mut b, (tenant, id, event, at)| {
+        query.push_rows(chunk, |mut b, (tenant, id, event, at)| {
             b.push_bind(tenant.0)
                 .push_bind(*id)
                 .push_bind(event.kind())
@@ -766,7 +762,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
         let mut query = Builder::new(
             "INSERT INTO idempotency (tenant_id, key, request_hash, status, body, member_id, created_at) ",
         );
-        query.push_values(chunk, |mut b, (tenant, key, response, at)| {
+        query.push_rows(chunk, |mut b, (tenant, key, response, at)| {
             b.push_bind(tenant.0)
                 .push_bind(key)
                 .push_bind(&response.request_hash)

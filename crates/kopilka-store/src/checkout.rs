@@ -10,11 +10,8 @@ use kopilka_core::{MemberId, TenantId};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
-use crate::sql::Builder;
+use crate::sql::{Builder, BIND_VALUES_MAX};
 use crate::{micros, Result, Store, StoreError};
-
-/// SQLite allows 32,766 bound values per statement.
-const BIND_VALUES_MAX: usize = 32_000;
 
 /// Checkouts, codes and campaigns a batch found.
 #[derive(Debug, Default)]
