@@ -68,7 +68,7 @@ pub(crate) async fn load(
     let mut codes = codes.to_vec();
     for chunk in checkouts.chunks(BIND_VALUES_MAX / 2) {
         let mut query = Builder::new("WITH k(t, v) AS (");
-        query.push_values(chunk, |mut b, (tenant, id)| {
+        query.push_keys(chunk, |mut b, (tenant, id)| {
             b.push_bind(tenant.0).push_bind(id);
         });
         query.push(
@@ -87,7 +87,7 @@ pub(crate) async fn load(
     let mut campaigns = Vec::new();
     for chunk in codes.chunks(BIND_VALUES_MAX / 2) {
         let mut query = Builder::new("WITH k(t, v) AS (");
-        query.push_values(chunk, |mut b, (tenant, code)| {
+        query.push_keys(chunk, |mut b, (tenant, code)| {
             b.push_bind(tenant.0).push_bind(code);
         });
         query.push(") SELECT tenant_id, code, campaign_id, member_id, uses, holds FROM k JOIN coupons ON coupons.tenant_id = k.t AND coupons.code = k.v");
@@ -101,7 +101,7 @@ pub(crate) async fn load(
     let unknown: Vec<&(TenantId, String)> = codes.iter().filter(|key| !loaded.coupons.contains_key(*key)).collect();
     for chunk in unknown.chunks(BIND_VALUES_MAX / 2) {
         let mut query = Builder::new("WITH k(t, v) AS (");
-        query.push_values(chunk, |mut b, (tenant, code)| {
+        query.push_keys(chunk, |mut b, (tenant, code)| {
             b.push_bind(tenant.0).push_bind(code);
         });
         query.push(") SELECT tenant_id, id, voucher_code FROM k JOIN reward_redemptions ON reward_redemptions.tenant_id = k.t AND reward_redemptions.voucher_code = k.v");
@@ -114,7 +114,7 @@ pub(crate) async fn load(
     campaigns.dedup();
     for chunk in campaigns.chunks(BIND_VALUES_MAX / 2) {
         let mut query = Builder::new("WITH k(t, v) AS (");
-        query.push_values(chunk, |mut b, (tenant, id)| {
+        query.push_keys(chunk, |mut b, (tenant, id)| {
             b.push_bind(tenant.0).push_bind(id);
         });
         query.push(") SELECT tenant_id, id, document, used, active FROM k JOIN coupon_campaigns ON coupon_campaigns.tenant_id = k.t AND coupon_campaigns.id = k.v");
@@ -146,7 +146,7 @@ pub(crate) async fn flush(conn: &mut AnyConnection, writes: &CheckoutWrites) -> 
         let mut query = Builder::new(
             "INSERT INTO checkouts (tenant_id, id, member_id, status, expires_at, purchase_id, document, created_at, updated_at) ",
         );
-        query.push_values(chunk, |mut b, (tenant, c)| {
+        query.push_rows(chunk, |mut b, (tenant, c)| {
             // Expired is what an open checkout becomes with time; the row stays open.
             let status = match c.status {
                 kopilka_core::checkout::CheckoutStatus::Expired => "open",
@@ -170,7 +170,7 @@ pub(crate) async fn flush(conn: &mut AnyConnection, writes: &CheckoutWrites) -> 
     }
     for chunk in writes.coupons.chunks(BIND_VALUES_MAX / 4) {
         let mut query = Builder::new("WITH k(t, c, u, h) AS (");
-        query.push_values(chunk, |mut b, (tenant, coupon)| {
+        query.push_keys(chunk, |mut b, (tenant, coupon)| {
             b.push_bind(tenant.0)
                 .push_bind(&coupon.code)
                 .push_bind(coupon.uses as i64)

@@ -118,7 +118,7 @@ pub async fn load(
     }
     for chunk in keys.receipts.chunks(RECEIPT_CHUNK / 3) {
         let mut query = Builder::new("WITH k(t, p, v) AS (");
-        query.push_values(chunk, |mut b, (tenant, partner, external_id)| {
+        query.push_keys(chunk, |mut b, (tenant, partner, external_id)| {
             b.push_bind(tenant.0).push_bind(partner.0).push_bind(external_id);
         });
         query.push(
@@ -166,7 +166,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &PartnerWrites) -> Result<(
         let mut query = Builder::new(
             "INSERT INTO partner_receipts (tenant_id, partner_id, external_id, member_id, record, created_at) ",
         );
-        query.push_values(chunk, |mut b, (tenant, receipt)| {
+        query.push_rows(chunk, |mut b, (tenant, receipt)| {
             b.push_bind(tenant.0)
                 .push_bind(receipt.partner_id.0)
                 .push_bind(receipt.external_id.clone())

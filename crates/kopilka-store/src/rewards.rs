@@ -94,7 +94,7 @@ fn record_of_row<T: serde::de::DeserializeOwned>(row: &AnyRow, table: &'static s
 /// each key is one index search.
 fn keyed_query<'a>(keys: &'a [(TenantId, i64)], select: &str) -> Builder<'a> {
     let mut query = Builder::new("WITH k(t, v) AS (");
-    query.push_values(keys, |mut b, (tenant, id)| {
+    query.push_keys(keys, |mut b, (tenant, id)| {
         b.push_bind(tenant.0).push_bind(*id);
     });
     query.push(") ");
@@ -162,7 +162,7 @@ pub async fn load(
     }
     for chunk in keys.member_rewards.chunks(CHUNK_ROWS_MAX) {
         let mut query = Builder::new("WITH k(t, m, r) AS (");
-        query.push_values(chunk, |mut b, (tenant, member, reward)| {
+        query.push_keys(chunk, |mut b, (tenant, member, reward)| {
             b.push_bind(tenant.0).push_bind(member.0).push_bind(reward.0);
         });
         query.push(format!(
@@ -194,7 +194,7 @@ pub async fn load(
 pub async fn flush(conn: &mut AnyConnection, writes: &RewardWrites) -> Result<()> {
     for chunk in writes.rewards.chunks(CHUNK_ROWS_MAX) {
         let mut query = Builder::new(format!("INSERT INTO rewards (tenant_id, {REWARD_COLUMNS}) "));
-        query.push_values(chunk, |mut b, (tenant, reward)| {
+        query.push_rows(chunk, |mut b, (tenant, reward)| {
             assert!(reward.redeemed_count >= 0 && reward.spec.stock.is_none_or(|s| s >= 0));
             b.push_bind(tenant.0)
                 .push_bind(reward.id.0)
@@ -213,7 +213,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &RewardWrites) -> Result<()
         let mut query = Builder::new(
             "INSERT INTO reward_redemptions (tenant_id, id, member_id, reward_id, status, voucher_code, redeemed_at, record) ",
         );
-        query.push_values(chunk, |mut b, (tenant, r)| {
+        query.push_rows(chunk, |mut b, (tenant, r)| {
             b.push_bind(tenant.0)
                 .push_bind(r.id.0)
                 .push_bind(r.member_id.0)
@@ -229,7 +229,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &RewardWrites) -> Result<()
     for chunk in writes.payouts.chunks(CHUNK_ROWS_MAX) {
         let mut query =
             Builder::new("INSERT INTO cashback_payouts (tenant_id, id, member_id, redemption_id, status, record) ");
-        query.push_values(chunk, |mut b, (tenant, p)| {
+        query.push_rows(chunk, |mut b, (tenant, p)| {
             b.push_bind(tenant.0)
                 .push_bind(p.id.0)
                 .push_bind(p.member_id.0)

@@ -340,6 +340,9 @@ struct WriterTotals {
     batches: u64,
     commands: u64,
     stage_micros: Vec<(String, u64)>,
+    /// SQLite's WAL fsyncs before answers (none on PostgreSQL), and their time.
+    wal_syncs: u64,
+    wal_sync_micros: u64,
 }
 
 impl WriterTotals {
@@ -352,6 +355,8 @@ impl WriterTotals {
             match name {
                 "kopilka_writer_batches_total" => totals.batches = value,
                 "kopilka_writer_commands_total" => totals.commands = value,
+                "kopilka_writer_wal_syncs_total" => totals.wal_syncs = value,
+                "kopilka_writer_wal_sync_microseconds_total" => totals.wal_sync_micros = value,
                 _ => {
                     if let Some(stage) = name
                         .strip_prefix("kopilka_writer_stage_microseconds_total{stage=\"")
@@ -373,6 +378,11 @@ impl WriterTotals {
         for (stage, micros) in &self.stage_micros {
             let earlier = before.stage_micros.iter().find(|(s, _)| s == stage).map_or(0, |(_, m)| *m);
             let _ = write!(out, " {stage} {:.2} ms", micros.saturating_sub(earlier) as f64 / 1e3 / batches as f64);
+        }
+        let syncs = self.wal_syncs.saturating_sub(before.wal_syncs);
+        if syncs > 0 {
+            let micros = self.wal_sync_micros.saturating_sub(before.wal_sync_micros);
+            let _ = write!(out, "; {syncs} WAL fsyncs of {:.2} ms", micros as f64 / 1e3 / syncs as f64);
         }
         out
     }
