@@ -333,7 +333,7 @@ impl<'a> Builder<'a> {
         F: FnMut(Separated<'_, 'a>, I::Item),
     {
         let rows = self.values(items, row);
-        self.pad(rows);
+        self.pad(rows, false);
         self
     }
 
@@ -348,11 +348,7 @@ impl<'a> Builder<'a> {
     {
         self.push("SELECT * FROM (");
         let rows = self.values(items, row);
-        for n in 0..rows.count {
-            let first = &self.args.values.0[rows.start + n * rows.width];
-            assert!(!matches!(first, AnyValueKind::Null(_)), "row {n}'s first value is NULL: the filter would drop it");
-        }
-        self.pad(rows);
+        self.pad(rows, true);
         self.push(") AS v WHERE column1 IS NOT NULL");
         self
     }
@@ -376,17 +372,28 @@ impl<'a> Builder<'a> {
             count += 1;
         }
         let values = self.args.values.0.len() - start;
-        let width = values.checked_div(count).unwrap_or(0);
-        assert_eq!(width * count, values, "every row binds as many values");
-        Rows { start, count, width }
+        Rows { start, count, width: values.checked_div(count).unwrap_or(0), values }
     }
 
     /// Pads `rows` with rows of NULLs, each of its column's type in the first row (PostgreSQL
     /// types a `VALUES` column from all its rows), to [`padded_rows`] rows in all, fewer where
     /// that would bind more than [`BIND_VALUES_MAX`] values.
-    fn pad(&mut self, rows: Rows) {
+    ///
+    /// With `first_never_null`, a row whose first value is NULL is refused (`push_rows` filters
+    /// the padding out by it).
+    fn pad(&mut self, rows: Rows, first_never_null: bool) {
+        assert_eq!(rows.width * rows.count, rows.values, "a padded list's rows each bind as many values");
         if rows.count == 0 || rows.width == 0 {
             return;
+        }
+        if first_never_null {
+            for n in 0..rows.count {
+                let first = &self.args.values.0[rows.start + n * rows.width];
+                assert!(
+                    !matches!(first, AnyValueKind::Null(_)),
+                    "row {n}'s first value is NULL: the filter would drop it"
+                );
+            }
         }
         let target = padded_rows(rows.count).min(rows.count.max(BIND_VALUES_MAX / rows.width));
         let kinds: Vec<AnyTypeInfoKind> =
@@ -457,7 +464,9 @@ impl<'a> Builder<'a> {
 struct Rows {
     start: usize,
     count: usize,
+    /// Values per row, if every row bound as many (`pad` checks).
     width: usize,
+    values: usize,
 }
 
 /// SQLite allows 32,766 bound values per statement, PostgreSQL 65,535; statements of many rows
