@@ -59,8 +59,6 @@ mod redemptions;
 mod server;
 mod suite;
 
-/// SQLite's bound-value limit as the store chunks multi-row statements (`kopilka_store::batch`).
-const BIND_VALUES_MAX: usize = 32_000;
 /// The tables a purchase writes, in the order the writer's flush writes them.
 const PURCHASE_TABLES: [&str; 6] = ["lots", "movements", "postings", "purchases", "events", "idempotency"];
 
@@ -653,7 +651,7 @@ async fn anchor_phase(database: Database, workload: &Workload, sizes: Sizes, bat
         .execute(&mut conn)
         .await?;
     batch::begin(&mut conn).await?;
-    for chunk in (0..workload.members).collect::<Vec<_>>().chunks(BIND_VALUES_MAX / 7) {
+    for chunk in (0..workload.members).collect::<Vec<_>>().chunks(kopilka_store::sql::BIND_VALUES_MAX / 7) {
         let mut query =
             Builder::new("INSERT INTO members (tenant_id, id, card, consents, signup_at, created_at, updated_at) ");
         query.push_values(chunk, |mut b, i| {

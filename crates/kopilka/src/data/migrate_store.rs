@@ -11,13 +11,11 @@ use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{bail, ensure, Context};
 use futures::TryStreamExt;
+use kopilka_store::sql::BIND_VALUES_MAX;
 use kopilka_store::sql::{Backend, Builder};
 use kopilka_store::{Database, Store};
 use sqlx::any::AnyRow;
 use sqlx::Row;
-
-/// Bound values per INSERT: under SQLite's limit (32,766) and PostgreSQL's (65,535).
-const BIND_VALUES_MAX: usize = 30_000;
 
 /// How a column's values travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
