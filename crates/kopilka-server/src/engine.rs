@@ -349,6 +349,8 @@ pub struct BatchState<'a> {
     pub(crate) purchases: HashMap<(TenantId, PurchaseId), (ProgramId, PurchaseRecord)>,
     purchase_by_external_id: HashMap<(TenantId, String), PurchaseId>,
     dirty_purchases: HashSet<(TenantId, PurchaseId)>,
+    /// The purchases the batch loaded: rewritten in place, where the others are inserted.
+    stored_purchases: HashSet<(TenantId, PurchaseId)>,
     identifiers: HashMap<(TenantId, IdentifierKind, String), MemberId>,
     pub(crate) checkout: CheckoutState,
     pub(crate) rewards: RewardState,
@@ -374,6 +376,7 @@ impl<'a> BatchState<'a> {
             purchase_by_external_id.insert((tenant, record.external_id.clone()), record.id);
             purchases.insert((tenant, record.id), (program, record));
         }
+        let stored_purchases = purchases.keys().copied().collect();
         let loaded_job_keys = loaded.members.iter().map(|(key, row)| (*key, job_keys(&row.state))).collect();
         BatchState {
             checkout,
@@ -391,6 +394,7 @@ impl<'a> BatchState<'a> {
             purchases,
             purchase_by_external_id,
             dirty_purchases: HashSet::new(),
+            stored_purchases,
             identifiers: loaded.identifiers,
             rewards: RewardState::new(loaded.rewards),
             referrals: crate::referrals::ReferralState::new(std::mem::take(&mut loaded.referrals)),
@@ -484,7 +488,11 @@ impl<'a> BatchState<'a> {
         }
         for key in &self.dirty_purchases {
             let (program, record) = &self.purchases[key];
-            self.writes.purchases.push((key.0, *program, record.clone()));
+            let to = match self.stored_purchases.contains(key) {
+                true => &mut self.writes.changed_purchases,
+                false => &mut self.writes.purchases,
+            };
+            to.push((key.0, *program, record.clone()));
         }
         self.writes
     }

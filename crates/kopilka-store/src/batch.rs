@@ -83,7 +83,10 @@ pub struct Writes {
     /// currency it holds points in is listed.
     pub lot_totals: Vec<(TenantId, MemberId, PointCurrency, Balance)>,
     pub movements: Vec<(TenantId, Movement)>,
+    /// Purchases recorded by the batch, inserted.
     pub purchases: Vec<(TenantId, ProgramId, PurchaseRecord)>,
+    /// Purchases it loaded and changed (a return, a merge), rewritten in place.
+    pub changed_purchases: Vec<(TenantId, ProgramId, PurchaseRecord)>,
     pub events: Vec<(TenantId, i64, DomainEvent, Timestamp)>,
     pub idempotency: Vec<(TenantId, String, StoredResponse, Timestamp)>,
     /// Members whose personal data is erased: their stored answers are deleted.
@@ -104,6 +107,7 @@ impl Writes {
             && self.lot_totals.is_empty()
             && self.movements.is_empty()
             && self.purchases.is_empty()
+            && self.changed_purchases.is_empty()
             && self.events.is_empty()
             && self.idempotency.is_empty()
             && self.erased.is_empty()
@@ -495,11 +499,14 @@ async fn load_light_members(
     Ok(())
 }
 
-/// Writes everything a batch decided. Members and purchases are upserted (a batch may change rows
-/// it loaded); lots are inserted when the batch credited them and updated otherwise; movements,
+/// Writes everything a batch decided. Members are upserted (a batch may change rows it loaded);
+/// lots and purchases are inserted when the batch made them and updated otherwise; movements,
 /// postings, events and idempotency records are only ever inserted. Statements go through a
-/// [`Pipeline`], each sent while the next is built.
+/// [`Pipeline`], each sent while the next is built. On SQLite they say `OR FAIL` (see
+/// [`Backend::write_verb`]).
 pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
+    let backend = Backend::of(conn);
+    let (insert, update) = (backend.write_verb("INSERT"), backend.write_verb("UPDATE"));
     // What the statements are built from, worked out before the first is sent: each statement
     // borrows its values until it has run, one statement behind the code building the next.
     let mut totals: HashMap<(TenantId, MemberId), Vec<(&PointCurrency, Balance)>> = HashMap::new();
@@ -547,10 +554,10 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
         query.push_keys(chunk, |mut b, (tenant, m)| {
             b.push_bind(tenant.0).push_bind(m.id.0);
         });
-        query.push(
-            ") UPDATE members SET card = NULL, phone = NULL, email = NULL, external_id = NULL FROM k
+        query.push(format!(
+            ") {update} members SET card = NULL, phone = NULL, email = NULL, external_id = NULL FROM k
              WHERE members.tenant_id = k.t AND members.id = k.v",
-        );
+        ));
         pipe.send(query).await?;
     }
     // Binds per row: the tenant, the member columns, and the job keys.
@@ -611,10 +618,10 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
                 .push_bind(i64::from(kept.is_some()))
                 .push_bind(kept.as_ref().and_then(|kept| kept.as_deref()));
         });
-        query.push(
-            ") UPDATE members SET state = k.s, lot_totals = CASE WHEN k.h = 1 THEN k.x ELSE members.lot_totals END
+        query.push(format!(
+            ") {update} members SET state = k.s, lot_totals = CASE WHEN k.h = 1 THEN k.x ELSE members.lot_totals END
              FROM k WHERE members.tenant_id = k.t AND members.id = k.v",
-        );
+        ));
         pipe.send(query).await?;
     }
     for chunk in rest.chunks(chunk_rows(3)) {
@@ -622,7 +629,9 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
         query.push_keys(chunk, |mut b, ((tenant, member), of_member)| {
             b.push_bind(tenant.0).push_bind(member.0).push_bind(of_member.as_deref());
         });
-        query.push(") UPDATE members SET lot_totals = k.x FROM k WHERE members.tenant_id = k.t AND members.id = k.v");
+        query.push(format!(
+            ") {update} members SET lot_totals = k.x FROM k WHERE members.tenant_id = k.t AND members.id = k.v"
+        ));
         pipe.send(query).await?;
     }
     // The jobs' keys beside the state are indexed, and an UPDATE that sets a column rewrites its
@@ -635,12 +644,12 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
             let (until, review, first_purchase) = job_keys(state);
             b.push_bind(tenant.0).push_bind(member.0).push_bind(until).push_bind(review).push_bind(first_purchase);
         });
-        query.push(
-            ") UPDATE members SET manual_tier_until = k.u, tier_review_key = k.r, first_purchase_day = k.f FROM k
+        query.push(format!(
+            ") {update} members SET manual_tier_until = k.u, tier_review_key = k.r, first_purchase_day = k.f FROM k
              WHERE members.tenant_id = k.t AND members.id = k.v
                AND (members.manual_tier_until IS DISTINCT FROM k.u OR members.tier_review_key IS DISTINCT FROM k.r
                     OR members.first_purchase_day IS DISTINCT FROM k.f)",
-        );
+        ));
         pipe.send(query).await?;
     }
 
@@ -653,7 +662,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
     }
 
     for chunk in new_lots.chunks(chunk_rows(11)) {
-        let mut query = Builder::new(format!("INSERT INTO lots (tenant_id, {LOT_COLUMNS}) "));
+        let mut query = Builder::new(format!("{insert} INTO lots (tenant_id, {LOT_COLUMNS}) "));
         query.push_rows(chunk, |mut b, (tenant, lot)| {
             b.push_bind(tenant.0)
                 .push_bind(lot.id.0)
@@ -678,17 +687,17 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
                 .push_bind(lot.remaining)
                 .push_bind(lot.state.as_str());
         });
-        query.push(
-            ") UPDATE lots SET member_id = k.m, remaining = k.r, state = k.s FROM k
+        query.push(format!(
+            ") {update} lots SET member_id = k.m, remaining = k.r, state = k.s FROM k
              WHERE lots.tenant_id = k.t AND lots.id = k.i",
-        );
+        ));
         pipe.send_expecting(query, chunk.len() as u64, "lots", "changed lots to update").await?;
     }
 
     for chunk in writes.movements.chunks(chunk_rows(8)) {
-        let mut query = Builder::new(
-            "INSERT INTO movements (tenant_id, id, member_id, kind, currency, occurred_at, purchase_id, reason) ",
-        );
+        let mut query = Builder::new(format!(
+            "{insert} INTO movements (tenant_id, id, member_id, kind, currency, occurred_at, purchase_id, reason) "
+        ));
         query.push_rows(chunk, |mut b, (tenant, m)| {
             m.assert_balanced();
             b.push_bind(tenant.0)
@@ -704,7 +713,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
     }
 
     for chunk in postings.chunks(chunk_rows(9)) {
-        let mut query = Builder::new("INSERT INTO postings (tenant_id, movement_id, seq, account, member_id, currency, amount, lot_id, partner_id) ",
+        let mut query = Builder::new(format!("{insert} INTO postings (tenant_id, movement_id, seq, account, member_id, currency, amount, lot_id, partner_id) "),
         );
         query.push_rows(chunk, |mut b, (tenant, m, seq, p)| {
             b.push_bind(tenant.0)
@@ -721,7 +730,7 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
     }
 
     for chunk in writes.purchases.chunks(chunk_rows(9)) {
-        let mut query = Builder::new("INSERT INTO purchases (tenant_id, id, member_id, external_id, program_id, occurred_at, total_minor, points_earned, record) ",
+        let mut query = Builder::new(format!("{insert} INTO purchases (tenant_id, id, member_id, external_id, program_id, occurred_at, total_minor, points_earned, record) "),
         );
         query.push_rows(chunk, |mut b, (tenant, program, p)| {
             b.push_bind(tenant.0)
@@ -734,14 +743,26 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
                 .push_bind(p.points_earned)
                 .push_bind(serde_json::to_string(p).expect("purchases serialize"));
         });
-        query.push(
-            " ON CONFLICT (tenant_id, id) DO UPDATE SET member_id = excluded.member_id, record = excluded.record",
-        );
         pipe.send(query).await?;
+    }
+    for chunk in writes.changed_purchases.chunks(chunk_rows(4)) {
+        let mut query = Builder::new("WITH k(t, i, m, r) AS (");
+        query.push_keys(chunk, |mut b, (tenant, _, p)| {
+            b.push_bind(tenant.0)
+                .push_bind(p.id.0)
+                .push_bind(p.member_id.0)
+                .push_bind(serde_json::to_string(p).expect("purchases serialize"));
+        });
+        query.push(format!(
+            ") {update} purchases SET member_id = k.m, record = k.r FROM k
+             WHERE purchases.tenant_id = k.t AND purchases.id = k.i"
+        ));
+        pipe.send_expecting(query, chunk.len() as u64, "purchases", "changed purchases to update").await?;
     }
 
     for chunk in writes.events.chunks(chunk_rows(6)) {
-        let mut query = Builder::new("INSERT INTO events (tenant_id, id, kind, member_id, payload, occurred_at) ");
+        let mut query =
+            Builder::new(format!("{insert} INTO events (tenant_id, id, kind, member_id, payload, occurred_at) "));
         query.push_rows(chunk, |mut b, (tenant, id, event, at)| {
             b.push_bind(tenant.0)
                 .push_bind(*id)
@@ -759,9 +780,9 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
         pipe.send(query).await?;
     }
     for chunk in writes.idempotency.chunks(chunk_rows(7)) {
-        let mut query = Builder::new(
-            "INSERT INTO idempotency (tenant_id, key, request_hash, status, body, member_id, created_at) ",
-        );
+        let mut query = Builder::new(format!(
+            "{insert} INTO idempotency (tenant_id, key, request_hash, status, body, member_id, created_at) "
+        ));
         query.push_rows(chunk, |mut b, (tenant, key, response, at)| {
             b.push_bind(tenant.0)
                 .push_bind(key)

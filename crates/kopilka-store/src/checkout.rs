@@ -11,7 +11,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use crate::sql::{Builder, BIND_VALUES_MAX};
-use crate::{micros, Result, Store, StoreError};
+use crate::{micros, Backend, Result, Store, StoreError};
 
 /// Checkouts, codes and campaigns a batch found.
 #[derive(Debug, Default)]
@@ -176,9 +176,10 @@ pub(crate) async fn flush(conn: &mut AnyConnection, writes: &CheckoutWrites) -> 
                 .push_bind(coupon.uses as i64)
                 .push_bind(serde_json::to_string(&coupon.holds).expect("holds serialize"));
         });
-        query.push(
-            ") UPDATE coupons SET uses = k.u, holds = k.h FROM k WHERE coupons.tenant_id = k.t AND coupons.code = k.c",
-        );
+        query.push(format!(
+            ") {} coupons SET uses = k.u, holds = k.h FROM k WHERE coupons.tenant_id = k.t AND coupons.code = k.c",
+            Backend::of(conn).write_verb("UPDATE")
+        ));
         query.execute(&mut *conn).await?;
     }
     for (tenant, id, used) in &writes.campaign_uses {

@@ -37,6 +37,15 @@ impl Backend {
         }
     }
 
+    /// `INSERT` or `UPDATE` as the writer's statements say it: `OR FAIL` on SQLite, so that the
+    /// statement needs no statement journal (see ARCHITECTURE.md); plain on PostgreSQL.
+    pub fn write_verb(self, verb: &str) -> String {
+        match self {
+            Backend::Sqlite => format!("{verb} OR FAIL"),
+            _ => verb.to_string(),
+        }
+    }
+
     /// A hint naming the index SQLite must use (it has no statistics to choose well); nothing on
     /// PostgreSQL.
     pub fn indexed_by(self, index: &str) -> String {

@@ -10,7 +10,10 @@ use jiff::Timestamp;
 use kopilka_core::ledger::{Account, Balance, Movement, MovementKind, Posting};
 use kopilka_core::member::{Consents, Gender, IdentifierKind, Profile};
 use kopilka_core::member_state::MemberState;
-use kopilka_core::{Lot, LotId, LotState, MemberId, MovementId, PointCurrency, PurchaseId, TenantId};
+use kopilka_core::purchase::{Channel, PurchaseRecord};
+use kopilka_core::{
+    Currency, Lot, LotId, LotState, MemberId, MovementId, PointCurrency, ProgramId, PurchaseId, TenantId,
+};
 use kopilka_store::batch::{self, BatchKeys, Writes};
 use kopilka_store::store::admin;
 use kopilka_store::testing::{test_store, TestDatabase};
@@ -365,6 +368,122 @@ both_stores! {
         batch::rollback(&mut conn).await;
         assert!(matches!(error, StoreError::Corrupt { table: "lots", .. }), "{error}");
         assert_eq!(sqlx::query_scalar::<_, i64>(count).fetch_one(&mut conn).await.unwrap(), before);
+    }
+}
+
+both_stores! {
+    async fn a_statement_failing_part_way_leaves_nothing_once_the_batch_is_rolled_back() {
+        // On SQLite the writer's statements say `OR FAIL`, which keeps the rows a failing statement
+        // wrote before the failure (and so needs no statement journal): only the rollback of the
+        // whole batch, which the writer always does after an error, takes them back.
+        let (_db, mut conn, tenant) = writer_with_tenant("half written").await;
+        let written = drawn_members(tenant, 30);
+        flush_alone(&mut conn, &written).await;
+        let count = "SELECT COUNT(*) FROM lots";
+        let before: i64 = sqlx::query_scalar(count).fetch_one(&mut conn).await.unwrap();
+
+        // New lots, credited by movements of this batch: the first ones fit, the last has the id
+        // of a lot already stored.
+        let mut writes = Writes::default();
+        let next = written.lots.iter().map(|(_, lot)| lot.id.0).max().unwrap();
+        for n in 1..=5 {
+            let mut lot = written.lots[0].1.clone();
+            (lot.id, lot.movement_id) = (LotId(next + n), MovementId(next + n));
+            writes.movements.push((tenant, credit_of(&lot)));
+            writes.lots.push((tenant, lot));
+        }
+        let mut clash = written.lots[1].1.clone();
+        clash.movement_id = MovementId(next + 6);
+        writes.movements.push((tenant, credit_of(&clash)));
+        writes.lots.push((tenant, clash));
+
+        batch::begin(&mut conn).await.unwrap();
+        batch::flush(&mut conn, &writes).await.expect_err("a lot id stored already breaks the primary key");
+        batch::rollback(&mut conn).await;
+        assert_eq!(sqlx::query_scalar::<_, i64>(count).fetch_one(&mut conn).await.unwrap(), before);
+        let movements: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM movements WHERE id > {next}"))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(movements, 0, "the batch's movements went with it");
+
+        // The same lots without the clash are written whole.
+        writes.lots.pop();
+        writes.movements.pop();
+        flush_alone(&mut conn, &writes).await;
+        assert_eq!(sqlx::query_scalar::<_, i64>(count).fetch_one(&mut conn).await.unwrap(), before + 5);
+    }
+}
+
+/// A purchase of `member` as the engine records it, with one line.
+fn purchase(id: i64, member: i64) -> PurchaseRecord {
+    let line = serde_json::json!({"sku": "SKU-1", "category": "пиво \"светлое\"", "quantity": 2,
+        "unit_price_minor": 12_345, "discount_minor": 0, "total_minor": 24_690, "points_earned": 24,
+        "points_redeemed": 0, "quantity_returned": 0});
+    PurchaseRecord {
+        id: PurchaseId(id),
+        member_id: MemberId(member),
+        external_id: format!("R-{id}"),
+        occurred_at: Timestamp::from_second(1_800_000_000 + id).unwrap(),
+        channel: Channel::Pos,
+        store: Some("store-1".into()),
+        currency: Currency::parse("RUB").unwrap(),
+        total_minor: 24_690,
+        points_redeemed: 0,
+        redeemed_value_minor: 0,
+        points_earned: 24,
+        earn_lot_id: None,
+        lines: vec![serde_json::from_value(line).unwrap()],
+        returned_minor: 0,
+        points_reversed: 0,
+        points_restored: 0,
+        points_unrecovered: 0,
+        points_lapsed: 0,
+        program_version: 1,
+        returns: Vec::new(),
+    }
+}
+
+both_stores! {
+    async fn changed_purchases_are_rewritten_in_place_and_an_unknown_one_fails_the_batch() {
+        let (_db, mut conn, tenant) = writer_with_tenant("changed purchases").await;
+        let mut writes = drawn_members(tenant, 10);
+        writes.purchases = (1..=7).map(|id| (tenant, ProgramId(1), purchase(id, 1 + id % 3))).collect();
+        flush_alone(&mut conn, &writes).await;
+
+        // A later batch returns part of three purchases and moves one to another member (a merge),
+        // and records two new ones: the new are inserted, the others rewritten.
+        let mut changed = Writes::default();
+        for id in [2, 4, 6] {
+            let mut record = purchase(id, if id == 6 { 9 } else { 1 + id % 3 });
+            record.returned_minor = 12_345;
+            record.points_reversed = 12;
+            changed.changed_purchases.push((tenant, ProgramId(1), record));
+        }
+        changed.purchases = (8..=9).map(|id| (tenant, ProgramId(1), purchase(id, 4))).collect();
+        flush_alone(&mut conn, &changed).await;
+
+        let keys = BatchKeys { purchase_ids: (1..=10).map(|id| (tenant, PurchaseId(id))).collect(), ..BatchKeys::default() };
+        let loaded = batch::load(&mut conn, &keys).await.unwrap();
+        let mut found: Vec<_> = loaded.purchases.into_iter().map(|(_, _, record)| record).collect();
+        found.sort_by_key(|record| record.id);
+        let mut expected: Vec<_> = (1..=9).map(|id| purchase(id, 1 + id % 3)).collect();
+        for (_, _, record) in changed.changed_purchases.iter().chain(&changed.purchases) {
+            expected[record.id.0 as usize - 1] = record.clone();
+        }
+        assert_eq!(found, expected);
+        let moved: i64 = sqlx::query_scalar("SELECT member_id FROM purchases WHERE id = 6").fetch_one(&mut conn).await.unwrap();
+        assert_eq!(moved, 9, "the member column follows the record");
+
+        // A purchase neither recorded by the batch nor stored: the update finds one row fewer than
+        // it names, and the batch fails instead of losing it.
+        let unknown = (tenant, ProgramId(1), purchase(1_000, 1));
+        batch::begin(&mut conn).await.unwrap();
+        let error = batch::flush(&mut conn, &Writes { changed_purchases: vec![changed.changed_purchases[0].clone(), unknown], ..Writes::default() })
+            .await
+            .expect_err("a purchase that is not there cannot be rewritten");
+        batch::rollback(&mut conn).await;
+        assert!(matches!(error, StoreError::Corrupt { table: "purchases", .. }), "{error}");
     }
 }
 
