@@ -37,12 +37,14 @@ impl Backend {
         }
     }
 
-    /// `INSERT` or `UPDATE` as the writer's statements say it: `OR FAIL` on SQLite, so that the
-    /// statement needs no statement journal (see ARCHITECTURE.md); plain on PostgreSQL.
+    /// `INSERT` or `UPDATE` as the writer's statements say it: `OR FAIL` on SQLite, so that a
+    /// statement of many rows needs no statement journal (a copy of every page it first touches,
+    /// kept to undo it alone). The writer rolls a whole batch back after any error, so the rows a
+    /// failing statement wrote before it failed go with the rest. Plain on PostgreSQL.
     pub fn write_verb(self, verb: &str) -> String {
         match self {
             Backend::Sqlite => format!("{verb} OR FAIL"),
-            _ => verb.to_string(),
+            Backend::Postgres => verb.to_string(),
         }
     }
 
