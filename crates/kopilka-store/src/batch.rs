@@ -503,7 +503,8 @@ async fn load_light_members(
 /// lots and purchases are inserted when the batch made them and updated otherwise; movements,
 /// postings, events and idempotency records are only ever inserted. Statements go through a
 /// [`Pipeline`], each sent while the next is built. On SQLite they say `OR FAIL` (see
-/// [`Backend::write_verb`]).
+/// [`Backend::write_verb`]); the checkouts, rewards, referrals and partner receipts written after
+/// them are upserted.
 pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
     let backend = Backend::of(conn);
     let (insert, update) = (backend.write_verb("INSERT"), backend.write_verb("UPDATE"));

@@ -194,6 +194,14 @@ async fn flush_alone(conn: &mut sqlx::AnyConnection, writes: &Writes) {
     batch::commit(conn).await.unwrap();
 }
 
+/// The error of flushing `writes` as a batch of their own, rolled back after it as the writer does.
+async fn flush_failing(conn: &mut sqlx::AnyConnection, writes: &Writes, why: &str) -> StoreError {
+    batch::begin(conn).await.unwrap();
+    let error = batch::flush(conn, writes).await.expect_err(why);
+    batch::rollback(conn).await;
+    error
+}
+
 /// The movement that credited `lot`, as `MemberLedger::credit` makes it: `flush` inserts the lots
 /// whose crediting movement is in the batch and updates the others.
 fn credit_of(lot: &Lot) -> Movement {
@@ -361,11 +369,8 @@ both_stores! {
         unknown.1.id = LotId(1_000_000);
         let count = "SELECT COUNT(*) FROM lots";
         let before: i64 = sqlx::query_scalar(count).fetch_one(&mut conn).await.unwrap();
-        batch::begin(&mut conn).await.unwrap();
-        let error = batch::flush(&mut conn, &Writes { lots: vec![changed.lots[1].clone(), unknown], ..Writes::default() })
-            .await
-            .expect_err("a lot that is not there cannot be updated");
-        batch::rollback(&mut conn).await;
+        let writes = Writes { lots: vec![changed.lots[1].clone(), unknown], ..Writes::default() };
+        let error = flush_failing(&mut conn, &writes, "a lot that is not there cannot be updated").await;
         assert!(matches!(error, StoreError::Corrupt { table: "lots", .. }), "{error}");
         assert_eq!(sqlx::query_scalar::<_, i64>(count).fetch_one(&mut conn).await.unwrap(), before);
     }
@@ -397,9 +402,7 @@ both_stores! {
         writes.movements.push((tenant, credit_of(&clash)));
         writes.lots.push((tenant, clash));
 
-        batch::begin(&mut conn).await.unwrap();
-        batch::flush(&mut conn, &writes).await.expect_err("a lot id stored already breaks the primary key");
-        batch::rollback(&mut conn).await;
+        flush_failing(&mut conn, &writes, "a lot id stored already breaks the primary key").await;
         assert_eq!(sqlx::query_scalar::<_, i64>(count).fetch_one(&mut conn).await.unwrap(), before);
         let movements: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM movements WHERE id > {next}"))
             .fetch_one(&mut conn)
@@ -478,11 +481,8 @@ both_stores! {
         // A purchase neither recorded by the batch nor stored: the update finds one row fewer than
         // it names, and the batch fails instead of losing it.
         let unknown = (tenant, ProgramId(1), purchase(1_000, 1));
-        batch::begin(&mut conn).await.unwrap();
-        let error = batch::flush(&mut conn, &Writes { changed_purchases: vec![changed.changed_purchases[0].clone(), unknown], ..Writes::default() })
-            .await
-            .expect_err("a purchase that is not there cannot be rewritten");
-        batch::rollback(&mut conn).await;
+        let writes = Writes { changed_purchases: vec![changed.changed_purchases[0].clone(), unknown], ..Writes::default() };
+        let error = flush_failing(&mut conn, &writes, "a purchase that is not there cannot be rewritten").await;
         assert!(matches!(error, StoreError::Corrupt { table: "purchases", .. }), "{error}");
     }
 }
