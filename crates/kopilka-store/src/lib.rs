@@ -22,6 +22,7 @@ pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod verify;
+pub mod wal_buffer;
 pub mod wal_sync;
 
 pub use rows::{ApiKeyRow, MemberRow, Role, StoredResponse};

@@ -75,7 +75,11 @@ impl Database {
                     })?;
                 }
                 let mode = if create { "rwc" } else { "rw" };
-                let url = format!("sqlite:{}?mode={mode}", url_path(&dir.join("kopilka.db")));
+                let mut url = format!("sqlite:{}?mode={mode}", url_path(&dir.join("kopilka.db")));
+                if let Some(vfs) = crate::wal_buffer::vfs() {
+                    url.push_str("&vfs=");
+                    url.push_str(vfs);
+                }
                 let pool = options
                     .after_connect(|conn, _| {
                         Box::pin(async move {
