@@ -62,7 +62,8 @@ impl Database {
     }
 
     /// A pool of `connections_max` connections (`connections_min` kept open). SQLite connections
-    /// get the store's pragmas; the database must exist unless `create` (SQLite only).
+    /// open through `wal_buffer`'s VFS and get the store's pragmas; the database must exist unless
+    /// `create` (SQLite only).
     pub async fn pool(&self, connections_min: u32, connections_max: u32, create: bool) -> Result<AnyPool> {
         sqlx::any::install_default_drivers();
         let options = AnyPoolOptions::new().max_connections(connections_max).min_connections(connections_min);
@@ -76,6 +77,8 @@ impl Database {
                 }
                 let mode = if create { "rwc" } else { "rw" };
                 let mut url = format!("sqlite:{}?mode={mode}", url_path(&dir.join("kopilka.db")));
+                // Through the WAL-buffering VFS: a commit's frames go to the WAL in a few large
+                // writes instead of two per page (`wal_buffer`).
                 if let Some(vfs) = crate::wal_buffer::vfs() {
                     url.push_str("&vfs=");
                     url.push_str(vfs);
