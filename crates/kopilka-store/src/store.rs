@@ -138,10 +138,13 @@ impl std::fmt::Debug for Database {
 }
 
 /// Every SQLite connection's settings. `busy_timeout` makes a second writer (an import beside a
-/// server, a consumer of the outbox) wait for the lock instead of failing.
+/// server, a consumer of the outbox) wait for the lock instead of failing. `cache_spill = OFF`
+/// keeps a transaction's pages in memory until it commits (the cache grows past `cache_size` for a
+/// large one): `wal_buffer` may hold WAL frames only while a commit writes them, and a frame
+/// spilled mid-transaction would sit in its buffer past a rollback.
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;
-    PRAGMA busy_timeout = 30000; PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;
-    PRAGMA wal_autocheckpoint = 10000;";
+    PRAGMA busy_timeout = 30000; PRAGMA cache_size = -65536; PRAGMA cache_spill = OFF;
+    PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 10000;";
 
 /// The store: a pool for reads (the writer takes one more connection of its own).
 #[derive(Debug, Clone)]

@@ -17,6 +17,14 @@
 //! operation on the file (a read, sync, truncate, size, lock or file control). Uncommitted frames
 //! still in the buffer when the process dies are lost, as they would be if SQLite had written them:
 //! no commit covers them.
+//!
+//! One thing the VFS cannot see is a rollback: it happens in the WAL index, not the file. Frames a
+//! transaction spilled to the WAL before its commit (SQLite does so when its page cache fills) and
+//! that were still buffered when it rolled back would be written later, possibly over frames
+//! another connection committed in between. So the store opens every connection with
+//! `cache_spill = OFF` (`store.rs`): without spills, every run of appends is a commit, which ends
+//! with its commit frame and leaves the buffer empty. A connection through this VFS must not
+//! spill.
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::mem::size_of;
