@@ -16,7 +16,8 @@ async fn recovered_from_a_copy(dir: &Path, copy: &Path) -> (i64, i64) {
         std::fs::copy(dir.join(file), copy.join(file)).unwrap();
     }
     // No `vfs=`: SQLite's own VFS, which recovers the WAL from the file as a crash would leave it.
-    let mut connection = AnyConnection::connect(&format!("sqlite:{}", copy.join("kopilka.db").display())).await.unwrap();
+    let mut connection =
+        AnyConnection::connect(&format!("sqlite:{}", copy.join("kopilka.db").display())).await.unwrap();
     let check: String = sqlx::query_scalar("PRAGMA integrity_check").fetch_one(&mut connection).await.unwrap();
     assert_eq!(check, "ok");
     let counted = counted(&mut connection).await;
@@ -25,7 +26,8 @@ async fn recovered_from_a_copy(dir: &Path, copy: &Path) -> (i64, i64) {
 }
 
 async fn counted(connection: &mut AnyConnection) -> (i64, i64) {
-    let row = sqlx::query("SELECT COUNT(*) AS n, COALESCE(SUM(v), 0) AS total FROM t").fetch_one(connection).await.unwrap();
+    let row =
+        sqlx::query("SELECT COUNT(*) AS n, COALESCE(SUM(v), 0) AS total FROM t").fetch_one(connection).await.unwrap();
     (row.get("n"), row.get("total"))
 }
 
@@ -75,7 +77,10 @@ async fn every_commit_is_in_the_wal_file_when_it_returns() {
             1 => (300, 2_000),
             _ => (15_000, 16),
         };
-        writer.execute(format!("PRAGMA cache_size = {cache_pages}; PRAGMA synchronous = {synchronous}").as_str()).await.unwrap();
+        writer
+            .execute(format!("PRAGMA cache_size = {cache_pages}; PRAGMA synchronous = {synchronous}").as_str())
+            .await
+            .unwrap();
         let mut transaction = writer.begin().await.unwrap();
         insert(&mut transaction, rows, count).await;
         if round % 4 == 3 {
@@ -104,7 +109,11 @@ async fn every_commit_is_in_the_wal_file_when_it_returns() {
         assert_eq!(counted(&mut *reader).await, (rows, total), "another connection, round {round}");
         if round % 4 == 3 || round % 4 == 2 {
             let copy = copies.path().join(round.to_string());
-            assert_eq!(recovered_from_a_copy(dir.path(), &copy).await, (rows, total), "a copy of the files, round {round}");
+            assert_eq!(
+                recovered_from_a_copy(dir.path(), &copy).await,
+                (rows, total),
+                "a copy of the files, round {round}"
+            );
         }
     }
     assert!(wal_buffer::writes_gathered() > gathered, "the store's connections did not go through the VFS");
