@@ -91,7 +91,7 @@ async fn every_commit_is_in_the_wal_file_when_it_returns() {
             transaction.commit().await.unwrap();
             rows += count;
             total += count * (count + 1) / 2;
-            assert_eq!(counted(&mut *writer).await, (rows, total), "the connection that rolled back, round {round}");
+            assert_eq!(counted(&mut writer).await, (rows, total), "the connection that rolled back, round {round}");
         } else {
             if count > 1_000 {
                 sqlx::query("UPDATE t SET v = v + 1, pad = randomblob(310) WHERE id > $1")
@@ -106,7 +106,7 @@ async fn every_commit_is_in_the_wal_file_when_it_returns() {
             total += count * (count + 1) / 2;
         }
 
-        assert_eq!(counted(&mut *reader).await, (rows, total), "another connection, round {round}");
+        assert_eq!(counted(&mut reader).await, (rows, total), "another connection, round {round}");
         if round % 4 == 3 || round % 4 == 2 {
             let copy = copies.path().join(round.to_string());
             assert_eq!(
