@@ -15,8 +15,8 @@
 //! the file after the buffer is emptied: a write that does not continue the appends (the WAL's
 //! header after a restart, the checksum rewrites of a large transaction), and every other
 //! operation on the file (a read, sync, truncate, size, lock or file control). Uncommitted frames
-//! still in the buffer when the process dies are lost, as they would be if SQLite had written them:
-//! no commit covers them.
+//! still in the buffer when the file is closed or the process dies are dropped: no commit covers
+//! them.
 //!
 //! One thing the VFS cannot see is a rollback: it happens in the WAL index, not the file. Frames a
 //! transaction spilled to the WAL before its commit (SQLite does so when its page cache fills) and
@@ -24,7 +24,8 @@
 //! another connection committed in between. So the store opens every connection with
 //! `cache_spill = OFF` (`store.rs`): without spills, every run of appends is a commit, which ends
 //! with its commit frame and leaves the buffer empty. A connection through this VFS must not
-//! spill.
+//! spill. The price is memory: a transaction keeps every page it changed until it commits, which
+//! matters only for the largest (`migrate-store` into SQLite copies a whole store in one).
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::mem::size_of;
@@ -260,17 +261,15 @@ unsafe extern "C" fn wal_write(file: *mut ffi::sqlite3_file, data: *const c_void
     ffi::SQLITE_OK
 }
 
+/// Closes the file, dropping what the buffer holds: every commit empties it, so anything left
+/// belongs to a transaction that ended without one, and written now it could land on frames
+/// another connection committed since.
 unsafe extern "C" fn wal_close(file: *mut ffi::sqlite3_file) -> c_int {
     let wal_file = wal(file);
-    let flushed = flush(wal_file);
     let real = wal_file.real;
     let closed = methods(wal_file).xClose.expect("files are closed")(real);
     ptr::drop_in_place(file.cast::<WalFile>());
-    if flushed != ffi::SQLITE_OK {
-        flushed
-    } else {
-        closed
-    }
+    closed
 }
 
 /// Empties the buffer, then passes the call on: every operation but an appending write sees the
