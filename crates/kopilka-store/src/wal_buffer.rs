@@ -111,9 +111,8 @@ unsafe fn real_vfs(vfs: *mut ffi::sqlite3_vfs) -> *mut ffi::sqlite3_vfs {
 struct WalFile {
     base: ffi::sqlite3_file,
     real: *mut ffi::sqlite3_file,
-    /// Appended frames not yet written, which belong at `start`.
+    /// Appended frames not yet written, which end at `frontier`.
     buffer: Vec<u8>,
-    start: i64,
     /// Where the last write ended: a write starting there continues the appends.
     frontier: i64,
     /// The last write was a commit frame's header: the page that follows ends the commit.
@@ -178,7 +177,6 @@ unsafe extern "C" fn open(
             base: ffi::sqlite3_file { pMethods: &WAL_METHODS },
             real,
             buffer: Vec::new(),
-            start: 0,
             frontier: -1,
             commit_pending: false,
         },
@@ -221,7 +219,7 @@ unsafe fn flush(file: &mut WalFile) -> c_int {
     }
     let write = methods(file).xWrite.expect("files are written");
     let mut rc = ffi::SQLITE_OK;
-    let mut offset = file.start;
+    let mut offset = file.frontier - file.buffer.len() as i64;
     for piece in file.buffer.chunks(WRITE_MAX) {
         rc = write(file.real, piece.as_ptr().cast(), piece.len() as c_int, offset);
         if rc != ffi::SQLITE_OK {
@@ -237,9 +235,6 @@ unsafe extern "C" fn wal_write(file: *mut ffi::sqlite3_file, data: *const c_void
     let file = wal(file);
     let bytes = std::slice::from_raw_parts(data.cast::<u8>(), amount as usize);
     if offset == file.frontier {
-        if file.buffer.is_empty() {
-            file.start = offset;
-        }
         file.buffer.extend_from_slice(bytes);
         GATHERED.fetch_add(1, Ordering::Relaxed);
     } else {
