@@ -14,8 +14,8 @@
 //! with an error listing the refused rows; after fixing them, the operator runs the same file again
 //! and only what was refused is new. See [`IMPORT_HELP`] for the columns.
 
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use kopilka_store::Database;
-use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::Ordering;
