@@ -13,10 +13,10 @@
 //! bytes 4..8 (zero in every other frame), and SQLite writes its page right after that header, so
 //! the write of that page ends the commit and empties the buffer. Everything else goes straight to
 //! the file after the buffer is emptied: a write that does not continue the appends (the WAL's
-//! header after a restart, the checksum rewrites of a large transaction), and every other
-//! operation on the file (a read, sync, truncate, size, lock or file control). Uncommitted frames
-//! still in the buffer when the file is closed or the process dies are dropped: no commit covers
-//! them.
+//! header after a restart; the checksum rewrites of a transaction that spilled, which the store's
+//! connections never make, see below), and every other operation on the file (a read, sync,
+//! truncate, size, lock or file control). Uncommitted frames still in the buffer when the file is
+//! closed or the process dies are dropped: no commit covers them.
 //!
 //! One thing the VFS cannot see is a rollback: it happens in the WAL index, not the file. Frames a
 //! transaction spilled to the WAL before its commit (SQLite does so when its page cache fills) and
