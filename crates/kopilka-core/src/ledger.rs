@@ -281,6 +281,18 @@ impl Lot {
         }
     }
 
+    /// When the jobs must next look at the lot, by its stored state: a pending lot at the end of
+    /// its return window (or its expiry, if sooner), an available one at its expiry; never for a
+    /// lot that holds nothing. The SQL twin is `Backend::lot_due_at`, which the index of a
+    /// member's lots orders by.
+    pub fn due_at(&self) -> Option<Timestamp> {
+        match self.state {
+            LotState::Pending => Some(self.available_from.min(self.expires_at)),
+            LotState::Available => Some(self.expires_at),
+            LotState::Expired | LotState::Closed => None,
+        }
+    }
+
     fn account(&self) -> Account {
         match self.state {
             LotState::Pending => Account::MemberPending(self.member_id),
@@ -312,6 +324,37 @@ impl Lot {
 pub struct Balance {
     pub available: i64,
     pub pending: i64,
+}
+
+/// When a member's open lots next need a job, and when the soonest of their points expire: the
+/// least [`Lot::due_at`] and the least `expires_at` over the open lots (`None` without any). The
+/// store keeps both in the member's row, so the catch-up jobs and the expiry reminders find their
+/// members from one index over members instead of one over every lot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DueKeys {
+    pub next_due: Option<Timestamp>,
+    pub next_expiry: Option<Timestamp>,
+}
+
+impl DueKeys {
+    /// The keys of a set of open lots with this one added.
+    fn with(self, lot: &Lot) -> DueKeys {
+        let Some(due) = lot.due_at() else { return self };
+        let least = |kept: Option<Timestamp>, at: Timestamp| Some(kept.map_or(at, |kept| kept.min(at)));
+        DueKeys { next_due: least(self.next_due, due), next_expiry: least(self.next_expiry, lot.expires_at) }
+    }
+
+    /// The keys of two disjoint sets of open lots together.
+    pub fn and(self, other: DueKeys) -> DueKeys {
+        let least = |a: Option<Timestamp>, b: Option<Timestamp>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        DueKeys {
+            next_due: least(self.next_due, other.next_due),
+            next_expiry: least(self.next_expiry, other.next_expiry),
+        }
+    }
 }
 
 /// What the ledger knows of one member: the member's open lots (and, until the store flushes them,
@@ -346,6 +389,7 @@ pub struct PartialLedger {
 struct Unloaded {
     totals: Vec<(PointCurrency, Balance)>,
     until: Timestamp,
+    keys: DueKeys,
 }
 
 /// Where a new credit lands.
@@ -368,19 +412,21 @@ impl MemberLedger {
     }
 
     /// A partial ledger: `due` holds the member's open lots whose state changes at or before
-    /// `until` (so `catch_up` up to `until` sees every lot it must move), and `totals` the
-    /// remaining points of every other open lot, by currency and state.
+    /// `until` (so `catch_up` up to `until` sees every lot it must move), `totals` the remaining
+    /// points of every other open lot, by currency and state, and `keys` those lots' due keys.
     pub fn partial(
         member_id: MemberId,
         due: Vec<Lot>,
         totals: Vec<(PointCurrency, Balance)>,
         until: Timestamp,
+        keys: DueKeys,
     ) -> MemberLedger {
         for lot in &due {
             assert!(lot.state_at(until) != lot.state, "lot {} is not due at {until}", lot.id);
         }
+        assert!(keys.next_due.is_none_or(|due| due > until), "an unloaded lot is due by {until}");
         let mut ledger = MemberLedger::new(member_id, due);
-        ledger.unloaded = Some(Unloaded { totals, until });
+        ledger.unloaded = Some(Unloaded { totals, until, keys });
         ledger
     }
 
@@ -443,6 +489,13 @@ impl MemberLedger {
             }
         }
         totals
+    }
+
+    /// The due keys of the member's open lots, by their stored states (what the store keeps
+    /// beside them once this ledger is written), the unloaded ones included.
+    pub fn due_keys(&self) -> DueKeys {
+        let unloaded = self.unloaded.as_ref().map(|unloaded| unloaded.keys).unwrap_or_default();
+        self.lots.iter().fold(unloaded, DueKeys::with)
     }
 
     fn touch(&mut self, lot_id: LotId) {

@@ -27,5 +27,5 @@ pub use error::DomainError;
 pub use events::DomainEvent;
 pub use ids::{IdAllocator, LotId, MemberId, MovementId, PartnerId, ProgramId, PurchaseId, TenantId};
 pub use jiff::Timestamp;
-pub use ledger::{Account, Balance, Lot, LotState, MemberLedger, Movement, MovementKind, Posting};
+pub use ledger::{Account, Balance, DueKeys, Lot, LotState, MemberLedger, Movement, MovementKind, Posting};
 pub use program::{EarnRate, ExpiryPolicy, Program, ValidationIssue};

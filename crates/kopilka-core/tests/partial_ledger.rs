@@ -6,7 +6,7 @@
 use jiff::SignedDuration;
 use kopilka_core::ledger::{Credit, PartialLedger};
 use kopilka_core::{
-    Account, Balance, IdAllocator, Lot, LotId, LotState, MemberId, MemberLedger, MovementId, MovementKind,
+    Account, Balance, DueKeys, IdAllocator, Lot, LotId, LotState, MemberId, MemberLedger, MovementId, MovementKind,
     PointCurrency, Timestamp,
 };
 use proptest::prelude::*;
@@ -45,11 +45,13 @@ fn lot(
     }
 }
 
-/// What the store loads for a light member: the lots due by `until`, and the totals of the rest
-/// (as the writer keeps them: `stored_totals` of a ledger holding the rest).
-fn split(lots: &[Lot], until: Timestamp) -> (Vec<Lot>, Vec<(PointCurrency, Balance)>) {
+/// What the store loads for a light member: the lots due by `until`, and the totals and due keys
+/// of the rest (as the writer keeps them: `stored_totals` and `due_keys` of a ledger holding the
+/// rest).
+fn split(lots: &[Lot], until: Timestamp) -> (Vec<Lot>, Vec<(PointCurrency, Balance)>, DueKeys) {
     let (due, rest): (Vec<Lot>, Vec<Lot>) = lots.iter().cloned().partition(|lot| lot.state_at(until) != lot.state);
-    (due, MemberLedger::new(MEMBER, rest).stored_totals())
+    let rest = MemberLedger::new(MEMBER, rest);
+    (due, rest.stored_totals(), rest.due_keys())
 }
 
 /// A ledger's stored totals by currency, in order.
@@ -73,10 +75,11 @@ proptest! {
     ) {
         let now = at(0);
         let lots: Vec<Lot> = specs.into_iter().enumerate().map(|(i, spec)| lot(i, spec)).collect();
-        let (due, totals) = split(&lots, now);
+        let (due, totals, keys) = split(&lots, now);
         let mut complete = MemberLedger::new(MEMBER, lots.clone());
-        let mut partial = MemberLedger::partial(MEMBER, due, totals, now);
+        let mut partial = MemberLedger::partial(MEMBER, due, totals, now, keys);
         prop_assert!(!partial.is_complete());
+        prop_assert_eq!(complete.due_keys(), partial.due_keys());
 
         let seed = IdAllocator { next_lot: 1_000, next_movement: 1_000, ..IdAllocator::default() };
         let (mut ids_complete, mut ids_partial) = (seed.clone(), seed);
@@ -97,6 +100,13 @@ proptest! {
         }
         // What the writer keeps beside the lots (`members.lot_totals`): the same on both.
         prop_assert_eq!(kept(&complete), kept(&partial));
+        // And the due keys kept beside them, which must be those of the open lots left.
+        prop_assert_eq!(complete.due_keys(), partial.due_keys());
+        let open = complete.lots.iter().filter(|lot| lot.remaining > 0);
+        let least_due = open.clone().filter_map(|lot| lot.due_at()).min();
+        prop_assert_eq!(complete.due_keys().next_due, least_due);
+        prop_assert_eq!(complete.due_keys().next_expiry, open.map(|lot| lot.expires_at).min());
+        prop_assert!(least_due.is_none_or(|due| due > now), "a lot is still due after catching up");
         // What the store writes back: the lots the batch changed, the same on both.
         let mut changed_complete = complete.take_dirty();
         let mut changed_partial = partial.take_dirty();
@@ -110,8 +120,8 @@ proptest! {
 fn a_partial_ledger_refuses_to_debit_with_a_payload_the_writer_recognizes() {
     let now = at(0);
     let lots = vec![lot(0, (false, -10, 1_000, 500, 0, false))];
-    let (due, totals) = split(&lots, now);
-    let mut partial = MemberLedger::partial(MEMBER, due, totals, now);
+    let (due, totals, keys) = split(&lots, now);
+    let mut partial = MemberLedger::partial(MEMBER, due, totals, now, keys);
     let mut ids = IdAllocator::default();
     let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let _ = partial.debit_available(

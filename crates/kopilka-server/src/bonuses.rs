@@ -304,7 +304,7 @@ pub async fn run_reminders_job(
         };
         let now = clock.now();
         let horizon = now + SignedDuration::from_hours(24 * *days_max as i64);
-        let page = |after| store.members_with_points_expiring(tenant, now, horizon, after, CHUNK_MEMBERS_MAX);
+        let page = |after| store.members_with_points_expiring(tenant, horizon, after, CHUNK_MEMBERS_MAX);
         submit_pages(writer, tenant, &mut report, "movements", page, |members| Command::RemindExpiry { members })
             .await?;
     }

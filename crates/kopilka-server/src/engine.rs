@@ -14,8 +14,8 @@ use kopilka_core::member_state::{MemberState, StateChange, TierChange};
 use kopilka_core::purchase::{self, PurchaseCommand, PurchaseRecord};
 use kopilka_core::rules::LineExplanation;
 use kopilka_core::{
-    Currency, DomainError, DomainEvent, IdAllocator, Lot, MemberId, MemberLedger, Program, ProgramId, PurchaseId,
-    TenantId,
+    Currency, DomainError, DomainEvent, DueKeys, IdAllocator, Lot, MemberId, MemberLedger, Program, ProgramId,
+    PurchaseId, TenantId,
 };
 use kopilka_store::batch::{job_keys, BatchKeys, JobKeys, Loaded, Unloaded, Writes};
 use kopilka_store::{MemberRow, Role, StoredResponse};
@@ -358,6 +358,8 @@ pub struct BatchState<'a> {
     pub(crate) partners: crate::partners::PartnerState,
     /// The job keys each member was loaded with, to tell which keys a batch changed.
     loaded_job_keys: HashMap<MemberKey, JobKeys>,
+    /// The due keys each member's row held when loaded (none for a member the batch creates).
+    loaded_due_keys: HashMap<MemberKey, DueKeys>,
     writes: Writes,
 }
 
@@ -400,6 +402,7 @@ impl<'a> BatchState<'a> {
             referrals: crate::referrals::ReferralState::new(std::mem::take(&mut loaded.referrals)),
             partners: crate::partners::PartnerState::new(std::mem::take(&mut loaded.partners)),
             loaded_job_keys,
+            loaded_due_keys: std::mem::take(&mut loaded.due_keys),
             writes: Writes::default(),
         }
     }
@@ -474,6 +477,11 @@ impl<'a> BatchState<'a> {
                     ledger.stored_totals().into_iter().map(|(currency, totals)| (*tenant, *member, currency, totals));
                 self.writes.lot_totals.extend(totals);
             }
+            // Written only when changed: they are indexed (see `batch::flush`).
+            let keys = ledger.due_keys();
+            if self.loaded_due_keys.get(&(*tenant, *member)).copied().unwrap_or_default() != keys {
+                self.writes.due_keys.push((*tenant, *member, keys));
+            }
             self.writes.lots.extend(ledger.take_dirty().into_iter().map(|lot| (*tenant, lot)));
         }
         for key in &self.dirty_members {
@@ -517,7 +525,7 @@ impl<'a> BatchState<'a> {
         let ledger = self.ledgers.entry((tenant, member)).or_insert_with(|| {
             let lots = loaded_lots.remove(&(tenant, member)).unwrap_or_default();
             match unloaded.remove(&(tenant, member)) {
-                Some((totals, until)) => MemberLedger::partial(member, lots, totals, until),
+                Some((totals, until, keys)) => MemberLedger::partial(member, lots, totals, until, keys),
                 None => MemberLedger::new(member, lots),
             }
         });

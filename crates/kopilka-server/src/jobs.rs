@@ -1,6 +1,7 @@
 //! Background jobs: activation of lots whose return window closed, and expiry of lots whose time
-//! ran out. Each is a query for members with due lots and a `CatchUp` command per chunk of them
-//! through the writer, so jobs and requests never race. A job run works from the current time,
+//! ran out. Each is a query for members with due lots (by the due key in their rows, so both jobs
+//! page the same members) and a `CatchUp` command per chunk of them through the writer, which
+//! catches up everything due for each member, so jobs and requests never race. A job run works from the current time,
 //! not from its last run, so it catches up after any downtime and repeating it changes nothing.
 
 use std::collections::BTreeMap;
@@ -11,7 +12,6 @@ use std::time::Duration;
 use std::future::Future;
 
 use kopilka_core::{MemberId, TenantId};
-use kopilka_store::reads::DueLots;
 use kopilka_store::sql::JobLock;
 use kopilka_store::Store;
 use tokio::sync::watch;
@@ -69,13 +69,6 @@ impl Job {
             Job::Reminders => "reminders",
         }
     }
-
-    fn due(&self) -> DueLots {
-        match self {
-            Job::Activate => DueLots::Activation,
-            Job::Expiry | Job::Tiers | Job::Referrals | Job::Events | Job::Reminders => DueLots::Expiry,
-        }
-    }
 }
 
 /// Runs `job` until no member has lots due at the clock's current time (for one tenant, or all).
@@ -109,7 +102,7 @@ pub async fn run_once_in_chunks(
     }
     let mut report = JobReport { job: job.name().to_string(), members: 0, movements: 0 };
     for _ in 0..CHUNKS_PER_RUN_MAX {
-        let due = store.members_with_due_lots(job.due(), tenant, clock.now(), chunk_members).await?;
+        let due = store.members_with_due_lots(tenant, clock.now(), chunk_members).await?;
         if due.is_empty() {
             break;
         }

@@ -1082,6 +1082,57 @@ both_stores! {
 }
 
 both_stores! {
+    async fn the_due_keys_bring_the_jobs_to_each_member_in_time_and_a_drift_is_reported() {
+        let dir = test_store().await;
+        let harness = Harness::fresh(&dir.database).await;
+        let store = &harness.state.store;
+        let (a, b) = (create_member(&harness, "C-a").await, create_member(&harness, "C-b").await);
+        let pool = store.pool.clone();
+        let keys_of = |member: i64| {
+            let pool = pool.clone();
+            async move {
+                let row: (Option<i64>, Option<i64>) =
+                    sqlx::query_as("SELECT next_due, next_expiry FROM members WHERE id = $1")
+                        .bind(member)
+                        .fetch_one(&pool)
+                        .await
+                        .unwrap();
+                row
+            }
+        };
+        assert_eq!(keys_of(a).await, (None, None), "no lots, no keys");
+        let purchase = purchase_command(a, "R-1", vec![line("A", 1, 2_000_00)], 0);
+        harness.submit(request("p-1".into(), purchase)).await.unwrap();
+        let lot: (i64, i64) = sqlx::query_as("SELECT available_from, expires_at FROM lots WHERE member_id = $1")
+            .bind(a)
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(keys_of(a).await, (Some(lot.0), Some(lot.1)), "a pending lot is due when its window closes");
+        assert_eq!(keys_of(b).await, (None, None));
+        let due = |hours: i64| store.members_with_due_lots(None, harness.clock.now() + SignedDuration::from_hours(hours), 10);
+        assert!(due(0).await.unwrap().is_empty(), "nothing is due before the window closes");
+
+        harness.clock.advance(SignedDuration::from_hours(24 * 30));
+        assert_eq!(due(0).await.unwrap(), vec![(TenantId(1), MemberId(a))]);
+        jobs::run_once(store, &harness.state.writer, &*harness.clock, Job::Activate, None).await.unwrap();
+        assert_eq!(keys_of(a).await, (Some(lot.1), Some(lot.1)), "an available lot is due when it expires");
+        assert!(due(0).await.unwrap().is_empty(), "activated: nothing due until the expiry");
+        harness.assert_ledger_sound("after activation").await;
+
+        // A key that drifted from the lots would hide the member from the jobs: verify says so.
+        sqlx::query("UPDATE members SET next_due = NULL WHERE id = $1").bind(a).execute(&store.pool).await.unwrap();
+        let report = store.verify().await.unwrap();
+        assert!(
+            report.problems.iter().any(|p| p.contains(&format!("member {a}: due keys"))),
+            "{:?}",
+            report.problems
+        );
+        harness.stop().await;
+    }
+}
+
+both_stores! {
     async fn a_key_that_keeps_only_the_status_replays_an_empty_body() {
         let dir = test_store().await;
         let harness = Harness::fresh(&dir.database).await;

@@ -13,8 +13,8 @@ use kopilka_core::member::{Consents, Gender, IdentifierKind, Profile};
 use kopilka_core::member_state::MemberState;
 use kopilka_core::purchase::PurchaseRecord;
 use kopilka_core::{
-    DomainEvent, IdAllocator, Lot, LotId, LotState, MemberId, Movement, MovementId, PointCurrency, Program, ProgramId,
-    PurchaseId, TenantId,
+    DomainEvent, DueKeys, IdAllocator, Lot, LotId, LotState, MemberId, Movement, MovementId, PointCurrency, Program,
+    ProgramId, PurchaseId, TenantId,
 };
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
@@ -47,8 +47,8 @@ pub struct BatchKeys {
 }
 
 /// The open lots of a member loaded light that were left in the store: their remaining points by
-/// currency and state, and the moment up to which none of them changes state.
-pub type Unloaded = (Vec<(PointCurrency, Balance)>, Timestamp);
+/// currency and state, the moment up to which none of them changes state, and their due keys.
+pub type Unloaded = (Vec<(PointCurrency, Balance)>, Timestamp, DueKeys);
 
 /// What `load` found.
 #[derive(Debug, Default)]
@@ -59,6 +59,8 @@ pub struct Loaded {
     pub lots: HashMap<(TenantId, MemberId), Vec<Lot>>,
     /// Members loaded light: the totals of the open lots not loaded.
     pub unloaded: HashMap<(TenantId, MemberId), Unloaded>,
+    /// The due keys every loaded member's row holds (migration 0018), to tell which a batch changed.
+    pub due_keys: HashMap<(TenantId, MemberId), DueKeys>,
     pub purchases: Vec<(TenantId, ProgramId, PurchaseRecord)>,
     pub identifiers: HashMap<(TenantId, IdentifierKind, String), MemberId>,
     pub checkout: LoadedCheckout,
@@ -82,6 +84,9 @@ pub struct Writes {
     /// row (`lot_totals`) for light loads. A listed member's column is replaced whole, so every
     /// currency it holds points in is listed.
     pub lot_totals: Vec<(TenantId, MemberId, PointCurrency, Balance)>,
+    /// Members whose due keys (`MemberLedger::due_keys`) the batch changed, with the new keys:
+    /// written on their own, as they are indexed (see `flush`).
+    pub due_keys: Vec<(TenantId, MemberId, DueKeys)>,
     pub movements: Vec<(TenantId, Movement)>,
     /// Purchases recorded by the batch, inserted.
     pub purchases: Vec<(TenantId, ProgramId, PurchaseRecord)>,
@@ -105,6 +110,7 @@ impl Writes {
             && self.member_states.is_empty()
             && self.lots.is_empty()
             && self.lot_totals.is_empty()
+            && self.due_keys.is_empty()
             && self.movements.is_empty()
             && self.purchases.is_empty()
             && self.changed_purchases.is_empty()
@@ -414,7 +420,7 @@ async fn load_members(
 /// their open lots: all of them, or with `due_by` only those whose stored state changes by then.
 /// One statement for both, each a subquery over the same constant table: on PostgreSQL the writer
 /// waits a round trip for every statement. Returns the members found, each with the open-lot
-/// totals its row keeps (`lot_totals`), and the lots.
+/// totals its row keeps (`lot_totals`), and the lots; the due keys go to `loaded.due_keys`.
 async fn load_members_with_lots(
     conn: &mut AnyConnection,
     chunk: &[(TenantId, MemberId)],
@@ -436,7 +442,9 @@ async fn load_members_with_lots(
     query.push(format!(
         ") SELECT (SELECT {} FROM k{members_join}TRUE{members_end}), \
          (SELECT {} FROM k{lots_join}state IN ('pending', 'available')",
-        backend.json_rows(&format!("members.tenant_id, {member}, members.lot_totals")),
+        backend.json_rows(&format!(
+            "members.tenant_id, {member}, members.lot_totals, members.next_due, members.next_expiry"
+        )),
         backend.json_rows(&format!("lots.tenant_id, {lot}")),
     ));
     if let Some(at) = due_by {
@@ -447,15 +455,18 @@ async fn load_members_with_lots(
     query.push(format!("{lots_end})"));
     let rows = query.fetch_all(&mut *conn).await?;
     let row = rows.first().ok_or(StoreError::Corrupt { table: "members", detail: "no row of JSON".into() })?;
-    let members: Vec<(i64, MemberValues, Option<String>)> = rows_of_json(row.get(0), "members")?;
+    type Values = (i64, MemberValues, Option<String>, Option<i64>, Option<i64>);
+    let members: Vec<Values> = rows_of_json(row.get(0), "members")?;
     let lots: Vec<(i64, LotValues)> = rows_of_json(row.get(1), "lots")?;
     let mut found = Vec::new();
-    for (tenant, values, lot_totals) in members {
+    for (tenant, values, lot_totals, next_due, next_expiry) in members {
         let tenant = TenantId(tenant);
         let member = member_of_values(values)?;
         if let Some(survivor) = member.merged_into {
             survivors.push((tenant, survivor));
         }
+        let keys = DueKeys { next_due: next_due.map(micros::to_ts), next_expiry: next_expiry.map(micros::to_ts) };
+        loaded.due_keys.insert((tenant, member.id), keys);
         found.push(((tenant, member.id), lot_totals));
         loaded.lots.insert((tenant, member.id), Vec::new());
         loaded.members.insert((tenant, member.id), member);
@@ -483,6 +494,7 @@ async fn load_light_members(
                 _ => sums.available += lot.remaining,
             }
         }
+        let mut left = Vec::new();
         for (key, kept) in found {
             let mut totals = crate::lot_totals::decode(kept.as_deref())?;
             for (currency, balance) in &mut totals {
@@ -490,13 +502,70 @@ async fn load_light_members(
                 balance.pending -= due.pending;
                 balance.available -= due.available;
             }
-            loaded.unloaded.insert(key, (totals, at));
+            left.push((key, totals));
+        }
+        // The due keys of the lots left: the row's own when none was due (so none was loaded);
+        // none when nothing is left (an open lot holds points); else read from the lots beyond
+        // `at`. The jobs load members whose every lot is due, so they never read them.
+        let has_due = |key: &(TenantId, MemberId)| loaded.due_keys[key].next_due.is_some_and(|due| due <= at);
+        let holds =
+            |totals: &[(PointCurrency, Balance)]| totals.iter().any(|(_, b)| b.pending != 0 || b.available != 0);
+        let wanted: Vec<_> =
+            left.iter().filter(|(key, totals)| has_due(key) && holds(totals)).map(|(key, _)| *key).collect();
+        let mut beyond = due_keys_beyond(conn, &wanted, at).await?;
+        for (key, totals) in left {
+            let keys = match beyond.remove(&key) {
+                Some(keys) => keys,
+                None if has_due(&key) => DueKeys::default(),
+                None => loaded.due_keys[&key],
+            };
+            loaded.unloaded.insert(key, (totals, at, keys));
         }
         for (tenant, lot) in due {
             loaded.lots.entry((tenant, lot.member_id)).or_default().push(lot);
         }
     }
     Ok(())
+}
+
+/// The due keys of the open lots of `members` not due by `at`: those a light load leaves in the
+/// store. Each is read in order from `lots_member`, which sorts a member's lots by state and due
+/// moment: the first available lot beyond `at` (its due moment is its expiry) and the pending
+/// ones beyond it (few: only the purchases inside the return window). Members without such lots
+/// are not in the answer.
+async fn due_keys_beyond(
+    conn: &mut AnyConnection,
+    members: &[(TenantId, MemberId)],
+    at: Timestamp,
+) -> Result<HashMap<(TenantId, MemberId), DueKeys>> {
+    let backend = Backend::of(conn);
+    let due = backend.lot_due_at();
+    let lots = format!(
+        "FROM lots{} WHERE lots.tenant_id = k.t AND lots.member_id = k.v AND {due} > k.a AND state = ",
+        backend.indexed_by("lots_member")
+    );
+    let mut found = HashMap::new();
+    for chunk in members.chunks(chunk_rows(3)) {
+        let mut query = Builder::new("WITH k(t, v, a) AS (");
+        query.push_keys(chunk, |mut b, (tenant, member)| {
+            b.push_bind(tenant.0).push_bind(member.0).push_bind(micros::of(at));
+        });
+        query.push(format!(
+            ") SELECT k.t, k.v, (SELECT {due} {lots}'available' ORDER BY {due} LIMIT 1),
+                 (SELECT MIN({due}) {lots}'pending'), (SELECT MIN(expires_at) {lots}'pending') FROM k"
+        ));
+        for row in query.fetch_all(&mut *conn).await? {
+            let (available, pending_due, pending_expiry): (Option<i64>, Option<i64>, Option<i64>) =
+                (row.get(2), row.get(3), row.get(4));
+            let ts = |at: Option<i64>| at.map(micros::to_ts);
+            let keys = DueKeys { next_due: ts(available), next_expiry: ts(available) }
+                .and(DueKeys { next_due: ts(pending_due), next_expiry: ts(pending_expiry) });
+            if keys != DueKeys::default() {
+                found.insert((TenantId(row.get(0)), MemberId(row.get(1))), keys);
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// Writes everything a batch decided. Members are upserted (a batch may change rows it loaded);
@@ -634,6 +703,22 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
             ") {update} members SET lot_totals = k.x FROM k WHERE members.tenant_id = k.t AND members.id = k.v"
         ));
         pipe.send(query).await?;
+    }
+    // The due keys, only those the batch changed (the engine compares them with the row's), in a
+    // statement of their own: indexed columns, rewritten in their indexes whenever set.
+    for chunk in writes.due_keys.chunks(chunk_rows(4)) {
+        let mut query = Builder::new("WITH k(t, v, d, e) AS (");
+        query.push_keys(chunk, |mut b, (tenant, member, keys)| {
+            b.push_bind(tenant.0)
+                .push_bind(member.0)
+                .push_bind(keys.next_due.map(micros::of))
+                .push_bind(keys.next_expiry.map(micros::of));
+        });
+        query.push(format!(
+            ") {update} members SET next_due = k.d, next_expiry = k.e FROM k
+             WHERE members.tenant_id = k.t AND members.id = k.v",
+        ));
+        pipe.send_expecting(query, chunk.len() as u64, "members", "members whose due keys changed").await?;
     }
     // The jobs' keys beside the state are indexed, and an UPDATE that sets a column rewrites its
     // indexes even to the same value: so the state alone first (a page per member), then the keys

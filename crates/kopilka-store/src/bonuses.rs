@@ -47,27 +47,24 @@ impl Store {
         Ok(ids.into_iter().map(MemberId).collect())
     }
 
-    /// Members of `tenant` after `after` holding open points that expire after `from` and no
-    /// later than `to`: the expiry reminder job's work list.
+    /// Members of `tenant` after `after` holding open points that expire no later than `to`: the
+    /// expiry reminder job's work list, read from the members' due keys (migration 0018). Points
+    /// that already ran out and wait for the expiry job count too; the reminder command looks at
+    /// the member's lots and reminds of those still to expire.
     pub async fn members_with_points_expiring(
         &self,
         tenant: TenantId,
-        from: jiff::Timestamp,
         to: jiff::Timestamp,
         after: MemberId,
         limit: i64,
     ) -> Result<Vec<MemberId>> {
         let sql = format!(
-            "SELECT DISTINCT member_id FROM lots{}
-             WHERE state IN ('pending', 'available') AND expires_at > $1 AND expires_at <= $2
-               AND tenant_id = $3 AND remaining > 0 AND member_id > $4
-             ORDER BY member_id LIMIT $5",
-            self.backend.indexed_by("lots_expiry_due")
+            "SELECT id FROM members{} WHERE tenant_id = $1 AND next_expiry <= $2 AND id > $3 ORDER BY id LIMIT $4",
+            self.backend.indexed_by("members_next_expiry")
         );
         let ids: Vec<i64> = sqlx::query_scalar(&sql)
-            .bind(micros::of(from))
-            .bind(micros::of(to))
             .bind(tenant.0)
+            .bind(micros::of(to))
             .bind(after.0)
             .bind(limit)
             .fetch_all(&self.pool)

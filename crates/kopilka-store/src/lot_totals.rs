@@ -36,11 +36,22 @@ pub(crate) fn decode(text: Option<&str>) -> Result<Vec<(PointCurrency, Balance)>
         .collect()
 }
 
-/// Sets the column of every member with open lots from those lots, as the writer keeps it, for
-/// lots written around the writer (the bench seeds millions with one `INSERT … SELECT`). Members
-/// without open lots are left as they are.
+/// Sets the column, and the due keys (`next_due`, `next_expiry`, migration 0018), of every member
+/// with open lots from those lots, as the writer keeps them, for lots written around the writer
+/// (the bench seeds millions with one `INSERT … SELECT`). Members without open lots are left as
+/// they are.
 pub async fn fill_from_lots(conn: &mut AnyConnection) -> Result<()> {
-    let entries = Backend::of(conn).json_rows("currency, pending, available");
+    let backend = Backend::of(conn);
+    sqlx::query(&format!(
+        "UPDATE members SET next_due = d.due, next_expiry = d.expiry FROM (
+             SELECT tenant_id, member_id, MIN({}) AS due, MIN(expires_at) AS expiry
+             FROM lots WHERE state IN ('pending', 'available') GROUP BY tenant_id, member_id
+         ) AS d WHERE members.tenant_id = d.tenant_id AND members.id = d.member_id",
+        backend.lot_due_at()
+    ))
+    .execute(&mut *conn)
+    .await?;
+    let entries = backend.json_rows("currency, pending, available");
     sqlx::query(&format!(
         "UPDATE members SET lot_totals = t.totals FROM (
              SELECT tenant_id, member_id, {entries} AS totals FROM (

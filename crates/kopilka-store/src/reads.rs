@@ -13,9 +13,6 @@ use crate::batch::{lot_of_row, member_of_row, purchase_of_row, LOT_COLUMNS, MEMB
 use crate::sql::Builder;
 use crate::{micros, MemberRow, Result, Store, StoreError};
 
-/// Due lots a job's page looks at per member it may return (`members_with_due_lots`).
-const LOTS_PER_PAGE_PER_MEMBER: i64 = 16;
-
 impl Store {
     pub async fn member(&self, tenant: TenantId, id: MemberId) -> Result<Option<MemberRow>> {
         let row = sqlx::query(&format!("SELECT {MEMBER_COLUMNS} FROM members WHERE tenant_id = $1 AND id = $2"))
@@ -209,57 +206,30 @@ impl Store {
     }
 }
 
-/// Which lots a job looks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DueLots {
-    /// Pending lots whose return window has closed.
-    Activation,
-    /// Open lots past their expiry.
-    Expiry,
-}
-
 impl Store {
-    /// Members with lots due at `now`, at most `limit` of them, oldest due first. The due indexes
-    /// are named: without statistics SQLite would walk every lot by member instead.
+    /// Members with lots due at `now` (to activate or to expire), at most `limit` of them, the
+    /// soonest due first: read from the members' due keys (migration 0018), an index that holds
+    /// each member with open lots once.
     pub async fn members_with_due_lots(
         &self,
-        due: DueLots,
         tenant: Option<TenantId>,
         now: jiff::Timestamp,
         limit: i64,
     ) -> Result<Vec<(TenantId, MemberId)>> {
-        // The first due lots in index order, then their members: grouping every due lot before the
-        // LIMIT made each page cost all due lots, and a run over 10 M lots quadratic. A page looks
-        // at LOTS_PER_PAGE_PER_MEMBER lots per member it may return, so it still fills up when
-        // members have several lots due; it always holds the member of the soonest due lot.
-        let sql = match due {
-            DueLots::Activation => format!(
-                "SELECT tenant_id, member_id FROM (
-                     SELECT tenant_id, member_id, available_from AS due FROM lots{}
-                     WHERE state = 'pending' AND available_from <= $1 AND ($2 IS NULL OR tenant_id = $2)
-                     ORDER BY available_from LIMIT $4) AS due_lots
-                 GROUP BY tenant_id, member_id ORDER BY MIN(due) LIMIT $3",
-                self.backend.indexed_by("lots_pending_due")
-            ),
-            DueLots::Expiry => format!(
-                "SELECT tenant_id, member_id FROM (
-                     SELECT tenant_id, member_id, expires_at AS due FROM lots{}
-                     WHERE state IN ('pending', 'available') AND expires_at <= $1 AND ($2 IS NULL OR tenant_id = $2)
-                     ORDER BY expires_at LIMIT $4) AS due_lots
-                 GROUP BY tenant_id, member_id ORDER BY MIN(due) LIMIT $3",
-                self.backend.indexed_by("lots_expiry_due")
-            ),
-        };
         // One row for the page (`Backend::json_rows`): a job reads a page per batch of members.
-        let sql = format!("SELECT {} FROM ({sql}) AS page", self.backend.json_rows("tenant_id, member_id"));
+        let sql = format!(
+            "SELECT {} FROM (SELECT tenant_id, id FROM members{} WHERE next_due <= $1 AND ($2 IS NULL OR tenant_id = $2)
+             ORDER BY next_due LIMIT $3) AS page",
+            self.backend.json_rows("tenant_id, id"),
+            self.backend.indexed_by("members_next_due"),
+        );
         let text: String = sqlx::query_scalar(&sql)
             .bind(micros::of(now))
             .bind(tenant.map(|t| t.0))
             .bind(limit)
-            .bind(limit.saturating_mul(LOTS_PER_PAGE_PER_MEMBER))
             .fetch_one(&self.pool)
             .await?;
-        let page: Vec<(i64, i64)> = crate::batch::rows_of_json(&text, "lots")?;
+        let page: Vec<(i64, i64)> = crate::batch::rows_of_json(&text, "members")?;
         Ok(page.into_iter().map(|(tenant, member)| (TenantId(tenant), MemberId(member))).collect())
     }
 

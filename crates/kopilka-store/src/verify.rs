@@ -23,8 +23,8 @@ pub struct LedgerReport {
 impl Store {
     /// Checks that every movement balances, that all accounts sum to zero per tenant and currency,
     /// that each member's pending and available accounts equal the remaining of their lots, and
-    /// that the totals kept of those lots (`members.lot_totals`) are their sums, and that the jobs'
-    /// keys kept beside each member's state are the state's.
+    /// that the totals kept of those lots (`members.lot_totals`) are their sums, that the jobs'
+    /// keys kept beside each member's state are the state's, and its due keys its lots'.
     pub async fn verify(&self) -> Result<LedgerReport> {
         let mut report = LedgerReport {
             movements: sqlx::query_scalar("SELECT COUNT(*) FROM movements").fetch_one(&self.pool).await?,
@@ -126,7 +126,37 @@ impl Store {
             }
         }
         self.verify_member_job_keys(&mut report).await?;
+        self.verify_member_due_keys(&mut report).await?;
         Ok(report)
+    }
+
+    /// The writer sets a member's due keys only when they change (migration 0018): each must be
+    /// the least due moment and the least expiry of the member's open lots, or the catch-up jobs
+    /// and the reminders would pass the member over.
+    async fn verify_member_due_keys(&self, report: &mut LedgerReport) -> Result<()> {
+        let rows = sqlx::query(&format!(
+            "SELECT COALESCE(m.tenant_id, l.tenant_id), COALESCE(m.id, l.member_id), m.next_due, m.next_expiry,
+                    l.due, l.expiry
+             FROM (SELECT tenant_id, id, next_due, next_expiry FROM members
+                   WHERE next_due IS NOT NULL OR next_expiry IS NOT NULL) AS m
+             FULL JOIN (SELECT tenant_id, member_id, MIN({}) AS due, MIN(expires_at) AS expiry FROM lots
+                        WHERE state IN ('pending', 'available') GROUP BY tenant_id, member_id) AS l
+               ON l.tenant_id = m.tenant_id AND l.member_id = m.id
+             WHERE m.next_due IS DISTINCT FROM l.due OR m.next_expiry IS DISTINCT FROM l.expiry
+             LIMIT 20",
+            self.backend.lot_due_at()
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        for row in rows {
+            let (tenant, member): (i64, i64) = (row.get(0), row.get(1));
+            let kept: (Option<i64>, Option<i64>) = (row.get(2), row.get(3));
+            let lots: (Option<i64>, Option<i64>) = (row.get(4), row.get(5));
+            report.problems.push(format!(
+                "tenant {tenant} member {member}: due keys (next_due, next_expiry) are {kept:?}, its open lots say {lots:?}"
+            ));
+        }
+        Ok(())
     }
 
     /// The writer sets a member's job keys only when they change (migration 0014): each must be

@@ -12,7 +12,8 @@ use kopilka_core::member::{Consents, Gender, IdentifierKind, Profile};
 use kopilka_core::member_state::MemberState;
 use kopilka_core::purchase::{Channel, PurchaseRecord};
 use kopilka_core::{
-    Currency, Lot, LotId, LotState, MemberId, MovementId, PointCurrency, ProgramId, PurchaseId, TenantId,
+    Currency, DueKeys, Lot, LotId, LotState, MemberId, MemberLedger, MovementId, PointCurrency, ProgramId, PurchaseId,
+    TenantId,
 };
 use kopilka_store::batch::{self, BatchKeys, Writes};
 use kopilka_store::store::admin;
@@ -221,6 +222,11 @@ fn credit_of(lot: &Lot) -> Movement {
     }
 }
 
+/// The due keys of a member's open lots, as the writer keeps them.
+fn keys_of(lots: &[Lot]) -> DueKeys {
+    MemberLedger::new(lots.first().map_or(MemberId(0), |lot| lot.member_id), lots.to_vec()).due_keys()
+}
+
 /// The remaining points of open lots by member and currency.
 fn open_totals(open: &HashMap<MemberId, Vec<Lot>>) -> HashMap<(MemberId, PointCurrency), Balance> {
     let mut totals: HashMap<(MemberId, PointCurrency), Balance> = HashMap::new();
@@ -242,6 +248,7 @@ both_stores! {
         let open = open_lots(&writes.lots);
         let totals = open_totals(&open);
         writes.lot_totals = totals.iter().map(|((member, currency), total)| (tenant, *member, currency.clone(), *total)).collect();
+        writes.due_keys = open.iter().map(|(member, lots)| (tenant, *member, keys_of(lots))).collect();
         flush_alone(&mut conn, &writes).await;
 
         let everyone: Vec<_> = writes.members.iter().map(|(t, row)| (*t, row.id)).collect();
@@ -253,6 +260,7 @@ both_stores! {
             let mut lots = loaded.lots.get(&(*t, row.id)).cloned().unwrap_or_default();
             lots.sort_by_key(|lot| lot.id);
             assert_eq!(lots, open.get(&row.id).cloned().unwrap_or_default(), "open lots of member {}", row.id);
+            assert_eq!(loaded.due_keys[&(*t, row.id)], keys_of(&lots), "due keys of member {}", row.id);
         }
 
         // Light: only the open lots due by `at`, and the kept totals less theirs.
@@ -271,7 +279,10 @@ both_stores! {
                 .cloned()
                 .collect();
             assert_eq!(due, expected, "due lots of member {}", row.id);
-            let (kept, _) = loaded.unloaded.get(&(*t, row.id)).expect("a light member has its totals");
+            let (kept, _, unloaded_keys) = loaded.unloaded.get(&(*t, row.id)).expect("a light member has its totals");
+            let rest: Vec<Lot> =
+                open.get(&row.id).into_iter().flatten().filter(|lot| lot.state_at(at) == lot.state).cloned().collect();
+            assert_eq!(*unloaded_keys, keys_of(&rest), "due keys of the lots member {} left unloaded", row.id);
             for (_, _, currency, total) in writes.lot_totals.iter().filter(|(_, member, _, _)| *member == row.id) {
                 let held = total.pending != 0 || total.available != 0;
                 assert_eq!(
@@ -318,8 +329,10 @@ both_stores! {
         let loaded = batch::load(&mut conn, &keys).await.unwrap();
         let expected = open_totals(&open_lots(&writes.lots));
         for (t, row) in &writes.members {
-            let (kept, _) = loaded.unloaded.get(&(*t, row.id)).expect("a light member has its totals");
+            let (kept, _, _) = loaded.unloaded.get(&(*t, row.id)).expect("a light member has its totals");
             let kept: HashMap<PointCurrency, Balance> = kept.iter().cloned().collect();
+            let lots = open_lots(&writes.lots).remove(&row.id).unwrap_or_default();
+            assert_eq!(loaded.due_keys[&(*t, row.id)], keys_of(&lots), "filled due keys of member {}", row.id);
             let of_member: HashMap<PointCurrency, Balance> = expected
                 .iter()
                 .filter(|((member, _), _)| *member == row.id)

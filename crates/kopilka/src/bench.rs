@@ -35,8 +35,8 @@ use kopilka_core::member_state::MemberState;
 use kopilka_core::purchase::{self, Channel, LineInput, PurchaseCommand, PurchaseRecord};
 use kopilka_core::rules::MemberContext;
 use kopilka_core::{
-    Account, Balance, Currency, DomainEvent, IdAllocator, Lot, LotId, LotState, MemberId, MemberLedger, Movement,
-    PointCurrency, Posting, Program, ProgramId, TenantId,
+    Account, Balance, Currency, DomainEvent, DueKeys, IdAllocator, Lot, LotId, LotState, MemberId, MemberLedger,
+    Movement, PointCurrency, Posting, Program, ProgramId, TenantId,
 };
 use kopilka_server::app::{self, Config};
 use kopilka_server::clock::SystemClock;
@@ -674,6 +674,7 @@ async fn anchor_phase(database: Database, workload: &Workload, sizes: Sizes, bat
     // The rows are built before the clock starts: the anchor times only the store's writes.
     let mut ids = (IdAllocator::default(), 0);
     let mut kept_totals: BTreeMap<(MemberId, PointCurrency), Balance> = BTreeMap::new();
+    let mut kept_keys: BTreeMap<MemberId, DueKeys> = BTreeMap::new();
     let indices: Vec<usize> = (0..sizes.purchases).collect();
     let batches: Vec<Writes> = indices
         .chunks(batch)
@@ -684,7 +685,15 @@ async fn anchor_phase(database: Database, workload: &Workload, sizes: Sizes, bat
             }
             // The engine keeps each changed member's lot totals, every currency (one here).
             let mut changed = BTreeSet::new();
+            let mut changed_keys = BTreeSet::new();
             for (_, lot) in &writes.lots {
+                // And its due keys, written when a lot moves them (a member's first one).
+                let keys = kept_keys.entry(lot.member_id).or_default();
+                let with_lot = keys.and(DueKeys { next_due: lot.due_at(), next_expiry: Some(lot.expires_at) });
+                if with_lot != *keys {
+                    *keys = with_lot;
+                    changed_keys.insert(lot.member_id);
+                }
                 let key = (lot.member_id, lot.currency.clone());
                 let totals = kept_totals.entry(key.clone()).or_default();
                 match lot.state {
@@ -701,6 +710,8 @@ async fn anchor_phase(database: Database, workload: &Workload, sizes: Sizes, bat
                     (TenantId(tenant), member, currency, totals)
                 })
                 .collect();
+            writes.due_keys =
+                changed_keys.into_iter().map(|member| (TenantId(tenant), member, kept_keys[&member])).collect();
             // The engine writes a member's state once per batch, however many of its purchases.
             writes.member_states.sort_by_key(|(_, member, _)| *member);
             writes.member_states.dedup_by_key(|(_, member, _)| *member);
