@@ -607,8 +607,12 @@ pub async fn flush(conn: &mut AnyConnection, writes: &Writes) -> Result<()> {
     // Either statement fails when the split is wrong: an insert over an existing lot breaks the
     // primary key, and the update must find every lot it names.
     let created: HashSet<(TenantId, MovementId)> = writes.movements.iter().map(|(t, m)| (*t, m.id)).collect();
-    let (new_lots, changed_lots): (Vec<_>, Vec<_>) =
+    let (mut new_lots, mut changed_lots): (Vec<_>, Vec<_>) =
         writes.lots.iter().partition(|(tenant, lot)| created.contains(&(*tenant, lot.movement_id)));
+    // In key order: the engine hands them out member by member in no order, and each statement
+    // then walks the lots' b-trees back and forth.
+    new_lots.sort_unstable_by_key(|(tenant, lot)| (*tenant, lot.id));
+    changed_lots.sort_unstable_by_key(|(tenant, lot)| (*tenant, lot.id));
     let postings: Vec<_> = writes
         .movements
         .iter()
