@@ -337,8 +337,8 @@ pub struct DueKeys {
 }
 
 impl DueKeys {
-    /// The keys of a set of open lots with this one added.
-    fn with(self, lot: &Lot) -> DueKeys {
+    /// The keys of a set of open lots with this one added (unchanged by a lot that holds nothing).
+    pub fn with(self, lot: &Lot) -> DueKeys {
         let Some(due) = lot.due_at() else { return self };
         let least = |kept: Option<Timestamp>, at: Timestamp| Some(kept.map_or(at, |kept| kept.min(at)));
         DueKeys { next_due: least(self.next_due, due), next_expiry: least(self.next_expiry, lot.expires_at) }

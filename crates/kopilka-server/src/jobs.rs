@@ -1,8 +1,9 @@
 //! Background jobs: activation of lots whose return window closed, and expiry of lots whose time
 //! ran out. Each is a query for members with due lots (by the due key in their rows, so both jobs
 //! page the same members) and a `CatchUp` command per chunk of them through the writer, which
-//! catches up everything due for each member, so jobs and requests never race. A job run works from the current time,
-//! not from its last run, so it catches up after any downtime and repeating it changes nothing.
+//! catches up everything due for each member, so jobs and requests never race. A job run works
+//! from the current time, not from its last run, so it catches up after any downtime and
+//! repeating it changes nothing.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;

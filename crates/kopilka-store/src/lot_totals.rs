@@ -43,11 +43,9 @@ pub(crate) fn decode(text: Option<&str>) -> Result<Vec<(PointCurrency, Balance)>
 pub async fn fill_from_lots(conn: &mut AnyConnection) -> Result<()> {
     let backend = Backend::of(conn);
     sqlx::query(&format!(
-        "UPDATE members SET next_due = d.due, next_expiry = d.expiry FROM (
-             SELECT tenant_id, member_id, MIN({}) AS due, MIN(expires_at) AS expiry
-             FROM lots WHERE state IN ('pending', 'available') GROUP BY tenant_id, member_id
-         ) AS d WHERE members.tenant_id = d.tenant_id AND members.id = d.member_id",
-        backend.lot_due_at()
+        "UPDATE members SET next_due = d.due, next_expiry = d.expiry FROM ({}) AS d
+         WHERE members.tenant_id = d.tenant_id AND members.id = d.member_id",
+        backend.due_keys_of_lots()
     ))
     .execute(&mut *conn)
     .await?;

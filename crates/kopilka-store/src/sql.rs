@@ -120,6 +120,17 @@ impl Backend {
         }
     }
 
+    /// Each member's due keys computed from its open lots (`MemberLedger::due_keys`, migration
+    /// 0018), as a subquery of `(tenant_id, member_id, due, expiry)` rows: what `verify` compares
+    /// the kept keys with and what `lot_totals::fill_from_lots` writes.
+    pub fn due_keys_of_lots(self) -> String {
+        format!(
+            "SELECT tenant_id, member_id, MIN({}) AS due, MIN(expires_at) AS expiry FROM lots
+             WHERE state IN ('pending', 'available') GROUP BY tenant_id, member_id",
+            self.lot_due_at()
+        )
+    }
+
     /// Lets concurrent claimers of rows (dispatchers on several nodes) pass over rows another has
     /// locked instead of waiting for them and claiming them twice. SQLite has one writer at a
     /// time, so nothing is needed there.

@@ -139,12 +139,10 @@ impl Store {
                     l.due, l.expiry
              FROM (SELECT tenant_id, id, next_due, next_expiry FROM members
                    WHERE next_due IS NOT NULL OR next_expiry IS NOT NULL) AS m
-             FULL JOIN (SELECT tenant_id, member_id, MIN({}) AS due, MIN(expires_at) AS expiry FROM lots
-                        WHERE state IN ('pending', 'available') GROUP BY tenant_id, member_id) AS l
-               ON l.tenant_id = m.tenant_id AND l.member_id = m.id
+             FULL JOIN ({}) AS l ON l.tenant_id = m.tenant_id AND l.member_id = m.id
              WHERE m.next_due IS DISTINCT FROM l.due OR m.next_expiry IS DISTINCT FROM l.expiry
              LIMIT 20",
-            self.backend.lot_due_at()
+            self.backend.due_keys_of_lots()
         ))
         .fetch_all(&self.pool)
         .await?;

@@ -689,7 +689,7 @@ async fn anchor_phase(database: Database, workload: &Workload, sizes: Sizes, bat
             for (_, lot) in &writes.lots {
                 // And its due keys, written when a lot moves them (a member's first one).
                 let keys = kept_keys.entry(lot.member_id).or_default();
-                let with_lot = keys.and(DueKeys { next_due: lot.due_at(), next_expiry: Some(lot.expires_at) });
+                let with_lot = keys.with(lot);
                 if with_lot != *keys {
                     *keys = with_lot;
                     changed_keys.insert(lot.member_id);
